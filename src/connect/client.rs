@@ -1,0 +1,790 @@
+//! An HTTP client for the 1Password Connect REST API with bounded timeouts, retries on transient
+//! failures, and a token that never leaves the `Authorization` header.
+
+use std::{fmt, sync::Arc, time::Duration};
+
+use base64::Engine;
+use rand::Rng;
+use reqwest::{StatusCode, header};
+use serde::de::DeserializeOwned;
+use url::Url;
+
+use super::{
+    error::ConnectError,
+    model::{ErrorBody, File, FileContent, FullItem, Health, ItemSummary, ItemWithFiles, Vault},
+    path::ItemPath,
+};
+
+/// The Connect token. Its `Debug` and `Display` never show the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(String);
+
+impl Token {
+    pub fn new(value: impl Into<String>) -> Self {
+        Token(value.into().trim().to_string())
+    }
+
+    fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+/// When and how often to retry a GET.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt (0 disables retries).
+    pub max_retries: u32,
+    /// The first backoff ceiling; each retry doubles it, up to `max_delay`. The actual delay is
+    /// drawn uniformly below the ceiling ("full jitter"), so many operators do not retry in step.
+    pub base_delay: Duration,
+    pub max_delay: Duration,
+    /// A 429 whose `Retry-After` is longer than this is not waited for inside a request: the
+    /// error goes back to the caller, which requeues instead of holding a worker.
+    pub max_retry_after: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_retries: 3,
+            base_delay: Duration::from_millis(200),
+            max_delay: Duration::from_secs(5),
+            max_retry_after: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Settings for [`ConnectClient`].
+#[derive(Clone, Debug)]
+pub struct ConnectConfig {
+    /// `OP_CONNECT_HOST`, e.g. `http://onepassword-connect:8080`.
+    pub host: Url,
+    pub token: Token,
+    /// Whole-request timeout, including reading the body.
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    pub retry: RetryPolicy,
+    /// PEM bundle of extra CA certificates trusted for an `https` host (`OP_CONNECT_CA_FILE`).
+    pub ca_bundle_pem: Option<Vec<u8>>,
+    /// Largest response body accepted; bounds memory whatever Connect sends.
+    pub max_body_bytes: usize,
+}
+
+impl ConnectConfig {
+    pub fn new(host: &str, token: Token) -> Result<Self, ConfigError> {
+        Ok(ConnectConfig {
+            host: parse_host(host)?,
+            token,
+            timeout: Duration::from_secs(15),
+            connect_timeout: Duration::from_secs(5),
+            retry: RetryPolicy::default(),
+            ca_bundle_pem: None,
+            max_body_bytes: 8 * 1024 * 1024,
+        })
+    }
+
+    /// Reads `OP_CONNECT_HOST`, and the token from `OP_CONNECT_TOKEN` or from the file named by
+    /// `OP_CONNECT_TOKEN_FILE`, and a CA bundle from the file named by `OP_CONNECT_CA_FILE`.
+    pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let host = get("OP_CONNECT_HOST")
+            .filter(|h| !h.trim().is_empty())
+            .ok_or(ConfigError::Missing("OP_CONNECT_HOST"))?;
+        let token = match (get("OP_CONNECT_TOKEN"), get("OP_CONNECT_TOKEN_FILE")) {
+            (Some(t), _) if !t.trim().is_empty() => Token::new(t),
+            (_, Some(path)) if !path.trim().is_empty() => {
+                let raw = std::fs::read_to_string(path.trim())
+                    .map_err(|e| ConfigError::File("OP_CONNECT_TOKEN_FILE", e.to_string()))?;
+                Token::new(raw)
+            }
+            _ => return Err(ConfigError::Missing("OP_CONNECT_TOKEN")),
+        };
+        if token.is_empty() {
+            return Err(ConfigError::Missing("OP_CONNECT_TOKEN"));
+        }
+        let mut config = ConnectConfig::new(&host, token)?;
+        if let Some(path) = get("OP_CONNECT_CA_FILE").filter(|p| !p.trim().is_empty()) {
+            let pem = std::fs::read(path.trim())
+                .map_err(|e| ConfigError::File("OP_CONNECT_CA_FILE", e.to_string()))?;
+            config.ca_bundle_pem = Some(pem);
+        }
+        Ok(config)
+    }
+}
+
+fn parse_host(host: &str) -> Result<Url, ConfigError> {
+    let bad = || ConfigError::InvalidHost(host.to_string());
+    let mut url = Url::parse(host.trim()).map_err(|_| bad())?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(bad());
+    }
+    if !url.path().ends_with('/') {
+        let path = format!("{}/", url.path());
+        url.set_path(&path);
+    }
+    url.set_query(None);
+    Ok(url)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0} is not set")]
+    Missing(&'static str),
+    #[error("cannot read the file named by {0}: {1}")]
+    File(&'static str, String),
+    #[error(
+        "OP_CONNECT_HOST {0:?} is not a URL like http://onepassword-connect:8080 (scheme http or https and a host)"
+    )]
+    InvalidHost(String),
+    #[error("the CA bundle is not valid PEM: {0}")]
+    InvalidCaBundle(String),
+    #[error("cannot build the HTTP client: {0}")]
+    Http(String),
+}
+
+/// The Connect endpoints we call, as bounded names for metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Endpoint {
+    ListVaults,
+    GetVault,
+    ListItems,
+    GetItem,
+    ListFiles,
+    GetFileContent,
+    Heartbeat,
+    Health,
+}
+
+impl Endpoint {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Endpoint::ListVaults => "list_vaults",
+            Endpoint::GetVault => "get_vault",
+            Endpoint::ListItems => "list_items",
+            Endpoint::GetItem => "get_item",
+            Endpoint::ListFiles => "list_files",
+            Endpoint::GetFileContent => "get_file_content",
+            Endpoint::Heartbeat => "heartbeat",
+            Endpoint::Health => "health",
+        }
+    }
+}
+
+/// Called once per HTTP attempt with the endpoint and the outcome: the status code as text, or
+/// `timeout` / `error` when no response came. Used for metrics.
+pub type RequestObserver = Arc<dyn Fn(Endpoint, &str) + Send + Sync>;
+
+/// Where a title path resolved to, and what the user should know about how it was chosen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resolved {
+    pub vault_id: String,
+    pub item_id: String,
+    /// Set when a title matched several vaults or items and the oldest was chosen, as the
+    /// official operator does.
+    pub note: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct ConnectClient {
+    http: reqwest::Client,
+    config: Arc<ConnectConfig>,
+    observer: Option<RequestObserver>,
+}
+
+impl fmt::Debug for ConnectClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectClient")
+            .field("host", &self.config.host.as_str())
+            .field("token", &self.config.token)
+            .finish()
+    }
+}
+
+/// Installs the `ring` TLS provider for the process (kube-rs uses it too). Idempotent.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+impl ConnectClient {
+    pub fn new(config: ConnectConfig) -> Result<Self, ConfigError> {
+        install_crypto_provider();
+        let mut builder = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .connect_timeout(config.connect_timeout)
+            .user_agent(concat!("onepassword-secrets-operator/", env!("CARGO_PKG_VERSION")))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(pem) = &config.ca_bundle_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| ConfigError::InvalidCaBundle(e.to_string()))?;
+            if certs.is_empty() {
+                return Err(ConfigError::InvalidCaBundle("no certificate found".into()));
+            }
+            builder = builder.tls_certs_merge(certs);
+        }
+        let http = builder.build().map_err(|e| ConfigError::Http(e.to_string()))?;
+        Ok(ConnectClient {
+            http,
+            config: Arc::new(config),
+            observer: None,
+        })
+    }
+
+    pub fn with_observer(mut self, observer: RequestObserver) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    pub fn host(&self) -> &Url {
+        &self.config.host
+    }
+
+    /// All vaults the token can read.
+    pub async fn list_vaults(&self) -> Result<Vec<Vault>, ConnectError> {
+        self.get_json(Endpoint::ListVaults, "v1/vaults", &[]).await
+    }
+
+    /// Vaults whose name is exactly `title` (Connect's filter is case-insensitive; the official
+    /// operator keeps only exact matches, and so do we).
+    pub async fn vaults_by_title(&self, title: &str) -> Result<Vec<Vault>, ConnectError> {
+        let filter = title_filter(title);
+        let vaults: Vec<Vault> = self
+            .get_json(Endpoint::ListVaults, "v1/vaults", &[("filter", &filter)])
+            .await?;
+        Ok(vaults.into_iter().filter(|v| v.name == title).collect())
+    }
+
+    pub async fn get_vault(&self, vault_id: &str) -> Result<Vault, ConnectError> {
+        let path = format!("v1/vaults/{}", segment(vault_id));
+        self.get_json(Endpoint::GetVault, &path, &[]).await
+    }
+
+    /// Every item of a vault, without field values: one request, whatever the vault's size.
+    pub async fn list_items(&self, vault_id: &str) -> Result<Vec<ItemSummary>, ConnectError> {
+        let path = format!("v1/vaults/{}/items", segment(vault_id));
+        self.get_json(Endpoint::ListItems, &path, &[]).await
+    }
+
+    /// Items of a vault whose title is exactly `title`.
+    pub async fn items_by_title(
+        &self,
+        vault_id: &str,
+        title: &str,
+    ) -> Result<Vec<ItemSummary>, ConnectError> {
+        let path = format!("v1/vaults/{}/items", segment(vault_id));
+        let filter = title_filter(title);
+        let items: Vec<ItemSummary> = self
+            .get_json(Endpoint::ListItems, &path, &[("filter", &filter)])
+            .await?;
+        Ok(items.into_iter().filter(|i| i.title == title).collect())
+    }
+
+    pub async fn get_item(&self, vault_id: &str, item_id: &str) -> Result<FullItem, ConnectError> {
+        let path = format!("v1/vaults/{}/items/{}", segment(vault_id), segment(item_id));
+        self.get_json(Endpoint::GetItem, &path, &[]).await
+    }
+
+    /// The files of an item; with `inline`, small files carry their content (base64).
+    pub async fn list_files(
+        &self,
+        vault_id: &str,
+        item_id: &str,
+        inline: bool,
+    ) -> Result<Vec<File>, ConnectError> {
+        let path = format!(
+            "v1/vaults/{}/items/{}/files",
+            segment(vault_id),
+            segment(item_id)
+        );
+        let query: &[(&str, &str)] = if inline {
+            &[("inline_files", "true")]
+        } else {
+            &[]
+        };
+        self.get_json(Endpoint::ListFiles, &path, query).await
+    }
+
+    /// The raw content of a file, from the `content_path` Connect gave for it.
+    pub async fn file_content(&self, file: &File) -> Result<Vec<u8>, ConnectError> {
+        let path = file.content_path.trim_start_matches('/');
+        if !path.starts_with("v1/vaults/") || path.contains("..") {
+            return Err(ConnectError::BadResponse(format!(
+                "file {} has an unexpected content_path",
+                file.id
+            )));
+        }
+        self.get_bytes(Endpoint::GetFileContent, path, &[]).await
+    }
+
+    /// `GET /heartbeat`: is Connect up at all (no token needed).
+    pub async fn heartbeat(&self) -> Result<(), ConnectError> {
+        self.get_bytes(Endpoint::Heartbeat, "heartbeat", &[])
+            .await
+            .map(drop)
+    }
+
+    pub async fn health(&self) -> Result<Health, ConnectError> {
+        self.get_json(Endpoint::Health, "health", &[]).await
+    }
+
+    /// Fetches an item and the content of its files.
+    ///
+    /// Files cost one request for all of them (`inline_files=true`) instead of one per file; a
+    /// file too large to inline, or a server that does not inline, falls back to its content
+    /// endpoint.
+    pub async fn fetch_item(
+        &self,
+        vault_id: &str,
+        item_id: &str,
+    ) -> Result<ItemWithFiles, ConnectError> {
+        let item = self.get_item(vault_id, item_id).await?;
+        self.with_files(item).await
+    }
+
+    async fn with_files(&self, item: FullItem) -> Result<ItemWithFiles, ConnectError> {
+        if item.files.is_empty() {
+            return Ok(ItemWithFiles {
+                item,
+                files: Vec::new(),
+            });
+        }
+        let limit = self.config.max_body_bytes as u64;
+        if let Some(big) = item.files.iter().find(|f| f.size > limit) {
+            return Err(ConnectError::FileTooLarge {
+                file: big.name.clone(),
+                size: big.size,
+                limit,
+            });
+        }
+        let inlined = match self.list_files(&item.vault.id, &item.id, true).await {
+            Ok(files) => files,
+            // 413: at least one file is too large to inline; fetch each one by itself.
+            Err(ConnectError::BadRequest { status: 413, .. }) => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        let mut files = Vec::with_capacity(item.files.len());
+        for file in &item.files {
+            let inline = inlined
+                .iter()
+                .find(|f| f.id == file.id)
+                .and_then(|f| f.content.as_deref());
+            let content = match inline {
+                Some(b64) => base64::engine::general_purpose::STANDARD
+                    .decode(b64.trim())
+                    .map_err(|_| {
+                        ConnectError::BadResponse(format!(
+                            "file {} has content that is not base64",
+                            file.id
+                        ))
+                    })?,
+                None => self.file_content(file).await?,
+            };
+            files.push(FileContent {
+                id: file.id.clone(),
+                name: file.name.clone(),
+                content,
+            });
+        }
+        Ok(ItemWithFiles { item, files })
+    }
+
+    /// Resolves the vault part of a path to a vault id, as the official operator does: a title
+    /// lookup first (the oldest vault wins when several share the title), then, if nothing has
+    /// that title and the string is shaped like an id, the string itself.
+    pub async fn resolve_vault(&self, vault: &str) -> Result<(String, Option<String>), ConnectError> {
+        let vaults = self.vaults_by_title(vault).await?;
+        if let Some(oldest) = oldest(&vaults, |v| v.created_at.as_deref(), |v| v.id.as_str()) {
+            let note = (vaults.len() > 1).then(|| {
+                format!(
+                    "{} vaults are titled {vault:?}; using the oldest, {}",
+                    vaults.len(),
+                    oldest.id
+                )
+            });
+            return Ok((oldest.id.clone(), note));
+        }
+        if super::model::is_valid_id(vault) {
+            return Ok((vault.to_string(), None));
+        }
+        Err(ConnectError::VaultNotFound {
+            message: format!("no vault titled {vault:?} is visible to the token"),
+        })
+    }
+
+    /// Resolves a path and fetches the item with its files.
+    ///
+    /// An id-shaped item part is fetched directly (one request); if Connect has no such item, it
+    /// is looked up as a title, as the official operator does. Unlike it, an error other than
+    /// "not found" (bad token, Connect down) is returned as is instead of being retried as a title.
+    pub async fn fetch_by_path(
+        &self,
+        path: &ItemPath,
+    ) -> Result<(Resolved, ItemWithFiles), ConnectError> {
+        let (vault_id, vault_note) = self.resolve_vault(&path.vault).await?;
+        if super::model::is_valid_id(&path.item) {
+            match self.get_item(&vault_id, &path.item).await {
+                Ok(item) => {
+                    let resolved = Resolved {
+                        vault_id,
+                        item_id: item.id.clone(),
+                        note: vault_note,
+                    };
+                    return Ok((resolved, self.with_files(item).await?));
+                }
+                Err(ConnectError::ItemNotFound { .. } | ConnectError::BadRequest { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let items = self.items_by_title(&vault_id, &path.item).await?;
+        let Some(chosen) = oldest(&items, |i| i.created_at.as_deref(), |i| i.id.as_str()) else {
+            return Err(ConnectError::ItemNotFound {
+                message: format!("no item titled {:?} in vault {vault_id}", path.item),
+            });
+        };
+        let item_note = (items.len() > 1).then(|| {
+            format!(
+                "{} items are titled {:?} in vault {vault_id}; using the oldest, {}",
+                items.len(),
+                path.item,
+                chosen.id
+            )
+        });
+        let note = match (vault_note, item_note) {
+            (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+            (a, b) => a.or(b),
+        };
+        let item = self.fetch_item(&vault_id, &chosen.id).await?;
+        let resolved = Resolved {
+            vault_id,
+            item_id: chosen.id.clone(),
+            note,
+        };
+        Ok((resolved, item))
+    }
+
+    async fn get_json<T: DeserializeOwned>(
+        &self,
+        endpoint: Endpoint,
+        path: &str,
+        query: &[(&str, &str)],
+    ) -> Result<T, ConnectError> {
+        let body = self.get_bytes(endpoint, path, query).await?;
+        serde_json::from_slice(&body).map_err(|e| {
+            // serde's message names the position and the expected type, never the content.
+            ConnectError::BadResponse(format!("{}: {e}", endpoint.as_str()))
+        })
+    }
+
+    async fn get_bytes(
+        &self,
+        endpoint: Endpoint,
+        path: &str,
+        query: &[(&str, &str)],
+    ) -> Result<Vec<u8>, ConnectError> {
+        let mut url = self
+            .config
+            .host
+            .join(path)
+            .map_err(|e| ConnectError::BadResponse(format!("cannot build a URL: {e}")))?;
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
+        let policy = self.config.retry;
+        let mut attempt = 0;
+        loop {
+            let result = self.get_once(endpoint, &url).await;
+            let err = match result {
+                Ok(body) => return Ok(body),
+                Err(e) => e,
+            };
+            let delay = match &err {
+                _ if attempt >= policy.max_retries => None,
+                ConnectError::RateLimited {
+                    retry_after: Some(after),
+                } => (*after <= policy.max_retry_after).then_some(*after),
+                ConnectError::RateLimited { retry_after: None }
+                | ConnectError::Server { .. }
+                | ConnectError::Timeout(_)
+                | ConnectError::Unreachable(_) => Some(backoff(&policy, attempt)),
+                _ => None,
+            };
+            let Some(delay) = delay else { return Err(err) };
+            tracing::debug!(
+                endpoint = endpoint.as_str(),
+                attempt,
+                delay_ms = delay.as_millis() as u64,
+                reason = err.reason(),
+                "retrying Connect request"
+            );
+            tokio::time::sleep(delay).await;
+            attempt += 1;
+        }
+    }
+
+    async fn get_once(&self, endpoint: Endpoint, url: &Url) -> Result<Vec<u8>, ConnectError> {
+        let sent = self
+            .http
+            .get(url.clone())
+            .bearer_auth(self.config.token.expose())
+            .header(header::ACCEPT, "application/json")
+            .send()
+            .await;
+        let mut response = match sent {
+            Ok(r) => r,
+            Err(e) => {
+                let timeout = e.is_timeout();
+                self.observe(endpoint, if timeout { "timeout" } else { "error" });
+                return Err(transport_error(e, self.config.timeout));
+            }
+        };
+        let status = response.status();
+        self.observe(endpoint, status.as_str());
+        let retry_after = response
+            .headers()
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let limit = self.config.max_body_bytes;
+        if response.content_length().is_some_and(|n| n as usize > limit) {
+            return Err(ConnectError::BadResponse(format!(
+                "{}: response larger than {limit} bytes",
+                endpoint.as_str()
+            )));
+        }
+        let mut body = Vec::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    if body.len() + chunk.len() > limit {
+                        return Err(ConnectError::BadResponse(format!(
+                            "{}: response larger than {limit} bytes",
+                            endpoint.as_str()
+                        )));
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(e) if status.is_success() => {
+                    return Err(transport_error(e, self.config.timeout));
+                }
+                // The status already tells what happened; a broken error body changes nothing.
+                Err(_) => break,
+            }
+        }
+        if status.is_success() {
+            return Ok(body);
+        }
+        Err(status_error(status, &body, retry_after))
+    }
+
+    fn observe(&self, endpoint: Endpoint, outcome: &str) {
+        if let Some(observer) = &self.observer {
+            observer(endpoint, outcome);
+        }
+    }
+}
+
+/// A path segment, percent-encoded so a title-shaped id cannot change the URL's structure.
+fn segment(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
+}
+
+/// A SCIM `title eq "…"` filter, with `\` and `"` escaped.
+fn title_filter(title: &str) -> String {
+    let escaped = title.replace('\\', "\\\\").replace('"', "\\\"");
+    format!("title eq \"{escaped}\"")
+}
+
+fn backoff(policy: &RetryPolicy, attempt: u32) -> Duration {
+    let ceiling = policy
+        .base_delay
+        .saturating_mul(2u32.saturating_pow(attempt))
+        .min(policy.max_delay);
+    let millis = ceiling.as_millis().max(1) as u64;
+    Duration::from_millis(rand::rng().random_range(millis / 2..=millis))
+}
+
+/// The oldest by `createdAt`; ties and missing dates fall back to the id, so the choice is stable.
+fn oldest<'a, T>(
+    candidates: &'a [T],
+    created_at: impl Fn(&T) -> Option<&str>,
+    id: impl Fn(&T) -> &str,
+) -> Option<&'a T> {
+    let key = |t: &T| {
+        let ts = created_at(t).and_then(|s| s.parse::<jiff::Timestamp>().ok());
+        // Items without a date sort after dated ones.
+        (ts.is_none(), ts, id(t).to_string())
+    };
+    candidates.iter().min_by_key(|t| key(t))
+}
+
+fn transport_error(e: reqwest::Error, timeout: Duration) -> ConnectError {
+    if e.is_timeout() {
+        return ConnectError::Timeout(timeout);
+    }
+    // The URL holds no secret, but it is noise in a status message; keep the cause chain.
+    let e = e.without_url();
+    let mut message = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        message.push_str(": ");
+        message.push_str(&s.to_string());
+        source = s.source();
+    }
+    ConnectError::Unreachable(message)
+}
+
+fn status_error(status: StatusCode, body: &[u8], retry_after: Option<Duration>) -> ConnectError {
+    let message = serde_json::from_slice::<ErrorBody>(body)
+        .ok()
+        .map(|b| b.message)
+        .filter(|m| !m.is_empty())
+        .unwrap_or_else(|| {
+            status
+                .canonical_reason()
+                .unwrap_or("unexpected status")
+                .to_string()
+        });
+    let code = status.as_u16();
+    match code {
+        401 => ConnectError::Unauthorized { message },
+        403 => ConnectError::Forbidden { message },
+        404 if message.starts_with("vault") => ConnectError::VaultNotFound { message },
+        404 if message.starts_with("item") => ConnectError::ItemNotFound { message },
+        404 => ConnectError::NotFound { message },
+        429 => ConnectError::RateLimited { retry_after },
+        408 | 500..=599 => ConnectError::Server {
+            status: code,
+            message,
+        },
+        _ => ConnectError::BadRequest {
+            status: code,
+            message,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_never_shows_in_debug() {
+        let token = Token::new("eyJhbGciOiJFUzI1NiIsInNecret");
+        let config = ConnectConfig::new("http://connect:8080", token.clone()).unwrap();
+        let client = ConnectClient::new(config.clone()).unwrap();
+        for printed in [
+            format!("{token:?}"),
+            format!("{config:?}"),
+            format!("{config:#?}"),
+            format!("{client:?}"),
+        ] {
+            assert!(!printed.contains("eyJhbGci"), "{printed}");
+        }
+    }
+
+    #[test]
+    fn host_gets_a_trailing_slash_and_must_be_http() {
+        let ok = |h: &str| parse_host(h).unwrap().to_string();
+        assert_eq!(ok("http://connect:8080"), "http://connect:8080/");
+        assert_eq!(ok("https://c.example/prefix"), "https://c.example/prefix/");
+        assert_eq!(ok(" http://c:8080/ "), "http://c:8080/");
+        for bad in ["connect:8080", "ftp://c", "", "not a url"] {
+            assert!(parse_host(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn config_from_env_reads_token_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "tok-from-file\n").unwrap();
+        let path = path.to_string_lossy().to_string();
+        let env = |k: &str| match k {
+            "OP_CONNECT_HOST" => Some("http://connect:8080".to_string()),
+            "OP_CONNECT_TOKEN_FILE" => Some(path.clone()),
+            _ => None,
+        };
+        let config = ConnectConfig::from_env(env).unwrap();
+        assert_eq!(config.token.expose(), "tok-from-file");
+    }
+
+    #[test]
+    fn config_from_env_names_what_is_missing() {
+        let none = |_: &str| None;
+        assert_eq!(
+            ConnectConfig::from_env(none).unwrap_err(),
+            ConfigError::Missing("OP_CONNECT_HOST")
+        );
+        let host_only = |k: &str| (k == "OP_CONNECT_HOST").then(|| "http://c:1".to_string());
+        assert_eq!(
+            ConnectConfig::from_env(host_only).unwrap_err(),
+            ConfigError::Missing("OP_CONNECT_TOKEN")
+        );
+    }
+
+    #[test]
+    fn title_filter_escapes_quotes() {
+        assert_eq!(title_filter("db"), r#"title eq "db""#);
+        assert_eq!(title_filter(r#"a "b" \c"#), r#"title eq "a \"b\" \\c""#);
+    }
+
+    #[test]
+    fn segments_cannot_escape_their_place_in_the_url() {
+        assert_eq!(segment("a/../b c"), "a%2F..%2Fb%20c");
+    }
+
+    #[test]
+    fn status_codes_map_to_error_classes() {
+        let body = |m: &str| serde_json::to_vec(&ErrorBody { status: 0, message: m.into() }).unwrap();
+        let cases: Vec<(u16, Vec<u8>, &str)> = vec![
+            (401, body("Invalid token signature"), "Unauthorized"),
+            (403, body("vault x is not in scope"), "VaultForbidden"),
+            (404, body("vault x not found"), "VaultNotFound"),
+            (404, body("item x not found"), "ItemNotFound"),
+            (404, body("file x not found"), "NotFound"),
+            (400, body("Invalid Item UUID"), "BadRequest"),
+            (429, Vec::new(), "RateLimited"),
+            (500, b"<html>oops".to_vec(), "ConnectUnavailable"),
+            (503, Vec::new(), "ConnectUnavailable"),
+        ];
+        for (code, body, reason) in cases {
+            let e = status_error(StatusCode::from_u16(code).unwrap(), &body, None);
+            assert_eq!(e.reason(), reason, "{code}: {e}");
+        }
+    }
+
+    #[test]
+    fn backoff_grows_and_stays_bounded() {
+        let p = RetryPolicy::default();
+        for attempt in 0..20 {
+            let d = backoff(&p, attempt);
+            assert!(d <= p.max_delay, "{d:?}");
+            assert!(d >= p.base_delay.min(p.max_delay) / 2, "{d:?}");
+        }
+    }
+
+    #[test]
+    fn oldest_uses_created_at_then_id() {
+        let items = [
+            ("b", Some("2024-01-02T00:00:00Z")),
+            ("a", None),
+            ("c", Some("2024-01-01T00:00:00+01:00")),
+            ("d", Some("2024-01-01T00:00:00Z")),
+        ];
+        let got = oldest(&items, |i| i.1, |i| i.0).unwrap();
+        assert_eq!(got.0, "c");
+    }
+}

@@ -1,0 +1,13 @@
+//! Everything that talks to, or describes, the 1Password Connect REST API.
+
+mod client;
+mod error;
+pub mod model;
+mod path;
+
+pub use client::{
+    ConfigError, ConnectClient, ConnectConfig, Endpoint, RequestObserver, Resolved, RetryPolicy,
+    Token, install_crypto_provider,
+};
+pub use error::ConnectError;
+pub use path::{InvalidItemPath, ItemPath};

@@ -1,0 +1,1 @@
+//! Pure conversion of a 1Password item into a Kubernetes Secret.

@@ -1,0 +1,1 @@
+//! An in-process 1Password Connect simulator.
