@@ -2,5 +2,6 @@
 //! A drop-in replacement for the official Go operator (same CRD, annotations and env vars).
 
 pub mod connect;
+pub mod crd;
 pub mod secret;
 pub mod sim;

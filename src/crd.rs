@@ -1,0 +1,337 @@
+//! The `OnePasswordItem` custom resource (`onepassword.com/v1`), compatible with the official
+//! operator's CRD: same group, version, kind, `spec.itemPath`, top-level `type`, and
+//! `status.conditions`. We add `reason` and `observedGeneration` to conditions, a few status
+//! fields, printer columns and a pattern on `itemPath`.
+//!
+//! kube's `CustomResource` derive cannot express a field beside `spec` (the official CRD's
+//! top-level `type`), so the resource type and its CRD are written out here.
+
+use std::{borrow::Cow, collections::BTreeMap};
+
+use k8s_openapi::{
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+        CustomResourceColumnDefinition, CustomResourceDefinition, CustomResourceDefinitionNames,
+        CustomResourceDefinitionSpec, CustomResourceDefinitionVersion,
+        CustomResourceSubresourceStatus, CustomResourceSubresources, CustomResourceValidation,
+        JSONSchemaProps,
+    },
+    apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
+};
+use kube::{Resource, core::NamespaceResourceScope};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub const GROUP: &str = "onepassword.com";
+pub const VERSION: &str = "v1";
+pub const KIND: &str = "OnePasswordItem";
+pub const PLURAL: &str = "onepassworditems";
+
+/// The pattern `spec.itemPath` must match; the same rule as [`crate::connect::ItemPath::parse`]
+/// for what a schema can express.
+pub const ITEM_PATH_PATTERN: &str = r"^vaults/[^\s/][^\n]*/items/[^\s/][^\n]*$";
+
+/// A 1Password item to sync into a Secret of the same name and namespace.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OnePasswordItem {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: OnePasswordItemSpec,
+    /// The Secret's type, e.g. `kubernetes.io/dockerconfigjson`; `Opaque` when empty.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub secret_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<OnePasswordItemStatus>,
+}
+
+/// Which 1Password item to sync.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OnePasswordItemSpec {
+    /// The item, as `vaults/<vault title or id>/items/<item title or id>`. A title that several
+    /// vaults or items share resolves to the oldest one, as in the official operator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^vaults/[^\s/][^\n]*/items/[^\s/][^\n]*$"))]
+    pub item_path: Option<String>,
+    /// Accepted for compatibility with the official operator's CRD (Go templates that shape the
+    /// Secret's data). Not supported yet: an item that sets it is reported as not Ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<SecretTemplate>,
+    /// Accepted for compatibility with the official operator's CRD (build a
+    /// `.dockerconfigjson` from fields). Not supported yet: an item that sets it is reported as
+    /// not Ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_secret: Option<ImagePullSecretConfig>,
+}
+
+/// Secret data keys rendered from templates (official operator, newer releases).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SecretTemplate {
+    /// Secret data key to template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<BTreeMap<String, String>>,
+}
+
+/// Labels of the fields that make up a `.dockerconfigjson` (official operator, newer releases).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ImagePullSecretConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_field: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username_field: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_field: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email_field: Option<String>,
+}
+
+/// What the operator last did with this item.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OnePasswordItemStatus {
+    /// `Ready` is the only condition type.
+    #[serde(default)]
+    pub conditions: Vec<OnePasswordItemCondition>,
+    /// The `metadata.generation` the status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The id of the vault the item path resolved to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vault_id: Option<String>,
+    /// The id of the item the item path resolved to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub item_id: Option<String>,
+    /// The item version the Secret holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub item_version: Option<i64>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OnePasswordItemCondition {
+    /// Type of condition: `Ready`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// Status of the condition, one of True, False, Unknown.
+    pub status: String,
+    /// Last time the condition transit from one status to another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<Time>,
+    /// Human-readable message indicating details about last transition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Machine-readable reason in CamelCase, e.g. `Synced`, `ItemNotFound`, `SecretConflict`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The `metadata.generation` the condition was set for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+impl OnePasswordItem {
+    pub fn ready_condition(&self) -> Option<&OnePasswordItemCondition> {
+        self.status
+            .as_ref()?
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+    }
+}
+
+impl Resource for OnePasswordItem {
+    type DynamicType = ();
+    type Scope = NamespaceResourceScope;
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        KIND.into()
+    }
+    fn group(_: &()) -> Cow<'_, str> {
+        GROUP.into()
+    }
+    fn version(_: &()) -> Cow<'_, str> {
+        VERSION.into()
+    }
+    fn plural(_: &()) -> Cow<'_, str> {
+        PLURAL.into()
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+fn schema_of<T: JsonSchema>() -> serde_json::Value {
+    let generator = schemars::generate::SchemaSettings::openapi3()
+        .with(|s| {
+            s.inline_subschemas = true;
+            s.meta_schema = None;
+        })
+        .with_transform(schemars::transform::AddNullable::default())
+        .with_transform(kube::core::schema::StructuralSchemaRewriter)
+        .into_generator();
+    let mut schema = serde_json::to_value(generator.into_root_schema_for::<T>())
+        .expect("schemars output is JSON");
+    if let Some(obj) = schema.as_object_mut() {
+        obj.remove("title");
+    }
+    schema
+}
+
+/// The CustomResourceDefinition, as `crdgen` prints it into `crds/`.
+pub fn crd() -> CustomResourceDefinition {
+    let mut status = schema_of::<OnePasswordItemStatus>();
+    // Condition timestamps are RFC 3339 strings (schemars sees `Time` as an opaque string).
+    status["properties"]["conditions"]["items"]["properties"]["lastTransitionTime"] =
+        serde_json::json!({
+            "description": "Last time the condition transit from one status to another.",
+            "format": "date-time",
+            "type": "string"
+        });
+    let root = serde_json::json!({
+        "description": "A 1Password item synced into a Kubernetes Secret of the same name.",
+        "type": "object",
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
+            "spec": schema_of::<OnePasswordItemSpec>(),
+            "type": {
+                "description": "Kubernetes secret type. More info: https://kubernetes.io/docs/concepts/configuration/secret/#secret-types",
+                "type": "string"
+            },
+            "status": status,
+        }
+    });
+    let schema: JSONSchemaProps =
+        serde_json::from_value(root).expect("the CRD schema is valid JSONSchemaProps");
+    let column = |name: &str, type_: &str, path: &str, priority: Option<i32>| {
+        CustomResourceColumnDefinition {
+            name: name.into(),
+            type_: type_.into(),
+            json_path: path.into(),
+            priority,
+            ..Default::default()
+        }
+    };
+    CustomResourceDefinition {
+        metadata: ObjectMeta {
+            name: Some(format!("{PLURAL}.{GROUP}")),
+            ..Default::default()
+        },
+        spec: CustomResourceDefinitionSpec {
+            group: GROUP.into(),
+            names: CustomResourceDefinitionNames {
+                kind: KIND.into(),
+                list_kind: Some(format!("{KIND}List")),
+                plural: PLURAL.into(),
+                singular: Some("onepassworditem".into()),
+                short_names: Some(vec!["opi".into()]),
+                categories: None,
+            },
+            scope: "Namespaced".into(),
+            versions: vec![CustomResourceDefinitionVersion {
+                name: VERSION.into(),
+                served: true,
+                storage: true,
+                schema: Some(CustomResourceValidation {
+                    open_api_v3_schema: Some(schema),
+                }),
+                subresources: Some(CustomResourceSubresources {
+                    status: Some(CustomResourceSubresourceStatus(serde_json::json!({}))),
+                    scale: None,
+                }),
+                additional_printer_columns: Some(vec![
+                    column(
+                        "Ready",
+                        "string",
+                        r#".status.conditions[?(@.type=="Ready")].status"#,
+                        None,
+                    ),
+                    column(
+                        "Reason",
+                        "string",
+                        r#".status.conditions[?(@.type=="Ready")].reason"#,
+                        None,
+                    ),
+                    column("Age", "date", ".metadata.creationTimestamp", None),
+                    column("Path", "string", ".spec.itemPath", Some(1)),
+                ]),
+                ..Default::default()
+            }],
+            ..Default::default()
+        },
+        status: None,
+    }
+}
+
+/// The CRD as YAML, with a header saying how it was made.
+pub fn crd_yaml() -> String {
+    let body = serde_yaml::to_string(&crd()).expect("a CRD serialises to YAML");
+    format!("# Generated by `cargo run --bin crdgen`; do not edit.\n---\n{body}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn official_manifest_with_top_level_type_parses() {
+        let yaml = r#"
+apiVersion: onepassword.com/v1
+kind: OnePasswordItem
+type: kubernetes.io/dockerconfigjson
+metadata:
+  name: regcred
+  namespace: apps
+spec:
+  itemPath: "vaults/Infra/items/ghcr"
+"#;
+        let item: OnePasswordItem = serde_yaml::from_str(yaml).unwrap();
+        assert_eq!(item.secret_type.as_deref(), Some("kubernetes.io/dockerconfigjson"));
+        assert_eq!(item.spec.item_path.as_deref(), Some("vaults/Infra/items/ghcr"));
+    }
+
+    #[test]
+    fn item_path_pattern_agrees_with_the_parser_on_common_paths() {
+        // The schema pattern and the parser must accept the same everyday paths.
+        let re_src = ITEM_PATH_PATTERN;
+        let crd = crd_yaml();
+        assert!(crd.contains("pattern:"), "{crd}");
+        assert!(crd.contains(&re_src.replace('\\', "\\\\")) || crd.contains(re_src));
+        for ok in ["vaults/Prod/items/db", "vaults/a b/items/c d", "vaults/x/y/items/z"] {
+            assert!(crate::connect::ItemPath::parse(ok).is_ok());
+        }
+    }
+
+    #[test]
+    fn crd_has_the_official_names_and_our_columns() {
+        let crd = crd();
+        assert_eq!(crd.metadata.name.as_deref(), Some("onepassworditems.onepassword.com"));
+        assert_eq!(crd.spec.scope, "Namespaced");
+        let v = &crd.spec.versions[0];
+        let cols: Vec<_> = v
+            .additional_printer_columns
+            .iter()
+            .flatten()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(cols, ["Ready", "Reason", "Age", "Path"]);
+        let schema = v.schema.as_ref().unwrap().open_api_v3_schema.as_ref().unwrap();
+        let props = schema.properties.as_ref().unwrap();
+        assert!(props.contains_key("type") && props.contains_key("spec"));
+    }
+
+    #[test]
+    fn checked_in_crd_is_up_to_date() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/onepassworditem.yaml");
+        let on_disk = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            on_disk == crd_yaml(),
+            "crds/onepassworditem.yaml is stale: run `cargo run --bin crdgen > crds/onepassworditem.yaml`"
+        );
+    }
+}
