@@ -185,12 +185,11 @@ fn schema_of<T: JsonSchema>() -> serde_json::Value {
 pub fn crd() -> CustomResourceDefinition {
     let mut status = schema_of::<OnePasswordItemStatus>();
     // Condition timestamps are RFC 3339 strings (schemars sees `Time` as an opaque string).
-    status["properties"]["conditions"]["items"]["properties"]["lastTransitionTime"] =
-        serde_json::json!({
-            "description": "Last time the condition transit from one status to another.",
-            "format": "date-time",
-            "type": "string"
-        });
+    status["properties"]["conditions"]["items"]["properties"]["lastTransitionTime"] = serde_json::json!({
+        "description": "Last time the condition transit from one status to another.",
+        "format": "date-time",
+        "type": "string"
+    });
     let root = serde_json::json!({
         "description": "A 1Password item synced into a Kubernetes Secret of the same name.",
         "type": "object",
@@ -291,8 +290,14 @@ spec:
   itemPath: "vaults/Infra/items/ghcr"
 "#;
         let item: OnePasswordItem = serde_yaml::from_str(yaml).unwrap();
-        assert_eq!(item.secret_type.as_deref(), Some("kubernetes.io/dockerconfigjson"));
-        assert_eq!(item.spec.item_path.as_deref(), Some("vaults/Infra/items/ghcr"));
+        assert_eq!(
+            item.secret_type.as_deref(),
+            Some("kubernetes.io/dockerconfigjson")
+        );
+        assert_eq!(
+            item.spec.item_path.as_deref(),
+            Some("vaults/Infra/items/ghcr")
+        );
     }
 
     #[test]
@@ -302,7 +307,11 @@ spec:
         let crd = crd_yaml();
         assert!(crd.contains("pattern:"), "{crd}");
         assert!(crd.contains(&re_src.replace('\\', "\\\\")) || crd.contains(re_src));
-        for ok in ["vaults/Prod/items/db", "vaults/a b/items/c d", "vaults/x/y/items/z"] {
+        for ok in [
+            "vaults/Prod/items/db",
+            "vaults/a b/items/c d",
+            "vaults/x/y/items/z",
+        ] {
             assert!(crate::connect::ItemPath::parse(ok).is_ok());
         }
     }
@@ -310,7 +319,10 @@ spec:
     #[test]
     fn crd_has_the_official_names_and_our_columns() {
         let crd = crd();
-        assert_eq!(crd.metadata.name.as_deref(), Some("onepassworditems.onepassword.com"));
+        assert_eq!(
+            crd.metadata.name.as_deref(),
+            Some("onepassworditems.onepassword.com")
+        );
         assert_eq!(crd.spec.scope, "Namespaced");
         let v = &crd.spec.versions[0];
         let cols: Vec<_> = v
@@ -320,7 +332,13 @@ spec:
             .map(|c| c.name.as_str())
             .collect();
         assert_eq!(cols, ["Ready", "Reason", "Age", "Path"]);
-        let schema = v.schema.as_ref().unwrap().open_api_v3_schema.as_ref().unwrap();
+        let schema = v
+            .schema
+            .as_ref()
+            .unwrap()
+            .open_api_v3_schema
+            .as_ref()
+            .unwrap();
         let props = schema.properties.as_ref().unwrap();
         assert!(props.contains_key("type") && props.contains_key("spec"));
     }

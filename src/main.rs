@@ -1,1 +1,223 @@
-fn main(){}
+//! The operator process: reads its configuration, then runs the controllers, the poller and
+//! the operations HTTP server until SIGTERM or Ctrl-C.
+
+use std::{process::ExitCode, sync::Arc};
+
+use clap::Parser;
+use futures::channel::mpsc;
+use onepassword_secrets_operator::{
+    catalog::Catalog,
+    config::{Args, parse_bind_address},
+    connect::{ConnectClient, ConnectConfig},
+    controller::{self, Context, Settings, poller::Triggers},
+    http::{self, Health},
+    telemetry::{self, Metrics},
+};
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Err(e) = telemetry::init_logging(args.log_format, &args.log_level) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            tracing::error!("{message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let metrics = Metrics::new();
+    let connect = connect_client(&metrics)?;
+    if args.leader_elect {
+        tracing::warn!(
+            "--leader-elect is accepted but leader election is not implemented yet; run a single replica"
+        );
+    }
+    let namespaces = args.namespaces();
+    if namespaces == controller::Namespaces::All {
+        tracing::info!("WATCH_NAMESPACE is empty: watching all namespaces");
+    }
+    let client = kube::Client::try_default().await.map_err(|e| {
+        format!("cannot build a Kubernetes client (kubeconfig or in-cluster config): {e}")
+    })?;
+    let settings = Settings {
+        namespaces: namespaces.clone(),
+        poll_interval: args.polling_interval,
+        resync_interval: args.resync_interval,
+        allow_empty_values: args.allow_empty_values,
+        enable_annotations: args.enable_annotations,
+        auto_restart: args.auto_restart,
+        concurrency: args.max_concurrent_reconciles,
+    };
+    tracing::info!(
+        connect = %connect.host(),
+        poll_interval_s = args.polling_interval.as_secs(),
+        auto_restart = args.auto_restart,
+        namespaces = ?namespaces,
+        "starting"
+    );
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        Catalog::new(connect.clone()),
+        metrics.clone(),
+        settings,
+    ));
+    let stop = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(stop.clone()));
+    let shutdown = || stop.clone().cancelled_owned();
+    let health = Health::new();
+
+    let mut tasks = tokio::task::JoinSet::new();
+    let metrics_addr = parse_bind_address(&args.metrics_bind_address)?;
+    let health_addr = parse_bind_address(&args.health_probe_bind_address)?;
+    let servers = match (metrics_addr, health_addr) {
+        (Some(m), Some(h)) if m == h => vec![(m, http::Routes::All)],
+        (m, h) => [(m, http::Routes::Metrics), (h, http::Routes::Health)]
+            .into_iter()
+            .filter_map(|(addr, routes)| addr.map(|a| (a, routes)))
+            .collect(),
+    };
+    for (addr, routes) in servers {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        let server = http::serve(
+            listener,
+            routes,
+            metrics.clone(),
+            health.clone(),
+            shutdown(),
+        );
+        tasks.spawn(async move {
+            if let Err(e) = server.await {
+                tracing::error!(error = %e, "operations HTTP server stopped");
+            }
+        });
+    }
+
+    let mut triggers = Triggers::default();
+    for scope in namespaces.scopes() {
+        let (tx, rx) = mpsc::unbounded();
+        triggers.items.insert(scope.clone(), tx);
+        tasks.spawn(controller::item::run(
+            ctx.clone(),
+            scope.clone(),
+            rx,
+            shutdown(),
+        ));
+        let (tx, rx) = mpsc::unbounded();
+        triggers.deployments.insert(scope.clone(), tx);
+        tasks.spawn(controller::deployment::run(
+            ctx.clone(),
+            scope,
+            rx,
+            shutdown(),
+        ));
+    }
+    tasks.spawn(controller::poller::run(ctx.clone(), triggers, shutdown()));
+    let restart = controller::restart::RestartConfig {
+        auto_restart_default: args.auto_restart,
+        namespaces: match &namespaces {
+            controller::Namespaces::All => None,
+            controller::Namespaces::Only(list) => Some(list.clone()),
+        },
+        on_restart: Some({
+            let metrics = metrics.clone();
+            Arc::new(move |kind: &'static str| metrics.workload_restarted(kind))
+        }),
+    };
+    tasks.spawn(controller::restart::run(client, restart, shutdown()));
+    tasks.spawn(heartbeat(health.clone(), shutdown()));
+    tasks.spawn(ready_when_connect_answers(
+        connect,
+        health.clone(),
+        shutdown(),
+    ));
+
+    while let Some(result) = tasks.join_next().await {
+        if let Err(e) = result {
+            return Err(format!("a task failed: {e}"));
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn connect_client(metrics: &Metrics) -> Result<ConnectClient, String> {
+    let env = |k: &str| std::env::var(k).ok();
+    if env("OP_CONNECT_HOST").is_none() && env("OP_SERVICE_ACCOUNT_TOKEN").is_some() {
+        return Err(
+            "OP_SERVICE_ACCOUNT_TOKEN (service account mode) is not supported; \
+                    set OP_CONNECT_HOST and OP_CONNECT_TOKEN to use a Connect server"
+                .into(),
+        );
+    }
+    let config = ConnectConfig::from_env(env).map_err(|e| format!("Connect configuration: {e}"))?;
+    let metrics = metrics.clone();
+    let client = ConnectClient::new(config)
+        .map_err(|e| format!("Connect configuration: {e}"))?
+        .with_observer(Arc::new(move |endpoint, status| {
+            metrics.connect_request(endpoint.as_str(), status)
+        }));
+    Ok(client)
+}
+
+/// Cancels `stop` on SIGTERM or Ctrl-C; every task watches it and stops gracefully.
+async fn cancel_on_signal(stop: CancellationToken) {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
+    stop.cancel();
+}
+
+/// Readiness: the operator can do its job once Connect has answered a heartbeat.
+async fn ready_when_connect_answers(
+    connect: ConnectClient,
+    health: Health,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        match connect.heartbeat().await {
+            Ok(()) => {
+                health.set_ready(true);
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(reason = e.reason(), error = %e, "Connect does not answer its heartbeat yet")
+            }
+        }
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+        }
+    }
+}
+
+/// Tells the liveness probe the runtime is alive.
+async fn heartbeat(health: Health, shutdown: impl std::future::Future<Output = ()>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = tick.tick() => health.heartbeat(),
+        }
+    }
+}

@@ -11,8 +11,12 @@ use url::Url;
 
 use super::{
     error::ConnectError,
-    model::{ErrorBody, File, FileContent, FullItem, Health, ItemSummary, ItemWithFiles, Vault},
+    model::{
+        ErrorBody, File, FileContent, FullItem, Health, ItemSummary, ItemWithFiles, Vault,
+        is_valid_id,
+    },
     path::ItemPath,
+    resolve::{join_notes, resolve_item, resolve_vault},
 };
 
 /// The Connect token. Its `Debug` and `Display` never show the value.
@@ -220,7 +224,10 @@ impl ConnectClient {
         let mut builder = reqwest::Client::builder()
             .timeout(config.timeout)
             .connect_timeout(config.connect_timeout)
-            .user_agent(concat!("onepassword-secrets-operator/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!(
+                "onepassword-secrets-operator/",
+                env!("CARGO_PKG_VERSION")
+            ))
             .pool_idle_timeout(Duration::from_secs(60))
             .redirect(reqwest::redirect::Policy::none());
         if let Some(pem) = &config.ca_bundle_pem {
@@ -231,7 +238,9 @@ impl ConnectClient {
             }
             builder = builder.tls_certs_merge(certs);
         }
-        let http = builder.build().map_err(|e| ConfigError::Http(e.to_string()))?;
+        let http = builder
+            .build()
+            .map_err(|e| ConfigError::Http(e.to_string()))?;
         Ok(ConnectClient {
             http,
             config: Arc::new(config),
@@ -397,40 +406,18 @@ impl ConnectClient {
         Ok(ItemWithFiles { item, files })
     }
 
-    /// Resolves the vault part of a path to a vault id, as the official operator does: a title
-    /// lookup first (the oldest vault wins when several share the title), then, if nothing has
-    /// that title and the string is shaped like an id, the string itself.
-    pub async fn resolve_vault(&self, vault: &str) -> Result<(String, Option<String>), ConnectError> {
-        let vaults = self.vaults_by_title(vault).await?;
-        if let Some(oldest) = oldest(&vaults, |v| v.created_at.as_deref(), |v| v.id.as_str()) {
-            let note = (vaults.len() > 1).then(|| {
-                format!(
-                    "{} vaults are titled {vault:?}; using the oldest, {}",
-                    vaults.len(),
-                    oldest.id
-                )
-            });
-            return Ok((oldest.id.clone(), note));
-        }
-        if super::model::is_valid_id(vault) {
-            return Ok((vault.to_string(), None));
-        }
-        Err(ConnectError::VaultNotFound {
-            message: format!("no vault titled {vault:?} is visible to the token"),
-        })
-    }
-
-    /// Resolves a path and fetches the item with its files.
-    ///
-    /// An id-shaped item part is fetched directly (one request); if Connect has no such item, it
-    /// is looked up as a title, as the official operator does. Unlike it, an error other than
-    /// "not found" (bad token, Connect down) is returned as is instead of being retried as a title.
+    /// Resolves a path and fetches the item with its files, with the official operator's
+    /// requests: a title lookup of the vault (then the string as an id), then the item by id if
+    /// it looks like one (one request; a title lookup if Connect has no such item), else by
+    /// title. Unlike the official operator, an error other than "not found" (bad token, Connect
+    /// down) is returned as is instead of being retried as a title.
     pub async fn fetch_by_path(
         &self,
         path: &ItemPath,
     ) -> Result<(Resolved, ItemWithFiles), ConnectError> {
-        let (vault_id, vault_note) = self.resolve_vault(&path.vault).await?;
-        if super::model::is_valid_id(&path.item) {
+        let vaults = self.vaults_by_title(&path.vault).await?;
+        let (vault_id, vault_note) = resolve_vault(&vaults, &path.vault)?;
+        if is_valid_id(&path.item) {
             match self.get_item(&vault_id, &path.item).await {
                 Ok(item) => {
                     let resolved = Resolved {
@@ -445,28 +432,12 @@ impl ConnectClient {
             }
         }
         let items = self.items_by_title(&vault_id, &path.item).await?;
-        let Some(chosen) = oldest(&items, |i| i.created_at.as_deref(), |i| i.id.as_str()) else {
-            return Err(ConnectError::ItemNotFound {
-                message: format!("no item titled {:?} in vault {vault_id}", path.item),
-            });
-        };
-        let item_note = (items.len() > 1).then(|| {
-            format!(
-                "{} items are titled {:?} in vault {vault_id}; using the oldest, {}",
-                items.len(),
-                path.item,
-                chosen.id
-            )
-        });
-        let note = match (vault_note, item_note) {
-            (Some(a), Some(b)) => Some(format!("{a}; {b}")),
-            (a, b) => a.or(b),
-        };
+        let (chosen, item_note) = resolve_item(&items, &vault_id, &path.item)?;
         let item = self.fetch_item(&vault_id, &chosen.id).await?;
         let resolved = Resolved {
             vault_id,
             item_id: chosen.id.clone(),
-            note,
+            note: join_notes(vault_note, item_note),
         };
         Ok((resolved, item))
     }
@@ -555,7 +526,10 @@ impl ConnectClient {
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
         let limit = self.config.max_body_bytes;
-        if response.content_length().is_some_and(|n| n as usize > limit) {
+        if response
+            .content_length()
+            .is_some_and(|n| n as usize > limit)
+        {
             return Err(ConnectError::BadResponse(format!(
                 "{}: response larger than {limit} bytes",
                 endpoint.as_str()
@@ -614,20 +588,6 @@ fn backoff(policy: &RetryPolicy, attempt: u32) -> Duration {
         .min(policy.max_delay);
     let millis = ceiling.as_millis().max(1) as u64;
     Duration::from_millis(rand::rng().random_range(millis / 2..=millis))
-}
-
-/// The oldest by `createdAt`; ties and missing dates fall back to the id, so the choice is stable.
-fn oldest<'a, T>(
-    candidates: &'a [T],
-    created_at: impl Fn(&T) -> Option<&str>,
-    id: impl Fn(&T) -> &str,
-) -> Option<&'a T> {
-    let key = |t: &T| {
-        let ts = created_at(t).and_then(|s| s.parse::<jiff::Timestamp>().ok());
-        // Items without a date sort after dated ones.
-        (ts.is_none(), ts, id(t).to_string())
-    };
-    candidates.iter().min_by_key(|t| key(t))
 }
 
 fn transport_error(e: reqwest::Error, timeout: Duration) -> ConnectError {
@@ -748,7 +708,13 @@ mod tests {
 
     #[test]
     fn status_codes_map_to_error_classes() {
-        let body = |m: &str| serde_json::to_vec(&ErrorBody { status: 0, message: m.into() }).unwrap();
+        let body = |m: &str| {
+            serde_json::to_vec(&ErrorBody {
+                status: 0,
+                message: m.into(),
+            })
+            .unwrap()
+        };
         let cases: Vec<(u16, Vec<u8>, &str)> = vec![
             (401, body("Invalid token signature"), "Unauthorized"),
             (403, body("vault x is not in scope"), "VaultForbidden"),
@@ -774,17 +740,5 @@ mod tests {
             assert!(d <= p.max_delay, "{d:?}");
             assert!(d >= p.base_delay.min(p.max_delay) / 2, "{d:?}");
         }
-    }
-
-    #[test]
-    fn oldest_uses_created_at_then_id() {
-        let items = [
-            ("b", Some("2024-01-02T00:00:00Z")),
-            ("a", None),
-            ("c", Some("2024-01-01T00:00:00+01:00")),
-            ("d", Some("2024-01-01T00:00:00Z")),
-        ];
-        let got = oldest(&items, |i| i.1, |i| i.0).unwrap();
-        assert_eq!(got.0, "c");
     }
 }

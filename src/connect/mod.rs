@@ -4,6 +4,7 @@ mod client;
 mod error;
 pub mod model;
 mod path;
+pub mod resolve;
 
 pub use client::{
     ConfigError, ConnectClient, ConnectConfig, Endpoint, RequestObserver, Resolved, RetryPolicy,

@@ -10,7 +10,24 @@ use serde::{Deserialize, Serialize};
 
 /// Connect ids are 26 characters of `[a-z0-9]`.
 pub fn is_valid_id(s: &str) -> bool {
-    s.len() == 26 && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    s.len() == 26
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+}
+
+/// The oldest candidate by `createdAt` (RFC 3339); ties and missing dates fall back to the id,
+/// so the choice is stable from one call to the next. The official operator picks the oldest
+/// when several vaults or items share a title.
+pub fn oldest<'a, T: 'a>(
+    candidates: impl IntoIterator<Item = &'a T>,
+    created_at: impl Fn(&T) -> Option<&str>,
+    id: impl Fn(&T) -> &str,
+) -> Option<&'a T> {
+    candidates.into_iter().min_by_key(|t| {
+        let ts = created_at(t).and_then(|s| s.parse::<jiff::Timestamp>().ok());
+        // Candidates without a date sort after dated ones.
+        (ts.is_none(), ts, id(t).to_string())
+    })
 }
 
 /// `{ "status": 404, "message": "item … not found" }`
@@ -269,6 +286,18 @@ mod tests {
         assert!(!is_valid_id("IONAIWTDVGCLRIXBT6ZTPQCXNQ"));
         assert!(!is_valid_id("ionaiwtdvgclrixbt6ztpqcxn"));
         assert!(!is_valid_id("ionaiwtdvgclrixbt6ztpqcx-q"));
+    }
+
+    #[test]
+    fn oldest_uses_created_at_then_id() {
+        let items = [
+            ("b", Some("2024-01-02T00:00:00Z")),
+            ("a", None),
+            ("c", Some("2024-01-01T00:00:00+01:00")),
+            ("d", Some("2024-01-01T00:00:00Z")),
+        ];
+        let got = oldest(&items, |i| i.1, |i| i.0).unwrap();
+        assert_eq!(got.0, "c");
     }
 
     #[test]

@@ -11,7 +11,9 @@ pub struct ItemPath {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{path:?} is not a valid item path: {reason}; expected vaults/<vault title or id>/items/<item title or id>")]
+#[error(
+    "{path:?} is not a valid item path: {reason}; expected vaults/<vault title or id>/items/<item title or id>"
+)]
 pub struct InvalidItemPath {
     pub path: String,
     pub reason: &'static str,
@@ -79,7 +81,11 @@ mod tests {
                 "ionaiwtdvgclrixbt6ztpqcxnq",
                 "p7eflcy7f5mk7vg6zrzf5rjjyu",
             ),
-            ("vaults/My Vault/items/Postgres admin", "My Vault", "Postgres admin"),
+            (
+                "vaults/My Vault/items/Postgres admin",
+                "My Vault",
+                "Postgres admin",
+            ),
             ("vaults/team/a/items/x/y", "team/a", "x/y"),
             ("vaults/a/items/b/items/c", "a/items/b", "c"),
             ("vaults/Ünïcødé/items/🔑", "Ünïcødé", "🔑"),

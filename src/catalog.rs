@@ -1,0 +1,219 @@
+//! What we know about the vaults and items in 1Password, without their values: the vault list
+//! and, for each vault in use, the item listing (ids, titles, versions).
+//!
+//! Both reconcilers and the poller read it. A reconcile resolves an item path against it and
+//! compares the listed version with the Secret's, so a reconcile of an unchanged item costs no
+//! Connect request. The poller refreshes it once per interval: one `GET /v1/vaults`, plus one
+//! item listing per vault in use whose `contentVersion` moved.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use tokio::sync::Mutex;
+
+use crate::connect::{
+    ConnectClient, ConnectError, ItemPath,
+    model::{ItemSummary, Vault},
+    resolve::{join_notes, resolve_item, resolve_vault},
+};
+
+/// Where an item path points now, according to the catalog.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resolution {
+    pub vault_id: String,
+    pub item_id: String,
+    /// The version in the vault's item listing.
+    pub version: u64,
+    /// Said when a title matched several vaults or items.
+    pub note: Option<String>,
+}
+
+#[derive(Clone)]
+struct Listing {
+    items: Arc<Vec<ItemSummary>>,
+    /// The vault's `contentVersion` when the listing was taken (0: unknown).
+    content_version: u64,
+    fetched: Instant,
+}
+
+#[derive(Default)]
+struct State {
+    vaults: Option<(Arc<Vec<Vault>>, Instant)>,
+    listings: HashMap<String, Listing>,
+}
+
+/// How a refresh went, for logs and metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RefreshReport {
+    /// Vaults whose item listing was fetched again.
+    pub listed: Vec<String>,
+    /// Vaults skipped because their `contentVersion` did not move.
+    pub unchanged: usize,
+}
+
+pub struct Catalog {
+    client: ConnectClient,
+    state: Mutex<State>,
+    /// A lookup that misses in a listing older than this fetches the listing again, so an item
+    /// created a moment ago is found without waiting for the next poll.
+    miss_refresh_after: Duration,
+}
+
+impl Catalog {
+    pub fn new(client: ConnectClient) -> Self {
+        Catalog {
+            client,
+            state: Mutex::new(State::default()),
+            miss_refresh_after: Duration::from_secs(5),
+        }
+    }
+
+    pub fn client(&self) -> &ConnectClient {
+        &self.client
+    }
+
+    /// Resolves an item path, fetching the vault list and the vault's listing only when they are
+    /// not cached yet, or when the cached copy misses and is a few seconds old.
+    pub async fn resolve(&self, path: &ItemPath) -> Result<Resolution, ConnectError> {
+        let mut state = self.state.lock().await;
+        let vaults = self.vaults(&mut state, false).await?;
+        let (vault_id, vault_note) = match resolve_vault(&vaults, &path.vault) {
+            Ok(found) => found,
+            Err(e) => {
+                let vaults = self.vaults(&mut state, true).await?;
+                resolve_vault(&vaults, &path.vault).map_err(|_| e)?
+            }
+        };
+        let mut listing = self.listing(&mut state, &vault_id, false).await?;
+        if let Err(e) = resolve_item(&listing, &vault_id, &path.item) {
+            listing = self.listing(&mut state, &vault_id, true).await?;
+            resolve_item(&listing, &vault_id, &path.item).map_err(|_| e)?;
+        }
+        let (item, item_note) = resolve_item(&listing, &vault_id, &path.item)?;
+        Ok(Resolution {
+            vault_id: vault_id.clone(),
+            item_id: item.id.clone(),
+            version: item.version,
+            note: join_notes(vault_note, item_note),
+        })
+    }
+
+    /// Resolves against what is cached, without any request. `None` when the vault or its
+    /// listing is not cached.
+    pub async fn resolve_cached(
+        &self,
+        path: &ItemPath,
+    ) -> Option<Result<Resolution, ConnectError>> {
+        let state = self.state.lock().await;
+        let (vaults, _) = state.vaults.as_ref()?;
+        let (vault_id, vault_note) = match resolve_vault(vaults, &path.vault) {
+            Ok(v) => v,
+            Err(e) => return Some(Err(e)),
+        };
+        let listing = state.listings.get(&vault_id)?;
+        Some(
+            resolve_item(&listing.items, &vault_id, &path.item).map(|(item, item_note)| {
+                Resolution {
+                    vault_id: vault_id.clone(),
+                    item_id: item.id.clone(),
+                    version: item.version,
+                    note: join_notes(vault_note, item_note),
+                }
+            }),
+        )
+    }
+
+    /// One poll: lists vaults, then lists the items of each vault in `in_use` whose
+    /// `contentVersion` changed since its last listing (or every one, with `full`). A server
+    /// that leaves `contentVersion` at 0 gets a listing every time.
+    pub async fn refresh(
+        &self,
+        in_use: &HashSet<String>,
+        full: bool,
+    ) -> Result<RefreshReport, ConnectError> {
+        let mut state = self.state.lock().await;
+        let vaults = self.vaults(&mut state, true).await?;
+        let mut report = RefreshReport::default();
+        let mut ids: Vec<&String> = in_use.iter().collect();
+        ids.sort();
+        for vault_id in ids {
+            let listed_version = vaults
+                .iter()
+                .find(|v| &v.id == vault_id)
+                .map(|v| v.content_version);
+            let cached = state.listings.get(vault_id).map(|l| l.content_version);
+            let unchanged = !full
+                && matches!((listed_version, cached), (Some(now), Some(before)) if now != 0 && now == before);
+            if unchanged {
+                report.unchanged += 1;
+                continue;
+            }
+            match self.listing(&mut state, vault_id, true).await {
+                Ok(_) => report.listed.push(vault_id.clone()),
+                // A vault that went away or was revoked: forget its listing so the items in it
+                // fail to resolve and their reconcilers report why.
+                Err(
+                    ConnectError::VaultNotFound { .. }
+                    | ConnectError::Forbidden { .. }
+                    | ConnectError::NotFound { .. },
+                ) => {
+                    state.listings.remove(vault_id);
+                    report.listed.push(vault_id.clone());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        // Listings of vaults no longer in use are dropped to keep memory to what is needed.
+        state.listings.retain(|id, _| in_use.contains(id));
+        Ok(report)
+    }
+
+    async fn vaults(
+        &self,
+        state: &mut State,
+        refresh: bool,
+    ) -> Result<Arc<Vec<Vault>>, ConnectError> {
+        if let Some((vaults, fetched)) = &state.vaults {
+            let fresh_enough = !refresh || fetched.elapsed() < self.miss_refresh_after;
+            if fresh_enough {
+                return Ok(vaults.clone());
+            }
+        }
+        let vaults = Arc::new(self.client.list_vaults().await?);
+        state.vaults = Some((vaults.clone(), Instant::now()));
+        Ok(vaults)
+    }
+
+    async fn listing(
+        &self,
+        state: &mut State,
+        vault_id: &str,
+        refresh: bool,
+    ) -> Result<Arc<Vec<ItemSummary>>, ConnectError> {
+        if let Some(listing) = state.listings.get(vault_id) {
+            let fresh_enough = !refresh || listing.fetched.elapsed() < self.miss_refresh_after;
+            if fresh_enough {
+                return Ok(listing.items.clone());
+            }
+        }
+        let items = Arc::new(self.client.list_items(vault_id).await?);
+        let content_version = state
+            .vaults
+            .as_ref()
+            .and_then(|(vaults, _)| vaults.iter().find(|v| v.id == vault_id))
+            .map(|v| v.content_version)
+            .unwrap_or(0);
+        state.listings.insert(
+            vault_id.to_string(),
+            Listing {
+                items: items.clone(),
+                content_version,
+                fetched: Instant::now(),
+            },
+        );
+        Ok(items)
+    }
+}

@@ -1,0 +1,173 @@
+//! Command-line flags and environment variables, named as the official operator names them.
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::Parser;
+
+use crate::{controller::Namespaces, telemetry::LogFormat};
+
+/// Syncs 1Password items, read through 1Password Connect, into Kubernetes Secrets.
+///
+/// Connect is configured by `OP_CONNECT_HOST` and `OP_CONNECT_TOKEN` (or `OP_CONNECT_TOKEN_FILE`,
+/// a file holding the token), plus `OP_CONNECT_CA_FILE` for a Connect server behind TLS with a
+/// private CA.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "onepassword-operator", version)]
+pub struct Args {
+    /// Namespaces to watch, comma separated; empty or unset: all namespaces.
+    #[arg(long, env = "WATCH_NAMESPACE")]
+    pub watch_namespace: Option<String>,
+
+    /// Seconds between two polls of 1Password for changed items (`30`, or `30s`, `10m`, `1h`).
+    #[arg(long, env = "POLLING_INTERVAL", default_value = "600", value_parser = parse_interval)]
+    pub polling_interval: Duration,
+
+    /// Restart workloads that use a Secret whose data changed, unless an annotation says
+    /// otherwise (`true`/`false`).
+    #[arg(long, env = "AUTO_RESTART", default_value = "false", value_parser = parse_go_bool)]
+    pub auto_restart: bool,
+
+    /// Keep fields with empty values as empty keys instead of leaving them out.
+    #[arg(long, env = "ALLOW_EMPTY_VALUES", default_value = "false", value_parser = parse_go_bool,
+          num_args = 0..=1, default_missing_value = "true")]
+    pub allow_empty_values: bool,
+
+    /// Copy a OnePasswordItem's annotations to its Secret.
+    #[arg(long, env = "ENABLE_ANNOTATIONS", default_value = "false", value_parser = parse_go_bool,
+          num_args = 0..=1, default_missing_value = "true")]
+    pub enable_annotations: bool,
+
+    /// Where `/metrics` is served (`:8080` means every interface; `0` turns it off).
+    #[arg(long, env = "METRICS_BIND_ADDRESS", default_value = ":8080")]
+    pub metrics_bind_address: String,
+
+    /// Where `/healthz` and `/readyz` are served.
+    #[arg(long, env = "HEALTH_PROBE_BIND_ADDRESS", default_value = ":8081")]
+    pub health_probe_bind_address: String,
+
+    /// Accepted for compatibility with the official operator's manifests. Leader election is
+    /// not implemented yet: run one replica.
+    #[arg(long, env = "LEADER_ELECT", default_value = "false", value_parser = parse_go_bool,
+          num_args = 0..=1, default_missing_value = "true")]
+    pub leader_elect: bool,
+
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Log level: error, warn, info, debug or trace (`RUST_LOG` overrides it).
+    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    /// Seconds between two reconciles of an unchanged object (a safety net: changes are seen
+    /// through watches and polls).
+    #[arg(long, env = "RESYNC_INTERVAL", default_value = "3600", value_parser = parse_interval)]
+    pub resync_interval: Duration,
+
+    /// Objects reconciled at once by each controller; bounds the load on Connect at start-up.
+    #[arg(long, env = "MAX_CONCURRENT_RECONCILES", default_value = "8",
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_concurrent_reconciles: u16,
+}
+
+impl Args {
+    pub fn namespaces(&self) -> Namespaces {
+        Namespaces::parse(self.watch_namespace.as_deref())
+    }
+}
+
+/// A bind address: `:8080` (all interfaces), `127.0.0.1:8080`, or `0` for none.
+pub fn parse_bind_address(value: &str) -> Result<Option<SocketAddr>, String> {
+    let value = value.trim();
+    if value == "0" || value.is_empty() {
+        return Ok(None);
+    }
+    let full = if value.starts_with(':') {
+        format!("0.0.0.0{value}")
+    } else {
+        value.to_string()
+    };
+    full.parse()
+        .map(Some)
+        .map_err(|_| format!("{value:?} is not an address like :8080 or 127.0.0.1:8080"))
+}
+
+/// `600` (seconds, as the official operator reads it), or `600s`, `10m`, `1h`.
+pub fn parse_interval(value: &str) -> Result<Duration, String> {
+    let value = value.trim();
+    let (number, unit) = match value.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => value.split_at(i),
+        None => (value, "s"),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{value:?} is not a number of seconds (or 30s, 10m, 1h)"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("{value:?}: unknown unit {unit:?} (use s, m or h)")),
+    };
+    if secs == 0 {
+        return Err("the interval must be at least one second".into());
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+fn parse_go_bool(value: &str) -> Result<bool, String> {
+    crate::controller::parse_bool(value.trim())
+        .ok_or_else(|| format!("{value:?} is not a boolean (true or false)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_official_operator() {
+        let args = Args::try_parse_from(["op"]).unwrap();
+        assert_eq!(args.polling_interval, Duration::from_secs(600));
+        assert!(!args.auto_restart && !args.allow_empty_values && !args.enable_annotations);
+        assert_eq!(args.namespaces(), Namespaces::All);
+        assert_eq!(
+            parse_bind_address(&args.metrics_bind_address).unwrap(),
+            Some("0.0.0.0:8080".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn official_flags_are_accepted() {
+        let args = Args::try_parse_from([
+            "op",
+            "--leader-elect",
+            "--allow-empty-values",
+            "--enable-annotations",
+            "--metrics-bind-address=127.0.0.1:8080",
+            "--health-probe-bind-address=:8081",
+            "--polling-interval=30",
+        ])
+        .unwrap();
+        assert!(args.leader_elect && args.allow_empty_values && args.enable_annotations);
+        assert_eq!(args.polling_interval, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn intervals_accept_seconds_and_units_and_refuse_nonsense() {
+        assert_eq!(parse_interval("15").unwrap(), Duration::from_secs(15));
+        assert_eq!(parse_interval("10m").unwrap(), Duration::from_secs(600));
+        assert_eq!(parse_interval("1h").unwrap(), Duration::from_secs(3600));
+        for bad in ["", "0", "-5", "ten", "5d", "1.5"] {
+            assert!(parse_interval(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bind_addresses() {
+        assert_eq!(parse_bind_address("0").unwrap(), None);
+        assert_eq!(
+            parse_bind_address(":9000").unwrap(),
+            Some("0.0.0.0:9000".parse().unwrap())
+        );
+        assert!(parse_bind_address("localhost").is_err());
+    }
+}

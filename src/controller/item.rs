@@ -1,0 +1,519 @@
+//! OnePasswordItem -> a Secret of the same name, owned by the item (deleting the item garbage
+//! collects the Secret), with a `Ready` condition and events that say what is wrong.
+
+use std::{collections::BTreeMap, future::Future, sync::Arc, time::Duration};
+
+use futures::{StreamExt, channel::mpsc::UnboundedReceiver};
+use k8s_openapi::{
+    api::core::v1::Secret,
+    apimachinery::pkg::apis::meta::v1::{OwnerReference, Time},
+    jiff::Timestamp,
+};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::{
+        Controller,
+        controller::{self, Action},
+        events::{Event, EventType},
+        reflector::ObjectRef,
+        watcher,
+    },
+};
+use serde_json::json;
+
+use super::{
+    Context, FIELD_MANAGER,
+    poller::{TargetKey, TargetKind, Tracked},
+    scoped_api,
+    sync::{self, Change, SyncError, SyncTarget, Synced},
+};
+use crate::{
+    connect::ItemPath,
+    crd::{OnePasswordItem, OnePasswordItemCondition, OnePasswordItemStatus},
+    restart::{MANAGED_LABEL, MANAGED_VALUE},
+    secret,
+};
+
+pub const AUTO_RESTART_ANNOTATION: &str = "operator.1password.io/auto-restart";
+
+/// Labels of the item that are not copied to its Secret: Argo CD tracks resources by them, and a
+/// Secret carrying the item's instance label is pruned as an orphan (official operator #96).
+const LABELS_NOT_COPIED: &[&str] = &["app.kubernetes.io/instance", "argocd.argoproj.io/instance"];
+const ANNOTATIONS_NOT_COPIED: &[&str] = &["kubectl.kubernetes.io/last-applied-configuration"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("writing the status failed: {0}")]
+    Status(#[source] kube::Error),
+    #[error("the object has no namespace")]
+    NoNamespace,
+}
+
+/// Runs the controller for one scope (`None`: all namespaces) until `shutdown`.
+pub async fn run(
+    ctx: Arc<Context>,
+    scope: Option<String>,
+    trigger: UnboundedReceiver<ObjectRef<OnePasswordItem>>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let items: Api<OnePasswordItem> = scoped_api(&ctx.client, scope.as_deref());
+    let secrets: Api<Secret> = scoped_api(&ctx.client, scope.as_deref());
+    let managed = watcher::Config::default().labels(&format!("{MANAGED_LABEL}={MANAGED_VALUE}"));
+    Controller::new(items, watcher::Config::default())
+        .owns(secrets, managed)
+        .reconcile_on(trigger)
+        .with_config(controller::Config::default().concurrency(ctx.config.concurrency))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "OnePasswordItem reconcile did not complete");
+            }
+        })
+        .await;
+}
+
+fn error_policy(obj: Arc<OnePasswordItem>, error: &Error, ctx: Arc<Context>) -> Action {
+    tracing::warn!(item = %obj.name_any(), error = %error, "OnePasswordItem reconcile failed");
+    Action::requeue(ctx.backoff(&key_of(&obj)))
+}
+
+fn key_of(obj: &OnePasswordItem) -> String {
+    format!(
+        "item/{}/{}",
+        obj.namespace().unwrap_or_default(),
+        obj.name_any()
+    )
+}
+
+#[tracing::instrument(skip_all, fields(namespace = obj.namespace(), item = %obj.name_any()))]
+async fn reconcile(obj: Arc<OnePasswordItem>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let namespace = obj.namespace().ok_or(Error::NoNamespace)?;
+    let key = TargetKey {
+        kind: TargetKind::Item,
+        namespace: namespace.clone(),
+        name: obj.name_any(),
+    };
+    if obj.meta().deletion_timestamp.is_some() {
+        // The Secret goes with it through its owner reference; nothing to clean up here.
+        ctx.registry.forget(&key);
+        return Ok(Action::await_change());
+    }
+    let timer = ctx.metrics.reconcile_started("item");
+    let outcome = sync_item(&obj, &namespace, &ctx).await;
+
+    match (
+        &outcome,
+        ItemPath::parse(obj.spec.item_path.as_deref().unwrap_or_default()),
+    ) {
+        (Ok(synced), Ok(path)) => ctx.registry.track(
+            key.clone(),
+            Tracked {
+                path,
+                resolved: Some((
+                    synced.resolution.vault_id.clone(),
+                    synced.resolution.item_id.clone(),
+                )),
+                version: Some(synced.resolution.version),
+            },
+        ),
+        (Err(_), Ok(path)) => ctx.registry.track(
+            key.clone(),
+            Tracked {
+                path,
+                resolved: None,
+                version: None,
+            },
+        ),
+        (_, Err(_)) => ctx.registry.forget(&key),
+    }
+
+    let status = desired_status(&obj, &outcome, Timestamp::now());
+    if obj.status.as_ref() != Some(&status) {
+        write_status(&ctx, &obj, &namespace, &status).await?;
+    }
+    publish_events(&ctx, &obj, &outcome).await;
+
+    match &outcome {
+        Ok(synced) => {
+            ctx.reset_backoff(&key_of(&obj));
+            if matches!(synced.change, Change::Created | Change::Updated) {
+                ctx.metrics.secret_written("item");
+                if let Some(lag) = synced.updated_at.as_deref().and_then(lag_since) {
+                    ctx.metrics.sync_lag(lag);
+                }
+            }
+            timer.finish(Ok(()));
+            Ok(Action::requeue(ctx.config.resync_interval))
+        }
+        Err(e) => {
+            timer.finish(Err(e.reason()));
+            tracing::info!(reason = e.reason(), error = %e, "OnePasswordItem not synced");
+            Ok(action_after_error(&ctx, &key_of(&obj), e))
+        }
+    }
+}
+
+/// Transient failures retry with backoff; problems that a change in 1Password can fix are
+/// looked at again every poll interval; a bad spec waits for the object to change.
+pub fn action_after_error(ctx: &Context, key: &str, e: &SyncError) -> Action {
+    if e.is_transient() {
+        Action::requeue(ctx.backoff(key))
+    } else if e.needs_spec_change() {
+        Action::await_change()
+    } else {
+        Action::requeue(ctx.config.poll_interval)
+    }
+}
+
+/// How long ago an RFC 3339 time was, if it is in the past.
+pub fn lag_since(updated_at: &str) -> Option<Duration> {
+    let then: Timestamp = updated_at.parse().ok()?;
+    let lag = Timestamp::now().duration_since(then);
+    Duration::try_from(lag).ok()
+}
+
+async fn sync_item(
+    obj: &OnePasswordItem,
+    namespace: &str,
+    ctx: &Context,
+) -> Result<Synced, SyncError> {
+    let target = target_for(obj, namespace, ctx.config.enable_annotations)?;
+    sync::sync(ctx, &target).await
+}
+
+/// What the item asks for, checked before anything is fetched.
+pub fn target_for(
+    obj: &OnePasswordItem,
+    namespace: &str,
+    enable_annotations: bool,
+) -> Result<SyncTarget, SyncError> {
+    let path = ItemPath::parse(obj.spec.item_path.as_deref().unwrap_or_default())?;
+    if obj.spec.template.is_some() {
+        return Err(SyncError::Unsupported(
+            "spec.template is not supported by this operator yet; remove it to sync the item's fields as keys".into(),
+        ));
+    }
+    if obj.spec.image_pull_secret.is_some() {
+        return Err(SyncError::Unsupported(
+            "spec.imagePullSecret is not supported by this operator yet; store a `.dockerconfigjson` field in the item and set `type: kubernetes.io/dockerconfigjson` instead".into(),
+        ));
+    }
+    let secret_type = secret::secret_type(obj.secret_type.as_deref())?;
+    let labels: BTreeMap<String, String> = obj
+        .labels()
+        .iter()
+        .filter(|(k, _)| !LABELS_NOT_COPIED.contains(&k.as_str()) && k.as_str() != MANAGED_LABEL)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let mut annotations = BTreeMap::new();
+    if enable_annotations {
+        annotations.extend(
+            obj.annotations()
+                .iter()
+                .filter(|(k, _)| !ANNOTATIONS_NOT_COPIED.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
+    }
+    if let Some(value) = obj.annotations().get(AUTO_RESTART_ANNOTATION) {
+        if super::parse_bool(value).is_none() {
+            return Err(SyncError::Unsupported(format!(
+                "annotation {AUTO_RESTART_ANNOTATION} is {value:?}; it must be true or false"
+            )));
+        }
+        annotations.insert(AUTO_RESTART_ANNOTATION.into(), value.clone());
+    }
+    Ok(SyncTarget {
+        namespace: namespace.to_string(),
+        name: obj.name_any(),
+        path,
+        secret_type: Some(secret_type),
+        labels,
+        annotations,
+        owners: vec![owner_reference(obj)],
+    })
+}
+
+fn owner_reference(obj: &OnePasswordItem) -> OwnerReference {
+    OwnerReference {
+        api_version: OnePasswordItem::api_version(&()).into(),
+        kind: OnePasswordItem::kind(&()).into(),
+        name: obj.name_any(),
+        uid: obj.uid().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: None,
+    }
+}
+
+/// The status a reconcile outcome calls for. Pure: `now` is used only when the Ready status
+/// flips, so an unchanged outcome yields an identical status and no write.
+pub fn desired_status(
+    obj: &OnePasswordItem,
+    outcome: &Result<Synced, SyncError>,
+    now: Timestamp,
+) -> OnePasswordItemStatus {
+    let previous = obj.status.clone().unwrap_or_default();
+    let (ready, reason, message) = match outcome {
+        Ok(s) => {
+            let reason = if s.change == Change::Ignored {
+                "Ignored"
+            } else {
+                "Synced"
+            };
+            let mut message = format!(
+                "Secret {:?} holds version {} of item {} in vault {}",
+                obj.name_any(),
+                s.version,
+                s.resolution.item_id,
+                s.resolution.vault_id
+            );
+            for w in &s.warnings {
+                message.push_str("; ");
+                message.push_str(w);
+            }
+            (true, reason, message)
+        }
+        Err(e) => (false, e.reason(), e.to_string()),
+    };
+    let status = if ready { "True" } else { "False" };
+    let old_ready = obj.ready_condition();
+    let last_transition_time = match old_ready {
+        Some(c) if c.status == status && c.last_transition_time.is_some() => {
+            c.last_transition_time.clone()
+        }
+        _ => Some(Time(now)),
+    };
+    let condition = OnePasswordItemCondition {
+        type_: "Ready".into(),
+        status: status.into(),
+        last_transition_time,
+        message: Some(truncate(&message, 1024)),
+        reason: Some(reason.into()),
+        observed_generation: obj.metadata.generation,
+    };
+    let mut conditions: Vec<OnePasswordItemCondition> = previous
+        .conditions
+        .iter()
+        .filter(|c| c.type_ != "Ready")
+        .cloned()
+        .collect();
+    conditions.insert(0, condition);
+    let (vault_id, item_id, item_version) = match outcome {
+        Ok(s) => (
+            Some(s.resolution.vault_id.clone()),
+            Some(s.resolution.item_id.clone()),
+            Some(s.version as i64),
+        ),
+        // The Secret still holds what it held: keep saying so.
+        Err(_) => (previous.vault_id, previous.item_id, previous.item_version),
+    };
+    OnePasswordItemStatus {
+        conditions,
+        observed_generation: obj.metadata.generation,
+        vault_id,
+        item_id,
+        item_version,
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+async fn write_status(
+    ctx: &Context,
+    obj: &OnePasswordItem,
+    namespace: &str,
+    status: &OnePasswordItemStatus,
+) -> Result<(), Error> {
+    let api: Api<OnePasswordItem> = Api::namespaced(ctx.client.clone(), namespace);
+    let body = json!({
+        "apiVersion": OnePasswordItem::api_version(&()),
+        "kind": OnePasswordItem::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &obj.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map_err(Error::Status)?;
+    Ok(())
+}
+
+/// Events only on transitions: a change of the Ready reason, or a Secret written.
+async fn publish_events(ctx: &Context, obj: &OnePasswordItem, outcome: &Result<Synced, SyncError>) {
+    let old_reason = obj.ready_condition().and_then(|c| c.reason.clone());
+    let event = match outcome {
+        Ok(s) => match s.change {
+            Change::Created => Some((
+                EventType::Normal,
+                "SecretCreated",
+                format!("Created Secret from item version {}", s.version),
+            )),
+            Change::Updated => Some((
+                EventType::Normal,
+                "SecretUpdated",
+                format!("Updated Secret to item version {}", s.version),
+            )),
+            _ if old_reason.as_deref() != Some("Synced") && old_reason.is_some() => Some((
+                EventType::Normal,
+                "Synced",
+                format!("Secret holds item version {}", s.version),
+            )),
+            _ => None,
+        },
+        Err(e) if old_reason.as_deref() != Some(e.reason()) => {
+            Some((EventType::Warning, e.reason(), e.to_string()))
+        }
+        Err(_) => None,
+    };
+    let Some((type_, reason, note)) = event else {
+        return;
+    };
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(truncate(&note, 1000)),
+        action: "Sync".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
+        tracing::debug!(error = %e, "cannot publish event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::Resolution;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn item(path: &str) -> OnePasswordItem {
+        OnePasswordItem {
+            metadata: ObjectMeta {
+                name: Some("db".into()),
+                namespace: Some("apps".into()),
+                uid: Some("uid-1".into()),
+                generation: Some(2),
+                labels: Some(BTreeMap::from([
+                    ("team".to_string(), "a".to_string()),
+                    ("app.kubernetes.io/instance".to_string(), "x".to_string()),
+                ])),
+                annotations: Some(BTreeMap::from([
+                    (AUTO_RESTART_ANNOTATION.to_string(), "true".to_string()),
+                    ("note".to_string(), "n".to_string()),
+                ])),
+                ..Default::default()
+            },
+            spec: crate::crd::OnePasswordItemSpec {
+                item_path: Some(path.into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    fn synced(version: u64) -> Synced {
+        Synced {
+            resolution: Resolution {
+                vault_id: "v".into(),
+                item_id: "i".into(),
+                version,
+                note: None,
+            },
+            version,
+            change: Change::Updated,
+            warnings: vec![],
+            updated_at: None,
+        }
+    }
+
+    #[test]
+    fn target_copies_labels_and_the_auto_restart_annotation_and_owns_the_secret() {
+        let t = target_for(&item("vaults/Prod/items/db"), "apps", false).unwrap();
+        assert_eq!(t.name, "db");
+        assert_eq!(t.secret_type.as_deref(), Some("Opaque"));
+        assert_eq!(t.labels, BTreeMap::from([("team".into(), "a".into())]));
+        assert_eq!(
+            t.annotations,
+            BTreeMap::from([(AUTO_RESTART_ANNOTATION.into(), "true".into())])
+        );
+        assert_eq!(t.owners[0].uid, "uid-1");
+        assert_eq!(t.owners[0].kind, "OnePasswordItem");
+        let with_annotations = target_for(&item("vaults/Prod/items/db"), "apps", true).unwrap();
+        assert_eq!(
+            with_annotations.annotations.get("note").map(String::as_str),
+            Some("n")
+        );
+    }
+
+    #[test]
+    fn a_bad_item_path_or_an_unsupported_field_is_refused_before_any_fetch() {
+        let err = target_for(&item("Prod/db"), "apps", false).unwrap_err();
+        assert_eq!(err.reason(), "InvalidItemPath");
+        assert!(err.needs_spec_change());
+        let mut templated = item("vaults/Prod/items/db");
+        templated.spec.template = Some(Default::default());
+        assert_eq!(
+            target_for(&templated, "apps", false).unwrap_err().reason(),
+            "Unsupported"
+        );
+        let mut bad_restart = item("vaults/Prod/items/db");
+        bad_restart
+            .metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(AUTO_RESTART_ANNOTATION.into(), "yes".into());
+        assert!(target_for(&bad_restart, "apps", false).is_err());
+    }
+
+    #[test]
+    fn status_is_stable_for_the_same_outcome_so_nothing_is_rewritten() {
+        let t0: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let t1: Timestamp = "2026-01-01T01:00:00Z".parse().unwrap();
+        let mut obj = item("vaults/Prod/items/db");
+        let first = desired_status(&obj, &Ok(synced(3)), t0);
+        assert_eq!(first.conditions[0].status, "True");
+        assert_eq!(first.conditions[0].reason.as_deref(), Some("Synced"));
+        assert_eq!(first.item_version, Some(3));
+        assert_eq!(first.observed_generation, Some(2));
+        obj.status = Some(first.clone());
+        assert_eq!(desired_status(&obj, &Ok(synced(3)), t1), first);
+    }
+
+    #[test]
+    fn a_failure_keeps_what_the_secret_holds_and_flips_the_transition_time() {
+        let t0: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let t1: Timestamp = "2026-01-01T01:00:00Z".parse().unwrap();
+        let mut obj = item("vaults/Prod/items/db");
+        obj.status = Some(desired_status(&obj, &Ok(synced(3)), t0));
+        let err = SyncError::Connect(crate::connect::ConnectError::Timeout(Duration::from_secs(
+            15,
+        )));
+        let status = desired_status(&obj, &Err(err), t1);
+        let ready = &status.conditions[0];
+        assert_eq!(ready.status, "False");
+        assert_eq!(ready.reason.as_deref(), Some("ConnectUnavailable"));
+        assert_eq!(ready.last_transition_time, Some(Time(t1)));
+        assert_eq!(status.item_version, Some(3));
+    }
+
+    #[test]
+    fn long_messages_are_cut_on_a_character_boundary() {
+        let s = "é".repeat(600);
+        let cut = truncate(&s, 1024);
+        assert!(cut.len() <= 1024 + '…'.len_utf8());
+        assert!(cut.ends_with('…'));
+    }
+}

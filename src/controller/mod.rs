@@ -1,0 +1,184 @@
+//! Controllers: reconcilers that keep Secrets and workloads in step with 1Password.
+//!
+//! - [`item`]: OnePasswordItem -> Secret of the same name (owner reference, status, events).
+//! - [`deployment`]: Deployments annotated with `item-path` + `item-name` -> that Secret.
+//! - [`poller`]: the poll loop that finds changed items and wakes the two above.
+//! - [`restart`]: rolls workloads whose Secrets' data changed.
+//! - [`sync`]: the fetch -> build -> apply pipeline the first two share.
+
+pub mod deployment;
+pub mod item;
+pub mod poller;
+pub mod restart;
+pub mod sync;
+
+use std::{collections::HashMap, sync::Mutex, time::Duration};
+
+use kube::{
+    Api, Client, Resource,
+    core::NamespaceResourceScope,
+    runtime::events::{Recorder, Reporter},
+};
+
+use crate::{catalog::Catalog, telemetry::Metrics};
+
+/// The one field manager every write of ours uses.
+pub const FIELD_MANAGER: &str = "onepassword-secrets-operator";
+
+/// Which namespaces the operator watches (`WATCH_NAMESPACE`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Namespaces {
+    All,
+    Only(Vec<String>),
+}
+
+impl Namespaces {
+    /// `WATCH_NAMESPACE`: comma separated; unset or empty means all namespaces.
+    pub fn parse(value: Option<&str>) -> Self {
+        let list: Vec<String> = value
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect();
+        if list.is_empty() {
+            Namespaces::All
+        } else {
+            let mut list = list;
+            list.sort();
+            list.dedup();
+            Namespaces::Only(list)
+        }
+    }
+
+    /// `None` stands for all namespaces.
+    pub fn scopes(&self) -> Vec<Option<String>> {
+        match self {
+            Namespaces::All => vec![None],
+            Namespaces::Only(list) => list.iter().cloned().map(Some).collect(),
+        }
+    }
+
+    pub fn contains(&self, namespace: &str) -> bool {
+        match self {
+            Namespaces::All => true,
+            Namespaces::Only(list) => list.iter().any(|n| n == namespace),
+        }
+    }
+}
+
+/// Settings the reconcilers need.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub namespaces: Namespaces,
+    pub poll_interval: Duration,
+    /// How often an unchanged object is reconciled anyway (a safety net; changes are seen
+    /// through watches and the poller).
+    pub resync_interval: Duration,
+    pub allow_empty_values: bool,
+    pub enable_annotations: bool,
+    pub auto_restart: bool,
+    /// Reconciles running at once, per controller.
+    pub concurrency: u16,
+}
+
+/// Shared by every reconcile.
+pub struct Context {
+    pub client: Client,
+    pub catalog: Catalog,
+    pub recorder: Recorder,
+    pub metrics: Metrics,
+    pub config: Settings,
+    pub registry: poller::Registry,
+    failures: Mutex<HashMap<String, u32>>,
+    reasons: Mutex<HashMap<String, &'static str>>,
+}
+
+impl Context {
+    pub fn new(client: Client, catalog: Catalog, metrics: Metrics, config: Settings) -> Self {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            catalog,
+            metrics,
+            config,
+            registry: poller::Registry::default(),
+            failures: Mutex::new(HashMap::new()),
+            reasons: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The delay before retrying an object that failed `key`'s last reconcile: 5 s doubling
+    /// to 5 min, so a Connect outage is not hammered by every item at once.
+    pub fn backoff(&self, key: &str) -> Duration {
+        let mut failures = self.failures.lock().expect("failures lock");
+        let n = failures.entry(key.to_string()).or_insert(0);
+        *n = n.saturating_add(1);
+        let secs = 5u64.saturating_mul(1 << (*n - 1).min(6)).min(300);
+        // Up to 20% jitter spreads the retries of many items that failed together.
+        let jitter = rand::random::<u64>() % (secs / 5 + 1);
+        Duration::from_secs(secs + jitter)
+    }
+
+    pub fn reset_backoff(&self, key: &str) {
+        self.failures.lock().expect("failures lock").remove(key);
+    }
+
+    /// Remembers the last outcome reason of an object without a status of ours (a Deployment);
+    /// true when it differs from the one before, so events are sent on transitions only.
+    pub fn note_reason(&self, key: &str, reason: &'static str) -> bool {
+        let mut reasons = self.reasons.lock().expect("reasons lock");
+        reasons.insert(key.to_string(), reason) != Some(reason)
+    }
+}
+
+/// An API for one namespace, or for all of them.
+pub fn scoped_api<K>(client: &Client, scope: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>,
+{
+    match scope {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Parses a boolean the way Go's `strconv.ParseBool` does, as the official operator reads its
+/// annotations and `AUTO_RESTART`.
+pub fn parse_bool(value: &str) -> Option<bool> {
+    match value {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watch_namespace_is_a_comma_separated_list_and_empty_means_all() {
+        assert_eq!(Namespaces::parse(None), Namespaces::All);
+        assert_eq!(Namespaces::parse(Some(" ")), Namespaces::All);
+        assert_eq!(Namespaces::parse(Some(",")), Namespaces::All);
+        assert_eq!(
+            Namespaces::parse(Some("b, a,,b")),
+            Namespaces::Only(vec!["a".into(), "b".into()])
+        );
+        assert!(Namespaces::parse(Some("a")).contains("a"));
+        assert!(!Namespaces::parse(Some("a")).contains("b"));
+    }
+
+    #[test]
+    fn booleans_parse_like_go() {
+        assert_eq!(parse_bool("True"), Some(true));
+        assert_eq!(parse_bool("0"), Some(false));
+        assert_eq!(parse_bool("yes"), None);
+    }
+}

@@ -1,0 +1,1256 @@
+//! Restarts Deployments, StatefulSets and DaemonSets once for each real change of the data of
+//! a managed Secret they use (see [`crate::restart`] for the decisions).
+//!
+//! Per scope (all namespaces, or each watched namespace), one watch on managed Secrets feeds a
+//! store of their annotations (never their data) and wakes the workloads that use a Secret whose
+//! digest changed; one controller per workload kind reconciles. A debounce lets Secrets written
+//! together end in one reconcile, hence one rollout. Namespace annotations are read with a GET
+//! (cached briefly), only when a change needs them: that asks for `get` on the watched
+//! namespaces only, not for a cluster-wide Namespace watch.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    fmt::Debug,
+    future::Future,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use futures::{
+    FutureExt, StreamExt,
+    channel::mpsc,
+    future::{BoxFuture, Shared},
+};
+use k8s_openapi::{
+    NamespaceResourceScope,
+    api::{
+        apps::v1::{DaemonSet, Deployment, StatefulSet},
+        core::v1::{Namespace, PodTemplateSpec, Secret},
+    },
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::{
+        Controller, Predicate, WatchStreamExt,
+        controller::{self, Action},
+        events::{Event, EventType, Recorder, Reporter},
+        predicates,
+        reflector::{self, ObjectRef, Store, store::Writer},
+        watcher,
+    },
+};
+use serde::{Serialize, de::DeserializeOwned};
+
+use crate::restart::{
+    self, AUTO_RESTART_ANNOTATION, DIGEST_ANNOTATION, DigestMap, FIELD_MANAGER, MANAGED_LABEL,
+    MANAGED_VALUE, Plan, RESTARTED_FOR_ANNOTATION, SECRET_DIGESTS_ANNOTATION,
+};
+
+/// Long enough for the Secrets of one sync pass to land together, short enough not to be noticed.
+const DEBOUNCE: Duration = Duration::from_secs(2);
+const NAMESPACE_CACHE_TTL: Duration = Duration::from_secs(30);
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// Events notes are limited to 1 kB.
+const MAX_NOTE: usize = 1000;
+
+#[derive(Clone)]
+pub struct RestartConfig {
+    /// `AUTO_RESTART`: whether to restart when no annotation says otherwise.
+    pub auto_restart_default: bool,
+    /// `None`: all namespaces. `Some`: only these (an empty list watches nothing).
+    pub namespaces: Option<Vec<String>>,
+    /// Called with the workload kind after each restart (for metrics).
+    pub on_restart: Option<Arc<dyn Fn(&'static str) + Send + Sync>>,
+}
+
+impl Debug for RestartConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RestartConfig")
+            .field("auto_restart_default", &self.auto_restart_default)
+            .field("namespaces", &self.namespaces)
+            .field("on_restart", &self.on_restart.is_some())
+            .finish()
+    }
+}
+
+/// A kind of workload whose pods can be rolled by changing its pod template.
+pub trait Workload:
+    Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    + Clone
+    + Debug
+    + DeserializeOwned
+    + Serialize
+    + Send
+    + Sync
+    + 'static
+{
+    const KIND: &'static str;
+    fn pod_template(&self) -> Option<&PodTemplateSpec>;
+}
+
+impl Workload for Deployment {
+    const KIND: &'static str = "Deployment";
+    fn pod_template(&self) -> Option<&PodTemplateSpec> {
+        self.spec.as_ref().map(|s| &s.template)
+    }
+}
+
+impl Workload for StatefulSet {
+    const KIND: &'static str = "StatefulSet";
+    fn pod_template(&self) -> Option<&PodTemplateSpec> {
+        self.spec.as_ref().map(|s| &s.template)
+    }
+}
+
+impl Workload for DaemonSet {
+    const KIND: &'static str = "DaemonSet";
+    fn pod_template(&self) -> Option<&PodTemplateSpec> {
+        self.spec.as_ref().map(|s| &s.template)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the workload has no namespace")]
+    NoNamespace,
+    #[error("the cache of managed Secrets stopped before it was filled")]
+    SecretCacheGone,
+    #[error("reading Namespace {namespace:?} failed: {source}")]
+    Namespace {
+        namespace: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("reading the workload failed: {0}")]
+    Read(#[source] kube::Error),
+    #[error("the workload changed while it was being annotated; trying again")]
+    Conflict,
+    #[error("annotating the workload failed: {0}")]
+    Apply(#[source] kube::Error),
+}
+
+impl Error {
+    /// A bounded CamelCase reason, for metrics and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::NoNamespace => "NoNamespace",
+            Error::SecretCacheGone => "SecretCacheGone",
+            Error::Namespace { .. } => "NamespaceReadFailed",
+            Error::Read(_) => "WorkloadReadFailed",
+            Error::Conflict => "Conflict",
+            Error::Apply(_) => "ApplyFailed",
+        }
+    }
+}
+
+type ShutdownSignal = Shared<BoxFuture<'static, ()>>;
+/// Wakes the workloads of one kind that use Secret `(namespace, name)`.
+type Notify = Box<dyn Fn(&str, &str) + Send + Sync>;
+
+/// What every scope shares.
+struct Common {
+    client: Client,
+    recorder: Recorder,
+    auto_restart_default: bool,
+    on_restart: Option<Arc<dyn Fn(&'static str) + Send + Sync>>,
+    /// Namespace -> (read at, its `auto-restart` annotation).
+    namespaces: Mutex<HashMap<String, (Instant, Option<String>)>>,
+    /// Consecutive failures per workload, for the backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+struct Ctx {
+    common: Arc<Common>,
+    /// Managed Secrets of this scope, without their data.
+    secrets: Store<Secret>,
+}
+
+/// Runs until `shutdown` resolves, then lets running reconciles finish.
+pub async fn run(
+    client: Client,
+    config: RestartConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let shutdown: ShutdownSignal = shutdown.boxed().shared();
+    let scopes: Vec<Option<String>> = match &config.namespaces {
+        None => vec![None],
+        Some(list) => {
+            let mut list = list.clone();
+            list.sort();
+            list.dedup();
+            list.into_iter().map(Some).collect()
+        }
+    };
+    if scopes.is_empty() {
+        tracing::warn!("no namespace to watch: workloads will not be restarted");
+        return;
+    }
+    let reporter = Reporter {
+        controller: FIELD_MANAGER.into(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
+    let common = Arc::new(Common {
+        recorder: Recorder::new(client.clone(), reporter),
+        client,
+        auto_restart_default: config.auto_restart_default,
+        on_restart: config.on_restart.clone(),
+        namespaces: Mutex::default(),
+        failures: Mutex::default(),
+    });
+    futures::future::join_all(
+        scopes
+            .into_iter()
+            .map(|scope| run_scope(common.clone(), scope, shutdown.clone())),
+    )
+    .await;
+}
+
+fn scoped_api<K: Resource<DynamicType = (), Scope = NamespaceResourceScope>>(
+    client: &Client,
+    scope: Option<&str>,
+) -> Api<K> {
+    match scope {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+async fn run_scope(common: Arc<Common>, scope: Option<String>, shutdown: ShutdownSignal) {
+    let (secrets, writer) = reflector::store();
+    let ctx = Arc::new(Ctx {
+        common: common.clone(),
+        secrets,
+    });
+    let scope = scope.as_deref();
+    let (deployments, notify_deployments) =
+        workload_controller::<Deployment>(&ctx, scope, shutdown.clone());
+    let (statefulsets, notify_statefulsets) =
+        workload_controller::<StatefulSet>(&ctx, scope, shutdown.clone());
+    let (daemonsets, notify_daemonsets) =
+        workload_controller::<DaemonSet>(&ctx, scope, shutdown.clone());
+    let secrets = watch_secrets(
+        scoped_api(&common.client, scope),
+        writer,
+        vec![notify_deployments, notify_statefulsets, notify_daemonsets],
+        shutdown,
+    );
+    futures::join!(secrets, deployments, statefulsets, daemonsets);
+}
+
+fn workload_controller<K: Workload>(
+    ctx: &Arc<Ctx>,
+    scope: Option<&str>,
+    shutdown: ShutdownSignal,
+) -> (BoxFuture<'static, ()>, Notify) {
+    let api: Api<K> = scoped_api(&ctx.common.client, scope);
+    let (reader, writer) = reflector::store();
+    // Status updates cannot change what we decide: only spec (generation) and annotations can.
+    let stream = watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(|w: &mut K| w.managed_fields_mut().clear())
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(
+            predicates::generation.combine(predicates::annotations),
+            Default::default(),
+        );
+    let (tx, rx) = mpsc::unbounded();
+    let notify = notifier(reader.clone(), tx);
+    let controller = Controller::for_stream(stream, reader)
+        .reconcile_on(rx)
+        .with_config(controller::Config::default().debounce(DEBOUNCE))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile::<K>, error_policy::<K>, ctx.clone())
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(kind = K::KIND, error = %e, "restart reconcile did not complete");
+            }
+        });
+    (controller.boxed(), notify)
+}
+
+fn notifier<K: Workload>(store: Store<K>, tx: mpsc::UnboundedSender<ObjectRef<K>>) -> Notify {
+    Box::new(move |namespace, secret| {
+        for workload in store.state() {
+            if workload.namespace().as_deref() == Some(namespace) && uses(&*workload, secret) {
+                // The receiver only goes away at shutdown.
+                let _ = tx.unbounded_send(ObjectRef::from_obj(&*workload));
+            }
+        }
+    })
+}
+
+fn uses<K: Workload>(workload: &K, secret: &str) -> bool {
+    workload
+        .pod_template()
+        .is_some_and(|t| restart::secrets_used(t, workload.annotations()).contains(secret))
+}
+
+/// Keeps the Secret store filled and wakes the workloads of a Secret whose digest changed, or
+/// that appeared or went away. The first listing wakes nobody: every workload is reconciled
+/// once at start anyway. A later re-listing (after a watch gap) wakes only what differs.
+async fn watch_secrets(
+    api: Api<Secret>,
+    writer: Writer<Secret>,
+    notify: Vec<Notify>,
+    shutdown: ShutdownSignal,
+) {
+    let managed = watcher::Config::default().labels(&format!("{MANAGED_LABEL}={MANAGED_VALUE}"));
+    let stream = watcher(api, managed)
+        .default_backoff()
+        .modify(|s: &mut Secret| {
+            // Only annotations are needed: values are never kept in memory.
+            s.data = None;
+            s.string_data = None;
+            s.managed_fields_mut().clear();
+        })
+        .reflect(writer)
+        .take_until(shutdown);
+    let mut digests = DigestTracker::default();
+    let wake = |(namespace, name): (String, String)| {
+        tracing::debug!(%namespace, secret = %name, "managed Secret changed");
+        for n in &notify {
+            n(&namespace, &name);
+        }
+    };
+    futures::pin_mut!(stream);
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(event) => digests.observe(&event).into_iter().for_each(wake),
+            Err(e) => tracing::warn!(error = %e, "watching managed Secrets failed; retrying"),
+        }
+    }
+}
+
+/// Which Secrets' digests changed, from the watch events.
+#[derive(Default)]
+struct DigestTracker {
+    /// (namespace, name) -> digest, as last seen.
+    seen: HashMap<(String, String), String>,
+    listed_once: bool,
+    /// During a (re)listing: what was listed, and what changed (reported at its end, once the
+    /// store holds the new state).
+    listing: HashSet<(String, String)>,
+    pending: Vec<(String, String)>,
+}
+
+impl DigestTracker {
+    /// The Secrets whose workloads should be woken after `event`.
+    fn observe(&mut self, event: &watcher::Event<Secret>) -> Vec<(String, String)> {
+        match event {
+            watcher::Event::Init => {
+                self.listing.clear();
+                self.pending.clear();
+                Vec::new()
+            }
+            watcher::Event::InitApply(s) => {
+                let key = key(s);
+                self.listing.insert(key.clone());
+                if self.update(key.clone(), s) && self.listed_once {
+                    self.pending.push(key);
+                }
+                Vec::new()
+            }
+            watcher::Event::InitDone => {
+                let listing = std::mem::take(&mut self.listing);
+                let gone: Vec<_> = self
+                    .seen
+                    .keys()
+                    .filter(|k| !listing.contains(*k))
+                    .cloned()
+                    .collect();
+                for k in &gone {
+                    self.seen.remove(k);
+                }
+                let mut woken = std::mem::take(&mut self.pending);
+                if self.listed_once {
+                    woken.extend(gone);
+                }
+                self.listed_once = true;
+                woken
+            }
+            watcher::Event::Apply(s) => {
+                let key = key(s);
+                if self.update(key.clone(), s) && self.listed_once {
+                    vec![key]
+                } else {
+                    Vec::new()
+                }
+            }
+            watcher::Event::Delete(s) => {
+                let key = key(s);
+                let known = self.seen.remove(&key).is_some();
+                if known && self.listed_once {
+                    vec![key]
+                } else {
+                    Vec::new()
+                }
+            }
+        }
+    }
+
+    /// Records the Secret's digest; true when it is new or differs.
+    fn update(&mut self, key: (String, String), s: &Secret) -> bool {
+        let digest = s
+            .annotations()
+            .get(DIGEST_ANNOTATION)
+            .cloned()
+            .unwrap_or_default();
+        self.seen.insert(key, digest.clone()).as_ref() != Some(&digest)
+    }
+}
+
+fn key(s: &Secret) -> (String, String) {
+    (s.namespace().unwrap_or_default(), s.name_any())
+}
+
+fn workload_key<K: Workload>(w: &K) -> String {
+    format!(
+        "{}/{}/{}",
+        K::KIND,
+        w.namespace().unwrap_or_default(),
+        w.name_any()
+    )
+}
+
+fn error_policy<K: Workload>(obj: Arc<K>, error: &Error, ctx: Arc<Ctx>) -> Action {
+    let failures = {
+        let mut failures = ctx.common.failures.lock().expect("failures lock");
+        let n = failures.entry(workload_key(&*obj)).or_default();
+        *n = n.saturating_add(1);
+        *n
+    };
+    if matches!(error, Error::Conflict) {
+        tracing::debug!(kind = K::KIND, namespace = obj.namespace(), name = %obj.name_any(), "{error}");
+    } else {
+        tracing::warn!(
+            kind = K::KIND,
+            namespace = obj.namespace(),
+            name = %obj.name_any(),
+            reason = error.reason(),
+            error = %error,
+            "restart reconcile failed"
+        );
+    }
+    Action::requeue(backoff(failures))
+}
+
+/// 1 s, 2 s, 4 s, ... up to 5 minutes.
+fn backoff(failures: u32) -> Duration {
+    let exponent = failures.saturating_sub(1).min(16);
+    Duration::from_secs(1u64 << exponent).min(MAX_BACKOFF)
+}
+
+#[tracing::instrument(skip_all, fields(kind = K::KIND, namespace = obj.namespace(), name = %obj.name_any()))]
+async fn reconcile<K: Workload>(obj: Arc<K>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let result = reconcile_workload(&*obj, &ctx).await;
+    if result.is_ok() {
+        ctx.common
+            .failures
+            .lock()
+            .expect("failures lock")
+            .remove(&workload_key(&*obj));
+    }
+    result
+}
+
+async fn reconcile_workload<K: Workload>(obj: &K, ctx: &Ctx) -> Result<Action, Error> {
+    if obj.meta().deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let namespace = obj.namespace().ok_or(Error::NoNamespace)?;
+    // Deciding on a half-filled store would take missing Secrets for removed ones.
+    ctx.secrets
+        .wait_until_ready()
+        .await
+        .map_err(|_| Error::SecretCacheGone)?;
+    if decide(obj, &namespace, ctx, false).await? == Plan::Nothing {
+        return Ok(Action::await_change());
+    }
+    // The cache can lag behind our own last write; decide again on the object as it is, and
+    // make the apply conditional on it (resourceVersion).
+    let name = obj.name_any();
+    let api: Api<K> = Api::namespaced(ctx.common.client.clone(), &namespace);
+    let Some(fresh) = api.get_opt(&name).await.map_err(Error::Read)? else {
+        return Ok(Action::await_change());
+    };
+    let (record, restarted_for, cause) = match decide(&fresh, &namespace, ctx, true).await? {
+        Plan::Nothing => return Ok(Action::await_change()),
+        Plan::Baseline(record) => (record, live_restarted_for(&fresh), None),
+        Plan::Restart {
+            record,
+            restarted_for,
+            secrets,
+        } => (record, Some(restarted_for), Some(secrets)),
+    };
+    let body = restart::apply_body(
+        &K::api_version(&()),
+        &K::kind(&()),
+        &name,
+        fresh.meta().resource_version.as_deref(),
+        &record,
+        restarted_for.as_deref(),
+    );
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map_err(|e| match e {
+        kube::Error::Api(status) if status.code == 409 => Error::Conflict,
+        e => Error::Apply(e),
+    })?;
+    match cause {
+        None => tracing::debug!(record = %record, "recorded the Secrets the workload uses"),
+        Some(secrets) => {
+            tracing::info!(secrets = ?secrets, "restarted: Secret data changed");
+            publish_restarted(ctx, &fresh, &secrets).await;
+            if let Some(on_restart) = &ctx.common.on_restart {
+                on_restart(K::KIND);
+            }
+        }
+    }
+    Ok(Action::await_change())
+}
+
+/// The plan for `obj` from the Secret store. `warn` logs invalid auto-restart values (done on
+/// the final decision only, so each is logged once per change).
+async fn decide<K: Workload>(
+    obj: &K,
+    namespace: &str,
+    ctx: &Ctx,
+    warn: bool,
+) -> Result<Plan, Error> {
+    let Some(template) = obj.pod_template() else {
+        return Ok(Plan::Nothing);
+    };
+    let used = restart::secrets_used(template, obj.annotations());
+    let secrets: BTreeMap<String, Arc<Secret>> = used
+        .into_iter()
+        .filter_map(|name| {
+            let secret = ctx.secrets.get(&ObjectRef::new(&name).within(namespace))?;
+            secret
+                .annotations()
+                .contains_key(DIGEST_ANNOTATION)
+                .then_some((name, secret))
+        })
+        .collect();
+    let current: DigestMap = secrets
+        .iter()
+        .map(|(name, s)| {
+            let digest = &s.annotations()[DIGEST_ANNOTATION];
+            (name.clone(), restart::fingerprint(digest))
+        })
+        .collect();
+    let recorded = obj
+        .annotations()
+        .get(SECRET_DIGESTS_ANNOTATION)
+        .map(String::as_str);
+    let secret_setting = |name: &str| setting(secrets.get(name).map(|s| s.annotations()));
+    let workload = workload_setting(obj);
+    let changed = recorded
+        .and_then(restart::decode)
+        .map(|recorded| restart::changed_secrets(&recorded, &current))
+        .unwrap_or_default();
+    let needs_namespace =
+        workload.is_none() && changed.iter().any(|name| secret_setting(name).is_none());
+    let namespace_value = if needs_namespace {
+        namespace_setting(ctx, namespace).await?
+    } else {
+        None
+    };
+    Ok(restart::plan(recorded, &current, |name| {
+        let decision = restart::auto_restart(
+            secret_setting(name),
+            workload,
+            namespace_value.as_deref(),
+            ctx.common.auto_restart_default,
+        );
+        if warn && decision.invalid {
+            tracing::warn!(
+                secret = name,
+                level = %decision.decided_by,
+                "the {AUTO_RESTART_ANNOTATION} annotation on the {} is not a boolean \
+                 (true or false); taken as false",
+                decision.decided_by
+            );
+        }
+        decision.enabled
+    }))
+}
+
+/// The `auto-restart` annotation value in `annotations`, when set and not empty.
+fn setting(annotations: Option<&BTreeMap<String, String>>) -> Option<&str> {
+    annotations?
+        .get(AUTO_RESTART_ANNOTATION)
+        .map(String::as_str)
+        .filter(|v| !v.is_empty())
+}
+
+/// The workload's own `auto-restart` annotation, else its pod template's.
+fn workload_setting<K: Workload>(obj: &K) -> Option<&str> {
+    setting(Some(obj.annotations())).or_else(|| {
+        setting(
+            obj.pod_template()
+                .and_then(|t| t.metadata.as_ref())
+                .and_then(|m| m.annotations.as_ref()),
+        )
+    })
+}
+
+fn live_restarted_for<K: Workload>(obj: &K) -> Option<String> {
+    obj.pod_template()?
+        .metadata
+        .as_ref()?
+        .annotations
+        .as_ref()?
+        .get(RESTARTED_FOR_ANNOTATION)
+        .cloned()
+}
+
+/// The Namespace's `auto-restart` annotation, read with a GET and kept for a short while.
+/// A Namespace we may not read (403) or that is gone counts as unset.
+async fn namespace_setting(ctx: &Ctx, namespace: &str) -> Result<Option<String>, Error> {
+    let cached = ctx
+        .common
+        .namespaces
+        .lock()
+        .expect("namespace cache lock")
+        .get(namespace)
+        .filter(|(at, _)| at.elapsed() < NAMESPACE_CACHE_TTL)
+        .map(|(_, value)| value.clone());
+    if let Some(value) = cached {
+        return Ok(value);
+    }
+    let api: Api<Namespace> = Api::all(ctx.common.client.clone());
+    let value = match api.get_opt(namespace).await {
+        Ok(ns) => ns.and_then(|ns| setting(Some(ns.annotations())).map(str::to_string)),
+        Err(kube::Error::Api(status)) if status.code == 403 => {
+            tracing::warn!(
+                %namespace,
+                "may not read the Namespace (RBAC: get namespaces); its {AUTO_RESTART_ANNOTATION} \
+                 annotation is not considered"
+            );
+            None
+        }
+        Err(source) => {
+            return Err(Error::Namespace {
+                namespace: namespace.to_string(),
+                source,
+            });
+        }
+    };
+    let mut cache = ctx.common.namespaces.lock().expect("namespace cache lock");
+    cache.retain(|_, (at, _)| at.elapsed() < NAMESPACE_CACHE_TTL);
+    cache.insert(namespace.to_string(), (Instant::now(), value.clone()));
+    Ok(value)
+}
+
+async fn publish_restarted<K: Workload>(ctx: &Ctx, workload: &K, secrets: &[String]) {
+    let event = Event {
+        type_: EventType::Normal,
+        reason: "Restarted".into(),
+        note: Some(restart_note(secrets)),
+        action: "Restart".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx
+        .common
+        .recorder
+        .publish(&event, &workload.object_ref(&()))
+        .await
+    {
+        tracing::warn!(error = %e, "publishing the Restarted event failed");
+    }
+}
+
+/// `Restarted because Secret(s) a, b changed`, cut to fit an event note.
+fn restart_note(secrets: &[String]) -> String {
+    let mut listed = String::new();
+    for (i, name) in secrets.iter().enumerate() {
+        let separator = if i == 0 { "" } else { ", " };
+        let rest = secrets.len() - i;
+        // Room for this name and, if more follow, for " and N more".
+        if listed.len() + separator.len() + name.len() + 40 > MAX_NOTE {
+            listed.push_str(&format!(" and {rest} more"));
+            break;
+        }
+        listed.push_str(separator);
+        listed.push_str(name);
+    }
+    format!("Restarted because Secret(s) {listed} changed")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn secret(namespace: &str, name: &str, digest: Option<&str>) -> Secret {
+        Secret {
+            metadata: ObjectMeta {
+                namespace: Some(namespace.into()),
+                name: Some(name.into()),
+                annotations: digest
+                    .map(|d| BTreeMap::from([(DIGEST_ANNOTATION.to_string(), d.to_string())])),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    fn k(namespace: &str, name: &str) -> (String, String) {
+        (namespace.into(), name.into())
+    }
+
+    #[test]
+    fn the_first_listing_wakes_nobody() {
+        let mut t = DigestTracker::default();
+        assert!(t.observe(&watcher::Event::Init).is_empty());
+        assert!(
+            t.observe(&watcher::Event::InitApply(secret("a", "db", Some("1"))))
+                .is_empty()
+        );
+        assert!(t.observe(&watcher::Event::InitDone).is_empty());
+    }
+
+    #[test]
+    fn a_changed_digest_wakes_its_workloads_and_an_unchanged_one_does_not() {
+        let mut t = DigestTracker::default();
+        t.observe(&watcher::Event::InitApply(secret("a", "db", Some("1"))));
+        t.observe(&watcher::Event::InitDone);
+        assert!(
+            t.observe(&watcher::Event::Apply(secret("a", "db", Some("1"))))
+                .is_empty(),
+            "a metadata-only update is not a change"
+        );
+        assert_eq!(
+            t.observe(&watcher::Event::Apply(secret("a", "db", Some("2")))),
+            [k("a", "db")]
+        );
+    }
+
+    #[test]
+    fn new_and_deleted_secrets_wake_their_workloads() {
+        let mut t = DigestTracker::default();
+        t.observe(&watcher::Event::InitDone);
+        let s = secret("a", "api", Some("1"));
+        assert_eq!(
+            t.observe(&watcher::Event::Apply(s.clone())),
+            [k("a", "api")]
+        );
+        assert_eq!(t.observe(&watcher::Event::Delete(s)), [k("a", "api")]);
+    }
+
+    #[test]
+    fn a_relisting_reports_changes_and_removals_only_when_it_is_done() {
+        let mut t = DigestTracker::default();
+        t.observe(&watcher::Event::InitApply(secret("a", "db", Some("1"))));
+        t.observe(&watcher::Event::InitApply(secret("a", "same", Some("1"))));
+        t.observe(&watcher::Event::InitApply(secret("a", "gone", Some("1"))));
+        t.observe(&watcher::Event::InitDone);
+
+        t.observe(&watcher::Event::Init);
+        assert!(
+            t.observe(&watcher::Event::InitApply(secret("a", "db", Some("2"))))
+                .is_empty()
+        );
+        t.observe(&watcher::Event::InitApply(secret("a", "same", Some("1"))));
+        let mut woken = t.observe(&watcher::Event::InitDone);
+        woken.sort();
+        assert_eq!(woken, [k("a", "db"), k("a", "gone")]);
+    }
+
+    #[test]
+    fn backoff_doubles_from_one_second_up_to_five_minutes() {
+        let secs: Vec<u64> = [1, 2, 3, 4, 9, 10, 100]
+            .into_iter()
+            .map(|n| backoff(n).as_secs())
+            .collect();
+        assert_eq!(secs, [1, 2, 4, 8, 256, 300, 300]);
+    }
+
+    #[test]
+    fn the_event_note_names_the_changed_secrets() {
+        assert_eq!(
+            restart_note(&["api".into(), "db".into()]),
+            "Restarted because Secret(s) api, db changed"
+        );
+    }
+
+    #[test]
+    fn the_event_note_stays_under_the_size_limit() {
+        let many: Vec<String> = (0..100)
+            .map(|i| format!("secret-{i:03}-{}", "x".repeat(40)))
+            .collect();
+        let note = restart_note(&many);
+        assert!(note.len() <= 1024, "{}", note.len());
+        assert!(note.contains(" more changed"), "{note}");
+    }
+
+    fn deployment(yaml: &str) -> Deployment {
+        serde_yaml::from_str(yaml).expect("valid Deployment fixture")
+    }
+
+    #[test]
+    fn the_workload_setting_prefers_metadata_over_the_pod_template() {
+        let both = deployment(
+            r#"
+metadata: { name: web, annotations: { operator.1password.io/auto-restart: "false" } }
+spec:
+  selector: {}
+  template:
+    metadata: { annotations: { operator.1password.io/auto-restart: "true" } }
+"#,
+        );
+        assert_eq!(workload_setting(&both), Some("false"));
+        let template_only = deployment(
+            r#"
+metadata: { name: web, annotations: { operator.1password.io/auto-restart: "" } }
+spec:
+  selector: {}
+  template:
+    metadata: { annotations: { operator.1password.io/auto-restart: "true" } }
+"#,
+        );
+        assert_eq!(workload_setting(&template_only), Some("true"));
+    }
+
+    #[test]
+    fn the_live_restarted_for_is_read_from_the_pod_template() {
+        let d = deployment(
+            r#"
+metadata: { name: web }
+spec:
+  selector: {}
+  template:
+    metadata: { annotations: { operator.1password.io/restarted-for: "abc" } }
+"#,
+        );
+        assert_eq!(live_restarted_for(&d).as_deref(), Some("abc"));
+        assert_eq!(
+            live_restarted_for(&deployment("metadata: { name: web }")),
+            None
+        );
+    }
+
+    #[test]
+    fn a_workload_uses_a_secret_named_in_its_template() {
+        let d = deployment(
+            r#"
+metadata: { name: web }
+spec:
+  selector: {}
+  template:
+    spec:
+      containers: [{ name: app, envFrom: [{ secretRef: { name: db } }] }]
+"#,
+        );
+        assert!(uses(&d, "db"));
+        assert!(!uses(&d, "api"));
+    }
+
+    // --- reconcile against a mocked API server ---
+
+    mod api_server {
+        use super::*;
+        use http::{Request, Response};
+        use kube::client::Body;
+        use serde_json::{Value, json};
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tower_test::mock::{self, Handle};
+
+        type ApiHandle = Handle<Request<Body>, Response<Body>>;
+
+        /// One expected request and the answer to give.
+        struct Expect {
+            method: &'static str,
+            /// The URI must start with this (path and, when given, query).
+            uri: String,
+            status: u16,
+            answer: Value,
+        }
+
+        /// A request as received: method, URI, JSON body.
+        type Seen = (String, String, Value);
+
+        /// Answers `script` in order, asserting each request, and returns what it saw.
+        async fn serve(mut handle: ApiHandle, script: Vec<Expect>) -> (ApiHandle, Vec<Seen>) {
+            let mut seen = Vec::new();
+            for expect in script {
+                let (request, respond) = handle.next_request().await.expect("a request");
+                let method = request.method().to_string();
+                let uri = request.uri().to_string();
+                let bytes = request.into_body().collect_bytes().await.unwrap();
+                let body = if bytes.is_empty() {
+                    Value::Null
+                } else {
+                    serde_json::from_slice(&bytes).unwrap()
+                };
+                assert_eq!(method, expect.method, "{uri}");
+                assert!(
+                    uri.starts_with(&expect.uri),
+                    "{uri} should start with {}",
+                    expect.uri
+                );
+                let answer = if expect.answer.is_null() {
+                    body.clone()
+                } else {
+                    expect.answer
+                };
+                respond.send_response(
+                    Response::builder()
+                        .status(expect.status)
+                        .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+                        .unwrap(),
+                );
+                seen.push((method, uri, body));
+            }
+            (handle, seen)
+        }
+
+        fn assert_no_more_requests(mut handle: ApiHandle) {
+            if let Some(Some((request, _))) = handle.next_request().now_or_never() {
+                panic!("unexpected request {} {}", request.method(), request.uri());
+            }
+        }
+
+        struct Harness {
+            ctx: Ctx,
+            handle: ApiHandle,
+            restarts: Arc<AtomicUsize>,
+        }
+
+        fn harness(secrets: Vec<Secret>, auto_restart_default: bool) -> Harness {
+            let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+            let client = Client::new(service, "default");
+            let (store, mut writer) = reflector::store();
+            writer.apply_watcher_event(&watcher::Event::Init);
+            for s in secrets {
+                writer.apply_watcher_event(&watcher::Event::InitApply(s));
+            }
+            writer.apply_watcher_event(&watcher::Event::InitDone);
+            let restarts = Arc::new(AtomicUsize::new(0));
+            let counter = restarts.clone();
+            let common = Common {
+                recorder: Recorder::new(
+                    client.clone(),
+                    Reporter {
+                        controller: FIELD_MANAGER.into(),
+                        instance: None,
+                    },
+                ),
+                client,
+                auto_restart_default,
+                on_restart: Some(Arc::new(move |kind| {
+                    assert_eq!(kind, "Deployment");
+                    counter.fetch_add(1, Ordering::SeqCst);
+                })),
+                namespaces: Mutex::default(),
+                failures: Mutex::default(),
+            };
+            Harness {
+                ctx: Ctx {
+                    common: Arc::new(common),
+                    secrets: store,
+                },
+                handle,
+                restarts,
+            }
+        }
+
+        fn managed(name: &str, digest: &str, auto_restart: Option<&str>) -> Secret {
+            let mut s = secret("apps", name, Some(digest));
+            s.metadata.labels = Some(BTreeMap::from([(
+                MANAGED_LABEL.to_string(),
+                MANAGED_VALUE.to_string(),
+            )]));
+            if let Some(value) = auto_restart {
+                s.annotations_mut()
+                    .insert(AUTO_RESTART_ANNOTATION.into(), value.into());
+            }
+            s
+        }
+
+        /// Deployment `web` in `apps` using Secrets `db` (env) and `api` (volume).
+        fn web(record: Option<&str>, restarted_for: Option<&str>) -> Deployment {
+            let mut annotations = serde_json::Map::new();
+            if let Some(r) = record {
+                annotations.insert(SECRET_DIGESTS_ANNOTATION.into(), json!(r));
+            }
+            let mut template_annotations = serde_json::Map::new();
+            if let Some(r) = restarted_for {
+                template_annotations.insert(RESTARTED_FOR_ANNOTATION.into(), json!(r));
+            }
+            serde_json::from_value(json!({
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {
+                    "name": "web", "namespace": "apps", "resourceVersion": "7",
+                    "uid": "d0d0", "annotations": annotations
+                },
+                "spec": {
+                    "selector": { "matchLabels": { "app": "web" } },
+                    "template": {
+                        "metadata": { "labels": { "app": "web" }, "annotations": template_annotations },
+                        "spec": {
+                            "containers": [{
+                                "name": "app", "image": "web",
+                                "envFrom": [{ "secretRef": { "name": "db" } }]
+                            }],
+                            "volumes": [{ "name": "api", "secret": { "secretName": "api" } }]
+                        }
+                    }
+                }
+            }))
+            .unwrap()
+        }
+
+        fn record(pairs: &[(&str, &str)]) -> String {
+            restart::encode(
+                &pairs
+                    .iter()
+                    .map(|(n, d)| (n.to_string(), restart::fingerprint(d)))
+                    .collect(),
+            )
+        }
+
+        const DEPLOYMENT: &str = "/apis/apps/v1/namespaces/apps/deployments/web";
+        const APPLY: &str = "/apis/apps/v1/namespaces/apps/deployments/web?&force=true&fieldManager=onepassword-secrets-operator";
+
+        fn get(uri: &str, answer: Value) -> Expect {
+            Expect {
+                method: "GET",
+                uri: uri.into(),
+                status: 200,
+                answer,
+            }
+        }
+        fn apply() -> Expect {
+            Expect {
+                method: "PATCH",
+                uri: APPLY.into(),
+                status: 200,
+                answer: Value::Null,
+            }
+        }
+        fn event() -> Expect {
+            Expect {
+                method: "POST",
+                uri: "/apis/events.k8s.io/v1/namespaces/apps/events".into(),
+                status: 201,
+                answer: Value::Null,
+            }
+        }
+
+        async fn reconcile_with(
+            h: Harness,
+            obj: &Deployment,
+            script: Vec<Expect>,
+        ) -> (Result<Action, Error>, Vec<Seen>, usize) {
+            let server = tokio::spawn(serve(h.handle, script));
+            let result = reconcile_workload(obj, &h.ctx).await;
+            let (handle, seen) = server.await.unwrap();
+            assert_no_more_requests(handle);
+            (result, seen, h.restarts.load(Ordering::SeqCst))
+        }
+
+        #[tokio::test]
+        async fn changed_secret_restarts_with_one_apply_of_both_annotations_and_one_event() {
+            let old = record(&[("api", "v1:s:api1"), ("db", "v1:s:db1")]);
+            let obj = web(Some(&old), None);
+            let h = harness(
+                vec![
+                    managed("db", "v1:s:db2", Some("true")),
+                    managed("api", "v1:s:api1", None),
+                ],
+                false,
+            );
+            let fresh = serde_json::to_value(&obj).unwrap();
+            let script = vec![get(DEPLOYMENT, fresh), apply(), event()];
+            let (result, seen, restarts) = reconcile_with(h, &obj, script).await;
+            result.unwrap();
+            let new = record(&[("api", "v1:s:api1"), ("db", "v1:s:db2")]);
+            let current = restart::decode(&new).unwrap();
+            assert_eq!(
+                seen[1].2,
+                json!({
+                    "apiVersion": "apps/v1", "kind": "Deployment",
+                    "metadata": {
+                        "name": "web", "resourceVersion": "7",
+                        "annotations": { SECRET_DIGESTS_ANNOTATION: new }
+                    },
+                    "spec": { "template": { "metadata": { "annotations": {
+                        RESTARTED_FOR_ANNOTATION: restart::restarted_for(&current)
+                    } } } }
+                })
+            );
+            assert_eq!(seen[2].2["reason"], "Restarted");
+            assert_eq!(seen[2].2["type"], "Normal");
+            assert_eq!(seen[2].2["note"], "Restarted because Secret(s) db changed");
+            assert_eq!(seen[2].2["regarding"]["kind"], "Deployment");
+            assert_eq!(restarts, 1);
+        }
+
+        #[tokio::test]
+        async fn an_unchanged_workload_makes_no_request() {
+            let current = record(&[("api", "v1:s:api1"), ("db", "v1:s:db1")]);
+            let obj = web(Some(&current), Some("abc"));
+            let h = harness(
+                vec![
+                    managed("db", "v1:s:db1", Some("true")),
+                    managed("api", "v1:s:api1", None),
+                ],
+                true,
+            );
+            let (result, seen, restarts) = reconcile_with(h, &obj, vec![]).await;
+            result.unwrap();
+            assert!(seen.is_empty());
+            assert_eq!(restarts, 0);
+        }
+
+        #[tokio::test]
+        async fn first_sight_applies_only_the_record() {
+            let obj = web(None, None);
+            let h = harness(vec![managed("db", "v1:s:db1", Some("true"))], true);
+            let fresh = serde_json::to_value(&obj).unwrap();
+            let (result, seen, restarts) =
+                reconcile_with(h, &obj, vec![get(DEPLOYMENT, fresh), apply()]).await;
+            result.unwrap();
+            assert_eq!(
+                seen[1].2,
+                json!({
+                    "apiVersion": "apps/v1", "kind": "Deployment",
+                    "metadata": {
+                        "name": "web", "resourceVersion": "7",
+                        "annotations": { SECRET_DIGESTS_ANNOTATION: record(&[("db", "v1:s:db1")]) }
+                    }
+                })
+            );
+            assert_eq!(restarts, 0);
+        }
+
+        #[tokio::test]
+        async fn a_baseline_keeps_the_restarted_for_already_on_the_template() {
+            // `api` appears: record it, and re-apply the earlier restart value so that the
+            // apply does not drop a field we own (which would roll the pods).
+            let obj = web(Some(&record(&[("db", "v1:s:db1")])), Some("earlier"));
+            let h = harness(
+                vec![
+                    managed("db", "v1:s:db1", None),
+                    managed("api", "v1:s:api1", None),
+                ],
+                true,
+            );
+            let fresh = serde_json::to_value(&obj).unwrap();
+            let (result, seen, restarts) =
+                reconcile_with(h, &obj, vec![get(DEPLOYMENT, fresh), apply()]).await;
+            result.unwrap();
+            assert_eq!(
+                seen[1].2["spec"]["template"]["metadata"]["annotations"][RESTARTED_FOR_ANNOTATION],
+                "earlier"
+            );
+            assert_eq!(restarts, 0);
+        }
+
+        #[tokio::test]
+        async fn the_decision_is_made_again_on_the_fresh_object() {
+            // The cache says db changed, but the live object already records the change (our
+            // own earlier write, not yet seen by the watch): nothing is written.
+            let obj = web(Some(&record(&[("db", "v1:s:db1")])), None);
+            let live = web(Some(&record(&[("db", "v1:s:db2")])), Some("x"));
+            let h = harness(vec![managed("db", "v1:s:db2", Some("true"))], true);
+            let fresh = serde_json::to_value(&live).unwrap();
+            let (result, seen, restarts) =
+                reconcile_with(h, &obj, vec![get(DEPLOYMENT, fresh)]).await;
+            result.unwrap();
+            assert_eq!(seen.len(), 1);
+            assert_eq!(restarts, 0);
+        }
+
+        #[tokio::test]
+        async fn the_namespace_annotation_decides_when_secret_and_workload_do_not() {
+            let obj = web(Some(&record(&[("db", "v1:s:db1")])), None);
+            let h = harness(vec![managed("db", "v1:s:db2", None)], false);
+            let namespace = json!({
+                "apiVersion": "v1", "kind": "Namespace",
+                "metadata": { "name": "apps", "annotations": { AUTO_RESTART_ANNOTATION: "true" } }
+            });
+            let fresh = serde_json::to_value(&obj).unwrap();
+            let script = vec![
+                get("/api/v1/namespaces/apps", namespace),
+                get(DEPLOYMENT, fresh),
+                apply(),
+                event(),
+            ];
+            let (result, seen, restarts) = reconcile_with(h, &obj, script).await;
+            result.unwrap();
+            assert!(seen[2].2["spec"].is_object(), "a restart");
+            assert_eq!(restarts, 1);
+        }
+
+        #[tokio::test]
+        async fn a_secret_annotation_decides_without_reading_the_namespace() {
+            let obj = web(Some(&record(&[("db", "v1:s:db1")])), None);
+            let h = harness(vec![managed("db", "v1:s:db2", Some("false"))], true);
+            let fresh = serde_json::to_value(&obj).unwrap();
+            let (result, seen, restarts) =
+                reconcile_with(h, &obj, vec![get(DEPLOYMENT, fresh), apply()]).await;
+            result.unwrap();
+            assert!(seen[1].2.get("spec").is_none(), "only the record");
+            assert_eq!(restarts, 0);
+        }
+
+        #[tokio::test]
+        async fn a_conflict_is_retried_with_the_same_restarted_for() {
+            let obj = web(Some(&record(&[("db", "v1:s:db1")])), None);
+            let secrets = || vec![managed("db", "v1:s:db2", Some("true"))];
+            let fresh = serde_json::to_value(&obj).unwrap();
+            let conflict = Expect {
+                method: "PATCH",
+                uri: APPLY.into(),
+                status: 409,
+                answer: json!({
+                    "kind": "Status", "apiVersion": "v1", "status": "Failure",
+                    "message": "the object has been modified", "reason": "Conflict", "code": 409
+                }),
+            };
+            let (result, first, restarts) = reconcile_with(
+                harness(secrets(), false),
+                &obj,
+                vec![get(DEPLOYMENT, fresh.clone()), conflict],
+            )
+            .await;
+            assert!(matches!(result, Err(Error::Conflict)), "{result:?}");
+            assert_eq!(restarts, 0);
+            let (result, retry, restarts) = reconcile_with(
+                harness(secrets(), false),
+                &obj,
+                vec![get(DEPLOYMENT, fresh), apply(), event()],
+            )
+            .await;
+            result.unwrap();
+            assert_eq!(first[1].2, retry[1].2, "a retry applies the same body");
+            assert_eq!(restarts, 1);
+        }
+
+        #[tokio::test]
+        async fn a_workload_deleted_meanwhile_is_left_alone() {
+            let obj = web(None, None);
+            let h = harness(vec![managed("db", "v1:s:db1", None)], true);
+            let not_found = Expect {
+                method: "GET",
+                uri: DEPLOYMENT.into(),
+                status: 404,
+                answer: json!({
+                    "kind": "Status", "apiVersion": "v1", "status": "Failure",
+                    "message": "not found", "reason": "NotFound", "code": 404
+                }),
+            };
+            let (result, _, _) = reconcile_with(h, &obj, vec![not_found]).await;
+            result.unwrap();
+        }
+    }
+}
