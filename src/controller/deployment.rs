@@ -28,18 +28,17 @@ use serde_json::json;
 
 use super::{
     Context,
-    item::{AUTO_RESTART_ANNOTATION, action_after_error, lag_since},
+    item::{action_after_error, lag_since},
     poller::{TargetKey, TargetKind, Tracked},
     scoped_api,
     sync::{self, Change, SyncError, SyncTarget},
 };
 use crate::{
     connect::ItemPath,
-    restart::{MANAGED_LABEL, MANAGED_VALUE},
+    restart::{AUTO_RESTART_ANNOTATION, ITEM_NAME_ANNOTATION, MANAGED_LABEL, MANAGED_VALUE},
     secret::{self, ANNOTATION_PREFIX, ITEM_PATH_ANNOTATION},
 };
 
-pub const ITEM_NAME_ANNOTATION: &str = "operator.1password.io/item-name";
 /// The official operator's restart stamp; never copied to a Secret.
 const LAST_RESTARTED_ANNOTATION: &str = "operator.1password.io/last-restarted";
 

@@ -31,11 +31,9 @@ use super::{
 use crate::{
     connect::ItemPath,
     crd::{OnePasswordItem, OnePasswordItemCondition, OnePasswordItemStatus},
-    restart::{MANAGED_LABEL, MANAGED_VALUE},
+    restart::{AUTO_RESTART_ANNOTATION, MANAGED_LABEL, MANAGED_VALUE},
     secret,
 };
-
-pub const AUTO_RESTART_ANNOTATION: &str = "operator.1password.io/auto-restart";
 
 /// Labels of the item that are not copied to its Secret: Argo CD tracks resources by them, and a
 /// Secret carrying the item's instance label is pruned as an orphan (official operator #96).

@@ -23,7 +23,7 @@ use kube::{
 use crate::{catalog::Catalog, telemetry::Metrics};
 
 /// The one field manager every write of ours uses.
-pub const FIELD_MANAGER: &str = "onepassword-secrets-operator";
+pub use crate::restart::{FIELD_MANAGER, parse_bool};
 
 /// Which namespaces the operator watches (`WATCH_NAMESPACE`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -148,16 +148,6 @@ where
     }
 }
 
-/// Parses a boolean the way Go's `strconv.ParseBool` does, as the official operator reads its
-/// annotations and `AUTO_RESTART`.
-pub fn parse_bool(value: &str) -> Option<bool> {
-    match value {
-        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
-        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,12 +163,5 @@ mod tests {
         );
         assert!(Namespaces::parse(Some("a")).contains("a"));
         assert!(!Namespaces::parse(Some("a")).contains("b"));
-    }
-
-    #[test]
-    fn booleans_parse_like_go() {
-        assert_eq!(parse_bool("True"), Some(true));
-        assert_eq!(parse_bool("0"), Some(false));
-        assert_eq!(parse_bool("yes"), None);
     }
 }

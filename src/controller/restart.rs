@@ -184,6 +184,7 @@ pub async fn run(
     };
     if scopes.is_empty() {
         tracing::warn!("no namespace to watch: workloads will not be restarted");
+        shutdown.await;
         return;
     }
     let reporter = Reporter {
@@ -340,8 +341,8 @@ impl DigestTracker {
     fn observe(&mut self, event: &watcher::Event<Secret>) -> Vec<(String, String)> {
         match event {
             watcher::Event::Init => {
+                // `pending` is kept: a listing cut short already moved `seen` past those changes.
                 self.listing.clear();
-                self.pending.clear();
                 Vec::new()
             }
             watcher::Event::InitApply(s) => {
@@ -761,6 +762,19 @@ mod tests {
         let mut woken = t.observe(&watcher::Event::InitDone);
         woken.sort();
         assert_eq!(woken, [k("a", "db"), k("a", "gone")]);
+    }
+
+    #[test]
+    fn a_relisting_cut_short_still_reports_what_it_saw_change() {
+        let mut t = DigestTracker::default();
+        t.observe(&watcher::Event::InitApply(secret("a", "db", Some("1"))));
+        t.observe(&watcher::Event::InitDone);
+
+        t.observe(&watcher::Event::Init);
+        t.observe(&watcher::Event::InitApply(secret("a", "db", Some("2"))));
+        t.observe(&watcher::Event::Init);
+        t.observe(&watcher::Event::InitApply(secret("a", "db", Some("2"))));
+        assert_eq!(t.observe(&watcher::Event::InitDone), [k("a", "db")]);
     }
 
     #[test]
