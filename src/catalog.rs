@@ -39,6 +39,17 @@ struct Listing {
     fetched: Instant,
 }
 
+/// When a cached copy is good enough.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fetch {
+    /// Use the cache when there is one.
+    IfMissing,
+    /// A lookup missed: fetch again unless the copy is only a moment old.
+    IfStale,
+    /// A poll: always fetch.
+    Always,
+}
+
 #[derive(Default)]
 struct State {
     vaults: Option<(Arc<Vec<Vault>>, Instant)>,
@@ -67,7 +78,7 @@ impl Catalog {
         Catalog {
             client,
             state: Mutex::new(State::default()),
-            miss_refresh_after: Duration::from_secs(5),
+            miss_refresh_after: Duration::from_secs(1),
         }
     }
 
@@ -79,17 +90,19 @@ impl Catalog {
     /// not cached yet, or when the cached copy misses and is a few seconds old.
     pub async fn resolve(&self, path: &ItemPath) -> Result<Resolution, ConnectError> {
         let mut state = self.state.lock().await;
-        let vaults = self.vaults(&mut state, false).await?;
+        let vaults = self.vaults(&mut state, Fetch::IfMissing).await?;
         let (vault_id, vault_note) = match resolve_vault(&vaults, &path.vault) {
             Ok(found) => found,
             Err(e) => {
-                let vaults = self.vaults(&mut state, true).await?;
+                let vaults = self.vaults(&mut state, Fetch::IfStale).await?;
                 resolve_vault(&vaults, &path.vault).map_err(|_| e)?
             }
         };
-        let mut listing = self.listing(&mut state, &vault_id, false).await?;
+        let mut listing = self
+            .listing(&mut state, &vault_id, Fetch::IfMissing)
+            .await?;
         if let Err(e) = resolve_item(&listing, &vault_id, &path.item) {
-            listing = self.listing(&mut state, &vault_id, true).await?;
+            listing = self.listing(&mut state, &vault_id, Fetch::IfStale).await?;
             resolve_item(&listing, &vault_id, &path.item).map_err(|_| e)?;
         }
         let (item, item_note) = resolve_item(&listing, &vault_id, &path.item)?;
@@ -135,7 +148,7 @@ impl Catalog {
         full: bool,
     ) -> Result<RefreshReport, ConnectError> {
         let mut state = self.state.lock().await;
-        let vaults = self.vaults(&mut state, true).await?;
+        let vaults = self.vaults(&mut state, Fetch::Always).await?;
         let mut report = RefreshReport::default();
         let mut ids: Vec<&String> = in_use.iter().collect();
         ids.sort();
@@ -151,7 +164,7 @@ impl Catalog {
                 report.unchanged += 1;
                 continue;
             }
-            match self.listing(&mut state, vault_id, true).await {
+            match self.listing(&mut state, vault_id, Fetch::Always).await {
                 Ok(_) => report.listed.push(vault_id.clone()),
                 // A vault that went away or was revoked: forget its listing so the items in it
                 // fail to resolve and their reconcilers report why.
@@ -171,14 +184,21 @@ impl Catalog {
         Ok(report)
     }
 
+    fn cached_is_enough(&self, fetch: Fetch, fetched: Instant) -> bool {
+        match fetch {
+            Fetch::IfMissing => true,
+            Fetch::IfStale => fetched.elapsed() < self.miss_refresh_after,
+            Fetch::Always => false,
+        }
+    }
+
     async fn vaults(
         &self,
         state: &mut State,
-        refresh: bool,
+        fetch: Fetch,
     ) -> Result<Arc<Vec<Vault>>, ConnectError> {
         if let Some((vaults, fetched)) = &state.vaults {
-            let fresh_enough = !refresh || fetched.elapsed() < self.miss_refresh_after;
-            if fresh_enough {
+            if self.cached_is_enough(fetch, *fetched) {
                 return Ok(vaults.clone());
             }
         }
@@ -191,11 +211,10 @@ impl Catalog {
         &self,
         state: &mut State,
         vault_id: &str,
-        refresh: bool,
+        fetch: Fetch,
     ) -> Result<Arc<Vec<ItemSummary>>, ConnectError> {
         if let Some(listing) = state.listings.get(vault_id) {
-            let fresh_enough = !refresh || listing.fetched.elapsed() < self.miss_refresh_after;
-            if fresh_enough {
+            if self.cached_is_enough(fetch, listing.fetched) {
                 return Ok(listing.items.clone());
             }
         }

@@ -912,6 +912,12 @@ fn a_bad_seed_fails_to_start_with_a_clear_error() {
 }
 
 #[test]
+fn the_handle_can_be_shared_between_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Simulator>();
+}
+
+#[test]
 fn the_handle_works_without_any_async_runtime() {
     let sim = Simulator::start(seed()).unwrap();
     sim.set_field("Team Vault", "db", "password", "x").unwrap();

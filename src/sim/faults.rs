@@ -35,7 +35,7 @@ fn internal_error() -> u16 {
 }
 
 /// A fault and where it applies: every request but the `/__sim` admin ones, unless limited to an
-/// endpoint (as named by [`endpoint_name`](super::api::Route::endpoint)) or a path prefix, and
+/// endpoint (named as in [`Simulator::counts`](super::Simulator::counts)) or a path prefix, and
 /// for ever unless limited to a number of requests.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Fault {

@@ -634,9 +634,9 @@ fn truncate(reply: Reply) -> Reply {
             status,
             body: cut(body),
         },
-        Reply::Text { status, body } => Reply::Json {
+        Reply::Text { status, body } => Reply::Text {
             status,
-            body: cut(body.into_bytes()),
+            body: String::from_utf8_lossy(&cut(body.into_bytes())).into_owned(),
         },
         Reply::File { name, content } => Reply::File {
             name,
