@@ -197,10 +197,10 @@ impl Catalog {
         state: &mut State,
         fetch: Fetch,
     ) -> Result<Arc<Vec<Vault>>, ConnectError> {
-        if let Some((vaults, fetched)) = &state.vaults {
-            if self.cached_is_enough(fetch, *fetched) {
-                return Ok(vaults.clone());
-            }
+        if let Some((vaults, fetched)) = &state.vaults
+            && self.cached_is_enough(fetch, *fetched)
+        {
+            return Ok(vaults.clone());
         }
         let vaults = Arc::new(self.client.list_vaults().await?);
         state.vaults = Some((vaults.clone(), Instant::now()));
@@ -213,10 +213,10 @@ impl Catalog {
         vault_id: &str,
         fetch: Fetch,
     ) -> Result<Arc<Vec<ItemSummary>>, ConnectError> {
-        if let Some(listing) = state.listings.get(vault_id) {
-            if self.cached_is_enough(fetch, listing.fetched) {
-                return Ok(listing.items.clone());
-            }
+        if let Some(listing) = state.listings.get(vault_id)
+            && self.cached_is_enough(fetch, listing.fetched)
+        {
+            return Ok(listing.items.clone());
         }
         let items = Arc::new(self.client.list_items(vault_id).await?);
         let content_version = state

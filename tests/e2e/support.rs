@@ -8,7 +8,7 @@
 
 use std::{
     collections::BTreeMap,
-    fmt::Write as _,
+    fmt::{Debug, Write as _},
     fs,
     io::Write as _,
     path::{Path, PathBuf},
@@ -22,8 +22,9 @@ use k8s_openapi::api::{
     core::v1::{Namespace, Secret},
     events::v1::Event,
 };
+use k8s_openapi::NamespaceResourceScope;
 use kube::{
-    Api, Client, Config, ResourceExt,
+    Api, Client, Config, Resource, ResourceExt,
     api::{ListParams, PostParams},
     config::{KubeConfigOptions, Kubeconfig},
 };
@@ -31,6 +32,7 @@ use onepassword_secrets_operator::{
     crd::OnePasswordItem,
     sim::{Seed, Simulator, TokenAccess},
 };
+use serde::de::DeserializeOwned;
 use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// `POLLING_INTERVAL` of every operator the tests start.
@@ -545,7 +547,37 @@ impl TestEnv {
         );
     }
 
+    /// Waits until the operator's log contains `needle` (e.g. it got as far as a poll cycle).
+    pub async fn wait_log(&self, id: OperatorId, needle: &str) {
+        let log = self.operators[id.0].log.clone();
+        wait_for(
+            &format!("{needle:?} in {}", log.display()),
+            TIMEOUT,
+            async || {
+                let text = fs::read_to_string(&log).map_err(|e| e.to_string())?;
+                text.contains(needle)
+                    .then_some(())
+                    .ok_or_else(|| "not yet".to_string())
+            },
+        )
+        .await
+    }
+
     // ---- reading objects ----
+
+    /// A namespaced object of the test's namespace, which must exist.
+    pub async fn get<K>(&self, name: &str) -> K
+    where
+        K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + DeserializeOwned
+            + Debug,
+    {
+        Api::<K>::namespaced(self.client.clone(), &self.ns)
+            .get(name)
+            .await
+            .unwrap_or_else(|e| panic!("reading {} {name}: {e}", K::kind(&())))
+    }
 
     pub async fn secret(&self, name: &str) -> Option<Secret> {
         self.secret_in(&self.ns, name).await
@@ -739,14 +771,15 @@ pub fn has_data(want: &BTreeMap<String, String>) -> impl Fn(&Secret) -> Result<(
     let want = want.clone();
     move |secret| {
         let have = data_of(secret);
-        if have == want {
+        let differ: Vec<&String> = have
+            .keys()
+            .chain(want.keys())
+            .filter(|k| have.get(*k) != want.get(*k))
+            .collect();
+        if differ.is_empty() {
             Ok(())
         } else {
-            Err(format!(
-                "keys {:?}, want {:?} (values differ or keys are missing)",
-                have.keys().collect::<Vec<_>>(),
-                want.keys().collect::<Vec<_>>()
-            ))
+            Err(format!("the data differs at keys {differ:?}"))
         }
     }
 }
