@@ -45,8 +45,8 @@ pub struct Args {
     #[arg(long, env = "HEALTH_PROBE_BIND_ADDRESS", default_value = ":8081")]
     pub health_probe_bind_address: String,
 
-    /// Accepted for compatibility with the official operator's manifests. Leader election is
-    /// not implemented yet: run one replica.
+    /// Elect a leader through a Lease in `POD_NAMESPACE`, so that of several replicas only one
+    /// writes; the others take over within about 17 s when it goes away.
     #[arg(long, env = "LEADER_ELECT", default_value = "false", value_parser = parse_go_bool,
           num_args = 0..=1, default_missing_value = "true")]
     pub leader_elect: bool,

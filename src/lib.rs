@@ -7,6 +7,7 @@ pub mod connect;
 pub mod controller;
 pub mod crd;
 pub mod http;
+pub mod leader;
 pub mod restart;
 pub mod secret;
 pub mod sim;

@@ -11,6 +11,7 @@ use onepassword_secrets_operator::{
     connect::{ConnectClient, ConnectConfig},
     controller::{self, Context, Settings, poller::Triggers},
     http::{self, Health},
+    leader::{Elector, LeaderConfig},
     telemetry::{self, Metrics},
 };
 use tokio_util::sync::CancellationToken;
@@ -101,6 +102,30 @@ async fn run(args: Args) -> Result<(), String> {
         });
     }
 
+    // With --leader-elect, only the Lease holder runs the controllers; the others serve probes
+    // and metrics and wait.
+    let lost_leadership = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let elector = if args.leader_elect {
+        let elector = Arc::new(Elector::new(client.clone(), leader_config()?));
+        tokio::select! {
+            acquired = elector.acquire() => acquired.map_err(|e| e.to_string())?,
+            _ = stop.cancelled() => return Ok(()),
+        }
+        let (holder, lost, stop) = (elector.clone(), lost_leadership.clone(), stop.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = holder.hold() => {
+                    lost.store(true, std::sync::atomic::Ordering::SeqCst);
+                    stop.cancel();
+                }
+                _ = stop.cancelled() => {}
+            }
+        });
+        Some(elector)
+    } else {
+        None
+    };
+
     let mut triggers = Triggers::default();
     for scope in namespaces.scopes() {
         let (tx, rx) = mpsc::unbounded();
@@ -145,8 +170,34 @@ async fn run(args: Args) -> Result<(), String> {
             return Err(format!("a task failed: {e}"));
         }
     }
+    if lost_leadership.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err("lost the leader Lease; exiting so a restart comes back as a follower".into());
+    }
+    if let Some(elector) = elector {
+        elector.release().await;
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The Lease lives in the operator's namespace (`POD_NAMESPACE`, or the service account's);
+/// the holder is named after the pod (`POD_NAME`, or the host name).
+fn leader_config() -> Result<LeaderConfig, String> {
+    let namespace = std::env::var("POD_NAMESPACE")
+        .ok()
+        .or_else(|| {
+            std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace").ok()
+        })
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .ok_or("--leader-elect needs POD_NAMESPACE (the namespace of the leader Lease)")?;
+    let identity = std::env::var("POD_NAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| format!("onepassword-operator-{}", std::process::id()));
+    Ok(LeaderConfig::new(&namespace, &identity))
 }
 
 fn connect_client(metrics: &Metrics) -> Result<ConnectClient, String> {
