@@ -1,15 +1,24 @@
+# syntax=docker/dockerfile:1
 # Multi-stage build: a static (musl) binary on a distroless base, run as a non-root user.
 #   docker build -t onepassword-secrets-operator .
+# The image is the stripped binary (about 18 MB) on distroless/static (about 2 MB): see the
+# README's "Install" section. No shell, no package manager; CA certificates and tzdata only.
 FROM rust:1.89-alpine AS build
 RUN apk add --no-cache musl-dev
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
-RUN cargo build --release --locked --bin onepassword-operator \
- && strip target/release/onepassword-operator
+# The cache mounts keep downloaded crates and compiled dependencies between builds (the binary is
+# copied out of the cached target dir). Symbols are stripped: a smaller image, same behaviour.
+ENV CARGO_PROFILE_RELEASE_STRIP=symbols
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked --bin onepassword-operator \
+ && cp target/release/onepassword-operator /onepassword-operator
 
 FROM gcr.io/distroless/static-debian12:nonroot
-COPY --from=build /src/target/release/onepassword-operator /onepassword-operator
+COPY --from=build /onepassword-operator /onepassword-operator
 USER 65532:65532
+# 8080: /metrics; 8081: /healthz and /readyz.
 EXPOSE 8080 8081
 ENTRYPOINT ["/onepassword-operator"]

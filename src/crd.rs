@@ -345,7 +345,10 @@ spec:
 
     #[test]
     fn checked_in_crds_are_up_to_date() {
-        for file in ["crds/onepassworditem.yaml", "config/crd/bases/onepassworditem.yaml"] {
+        for file in [
+            "crds/onepassworditem.yaml",
+            "config/crd/bases/onepassworditem.yaml",
+        ] {
             let path = format!("{}/{file}", env!("CARGO_MANIFEST_DIR"));
             let on_disk = std::fs::read_to_string(path).unwrap_or_default();
             assert!(

@@ -152,7 +152,11 @@ impl Elector {
         spec.holder_identity = None;
         spec.renew_time = None;
         let name = lease.name_any();
-        if let Err(e) = self.api.replace(&name, &PostParams::default(), &lease).await {
+        if let Err(e) = self
+            .api
+            .replace(&name, &PostParams::default(), &lease)
+            .await
+        {
             tracing::debug!(error = %e, "cannot release the leader Lease");
         }
     }
@@ -200,7 +204,9 @@ impl Elector {
                 spec.lease_duration_seconds = Some(duration_secs);
                 spec.renew_time = Some(MicroTime(now));
                 let name = lease.name_any();
-                self.api.replace(&name, &PostParams::default(), &lease).await
+                self.api
+                    .replace(&name, &PostParams::default(), &lease)
+                    .await
             }
         };
         match result {
@@ -229,7 +235,10 @@ mod tests {
     fn a_missing_free_or_expired_lease_is_taken_over() {
         let now: Timestamp = "2026-01-01T00:01:00Z".parse().unwrap();
         assert_eq!(decide(None, "me", now), Decision::TakeOver);
-        assert_eq!(decide(Some(&spec(None, None)), "me", now), Decision::TakeOver);
+        assert_eq!(
+            decide(Some(&spec(None, None)), "me", now),
+            Decision::TakeOver
+        );
         let stale = spec(Some("other"), Some("2026-01-01T00:00:40Z"));
         assert_eq!(decide(Some(&stale), "me", now), Decision::TakeOver);
     }

@@ -3,8 +3,9 @@
 //!
 //! The Secret is owned by every Deployment that asks for it (same name, same path), through
 //! owner references: it is garbage collected when the last of them is deleted, with no
-//! finalizer to hang a namespace deletion. Removing the annotations from a Deployment removes
-//! its owner reference, and the Secret when no owner is left.
+//! finalizer to hang a namespace deletion. Removing the annotations from a Deployment, or
+//! changing its `item-name`, removes its owner reference from the Secret it no longer asks for,
+//! and that Secret when no owner is left.
 
 use std::{collections::BTreeMap, future::Future, sync::Arc};
 
@@ -196,7 +197,7 @@ async fn reconcile(obj: Arc<Deployment>, dctx: Arc<DeploymentContext>) -> Result
     let request = request_of(&obj).filter(|_| obj.meta().deletion_timestamp.is_none());
     let Some((path, asked_name)) = request else {
         ctx.registry.forget(&key);
-        release(&dctx, &obj, &namespace).await?;
+        release(&dctx, &obj, &namespace, None).await?;
         return Ok(Action::await_change());
     };
     let timer = ctx.metrics.reconcile_started("deployment");
@@ -247,6 +248,9 @@ async fn reconcile(obj: Arc<Deployment>, dctx: Arc<DeploymentContext>) -> Result
     }
     match outcome {
         Ok(s) => {
+            // After a change of item-name, the Secret of the old name is no longer asked for.
+            let kept = secret::secret_name(&asked_name).ok();
+            release(&dctx, &obj, &namespace, kept.as_deref()).await?;
             ctx.reset_backoff(&key_of(&obj));
             if matches!(s.change, Change::Created | Change::Updated) {
                 ctx.metrics.secret_written("deployment");
@@ -313,9 +317,15 @@ async fn sync_deployment(
     sync::sync(&dctx.ctx, &target).await
 }
 
-/// The Deployment no longer asks for a Secret (annotations removed, or being deleted): drop its
-/// owner reference from the Secrets it owns, and delete a Secret left with no owner.
-async fn release(dctx: &DeploymentContext, obj: &Deployment, namespace: &str) -> Result<(), Error> {
+/// The Deployment no longer asks for a Secret (annotations removed or renamed, or being
+/// deleted): drop its owner reference from the Secrets it owns but `keep`, and delete a Secret
+/// left with no owner.
+async fn release(
+    dctx: &DeploymentContext,
+    obj: &Deployment,
+    namespace: &str,
+    keep: Option<&str>,
+) -> Result<(), Error> {
     let Some(uid) = obj.uid() else { return Ok(()) };
     let api: Api<Secret> = Api::namespaced(dctx.ctx.client.clone(), namespace);
     let owned: Vec<Arc<Secret>> = dctx
@@ -323,6 +333,7 @@ async fn release(dctx: &DeploymentContext, obj: &Deployment, namespace: &str) ->
         .state()
         .into_iter()
         .filter(|s| s.namespace().as_deref() == Some(namespace))
+        .filter(|s| keep.is_none_or(|name| s.name_any() != name))
         .filter(|s| s.owner_references().iter().any(|o| o.uid == uid))
         .collect();
     for secret in owned {

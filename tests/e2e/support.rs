@@ -17,12 +17,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::{
     apps::v1::ReplicaSet,
     core::v1::{Namespace, Secret},
     events::v1::Event,
 };
-use k8s_openapi::NamespaceResourceScope;
 use kube::{
     Api, Client, Config, Resource, ResourceExt,
     api::{ListParams, PostParams},
@@ -39,6 +39,9 @@ use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 pub const POLL: Duration = Duration::from_secs(2);
 /// How long to wait for something that should happen (a sync, a garbage collection, a rollout).
 pub const TIMEOUT: Duration = Duration::from_secs(45);
+/// How long to wait for the garbage collector of kube-controller-manager, whose retries back off
+/// when an owner changed under it.
+pub const GC_TIMEOUT: Duration = Duration::from_secs(90);
 /// The Connect token every simulator accepts for every vault.
 pub const TOKEN: &str = "e2e-token";
 
@@ -116,7 +119,10 @@ impl Cluster {
         let kubeconfig = state_dir.join("kubeconfig");
         for file in [&kubectl, &kubeconfig] {
             if !file.exists() {
-                return Err(format!("{} is missing; run `bash tests/run`", file.display()));
+                return Err(format!(
+                    "{} is missing; run `bash tests/run`",
+                    file.display()
+                ));
             }
         }
         Ok(Cluster {
@@ -616,8 +622,10 @@ impl TestEnv {
     }
 
     pub async fn wait_secret_gone(&self, name: &str) {
-        wait_for(&format!("Secret {name} to be deleted"), TIMEOUT, async || {
-            match self.secret(name).await {
+        wait_for(
+            &format!("Secret {name} to be deleted"),
+            GC_TIMEOUT,
+            async || match self.secret(name).await {
                 None => Ok(()),
                 Some(s) => Err(format!(
                     "it still exists (owners: {:?})",
@@ -626,8 +634,8 @@ impl TestEnv {
                         .map(|o| format!("{}/{}", o.kind, o.name))
                         .collect::<Vec<_>>()
                 )),
-            }
-        })
+            },
+        )
         .await
     }
 
@@ -713,7 +721,11 @@ impl TestEnv {
                 )
                 .unwrap_or_else(|e| e);
             let events = cluster()
-                .kubectl(Some(ns), &["get", "events", "--sort-by=.lastTimestamp"], None)
+                .kubectl(
+                    Some(ns),
+                    &["get", "events", "--sort-by=.lastTimestamp"],
+                    None,
+                )
                 .unwrap_or_else(|e| e);
             let _ = write!(
                 out,

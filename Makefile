@@ -1,0 +1,26 @@
+# Shortcuts; each target says what it runs.
+.PHONY: help test demo crds lint
+
+help:
+	@echo "make test   bash tests/run: unit, simulator and end-to-end tests (builds a local control plane once)"
+	@echo "make demo   bash demo/run.sh: a local control plane, the Connect simulator and the operator, end to end"
+	@echo "            (DEMO_KEEP=1 leaves it running)"
+	@echo "make crds   regenerate the CRD into crds/, config/crd/bases/ and the Helm chart's crds/"
+	@echo "make lint   cargo fmt --check and clippy with warnings as errors"
+
+test:
+	bash tests/run
+
+demo:
+	bash demo/run.sh
+
+CRD_COPIES = crds/onepassworditem.yaml config/crd/bases/onepassworditem.yaml \
+	charts/onepassword-secrets-operator/crds/onepassworditem.yaml
+
+crds:
+	tmp=$$(mktemp) && cargo run --quiet --locked --bin crdgen > $$tmp \
+	  && for f in $(CRD_COPIES); do cp $$tmp $$f; done; status=$$?; rm -f $$tmp; exit $$status
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --locked --all-targets -- -D warnings

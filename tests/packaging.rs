@@ -1,0 +1,1359 @@
+//! Packaging: the Helm chart (`charts/onepassword-secrets-operator`) and the kustomize config
+//! (`config/`), checked with the pinned helm and kubectl against the control plane that
+//! `bash tests/run` starts (`OPSYNC_E2E_STATE_DIR`). The chart's RBAC is checked by running the
+//! operator as the chart's ServiceAccount (impersonated) against a Connect simulator.
+//!
+//! These tests share the API server with the end-to-end suite: every release and namespace has a
+//! unique name, and nothing cluster-scoped that others use (the CRD) is ever deleted.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+use base64::Engine as _;
+use onepassword_secrets_operator::sim::{Seed, Simulator};
+use serde_json::{Value, json};
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+const CHART: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/charts/onepassword-secrets-operator"
+);
+const OPERATOR_BIN: &str = env!("CARGO_BIN_EXE_onepassword-operator");
+const CRD_NAME: &str = "onepassworditems.onepassword.com";
+/// How long to wait for the operator or the cluster to do something.
+const TIMEOUT: Duration = Duration::from_secs(60);
+/// What `connect-sim` and the demo seed accept.
+const DEMO_TOKEN: &str = "demo-token";
+
+// ---- the tools ----
+
+/// kubectl and helm from the control plane of `OPSYNC_E2E_STATE_DIR`.
+struct Tools {
+    kubeconfig: PathBuf,
+    kubectl: PathBuf,
+    helm: PathBuf,
+    /// Helm's cache, config and data homes, and kubectl's cache: nothing in the user's home.
+    scratch: PathBuf,
+}
+
+fn tools() -> &'static Tools {
+    static TOOLS: OnceLock<Result<Tools, String>> = OnceLock::new();
+    match TOOLS.get_or_init(Tools::from_env) {
+        Ok(tools) => tools,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+impl Tools {
+    fn from_env() -> Result<Tools, String> {
+        let state = std::env::var_os("OPSYNC_E2E_STATE_DIR")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .ok_or(
+                "OPSYNC_E2E_STATE_DIR is not set: the packaging tests need helm, kubectl and the \
+                 Kubernetes control plane that `bash tests/run` starts. Run `bash tests/run` (or \
+                 start one with `tests/envtest/start <dir>` and set OPSYNC_E2E_STATE_DIR=<dir>).",
+            )?;
+        let env_file = state.join("env");
+        let env = fs::read_to_string(&env_file).map_err(|e| {
+            format!(
+                "cannot read {} ({e}): is the control plane of OPSYNC_E2E_STATE_DIR running? \
+                 Run `bash tests/run`.",
+                env_file.display()
+            )
+        })?;
+        let bin = env_value(&env, "ENVTEST_BIN_DIR")
+            .map(PathBuf::from)
+            .ok_or_else(|| format!("{} sets no ENVTEST_BIN_DIR", env_file.display()))?;
+        let kubeconfig = env_value(&env, "KUBECONFIG")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| state.join("kubeconfig"));
+        let tools = Tools {
+            kubeconfig,
+            kubectl: bin.join("kubectl"),
+            helm: bin.join("helm"),
+            scratch: PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("packaging"),
+        };
+        for file in [&tools.kubectl, &tools.helm, &tools.kubeconfig] {
+            if !file.exists() {
+                return Err(format!(
+                    "{} is missing; run `bash tests/run`",
+                    file.display()
+                ));
+            }
+        }
+        fs::create_dir_all(&tools.scratch).map_err(|e| e.to_string())?;
+        Ok(tools)
+    }
+}
+
+/// `export KEY=value` in a file written by `tests/envtest/start` (bash `%q` quoting).
+fn env_value(env: &str, key: &str) -> Option<String> {
+    env.lines().find_map(|line| {
+        let rest = line.trim().strip_prefix("export ")?.strip_prefix(key)?;
+        let value = rest.strip_prefix('=')?;
+        Some(
+            value
+                .strip_prefix('\'')
+                .and_then(|v| v.strip_suffix('\''))
+                .map(str::to_string)
+                .unwrap_or_else(|| value.replace('\\', "")),
+        )
+    })
+}
+
+/// Runs a command; stdout on success, the command line, stderr and stdout on failure.
+fn run(mut cmd: Command) -> Result<String, String> {
+    let line = format!("{cmd:?}");
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {line}: {e}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if out.status.success() {
+        Ok(stdout)
+    } else {
+        Err(format!(
+            "{line} failed ({}):\n{}{stdout}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+fn helm(args: &[&str]) -> Result<String, String> {
+    let t = tools();
+    let mut cmd = Command::new(&t.helm);
+    cmd.env_remove("KUBECONFIG")
+        .env("HELM_CACHE_HOME", t.scratch.join("helm/cache"))
+        .env("HELM_CONFIG_HOME", t.scratch.join("helm/config"))
+        .env("HELM_DATA_HOME", t.scratch.join("helm/data"))
+        .arg("--kubeconfig")
+        .arg(&t.kubeconfig)
+        .args(args);
+    run(cmd)
+}
+
+fn kubectl(args: &[&str]) -> Result<String, String> {
+    let t = tools();
+    let mut cmd = Command::new(&t.kubectl);
+    cmd.env_remove("KUBECONFIG")
+        .arg("--kubeconfig")
+        .arg(&t.kubeconfig)
+        .arg("--cache-dir")
+        .arg(t.scratch.join("kubectl-cache"))
+        .arg("--request-timeout=30s")
+        .args(args);
+    run(cmd)
+}
+
+/// An object as JSON, or `None` when it does not exist.
+fn get(kind: &str, name: &str, ns: Option<&str>) -> Option<Value> {
+    let mut args = vec!["get", kind, name, "-o", "json", "--ignore-not-found"];
+    if let Some(ns) = ns {
+        args.extend(["-n", ns]);
+    }
+    // Reads are retried for a while: an end-to-end test may be restarting the API server.
+    let mut tries = 0;
+    let out = loop {
+        match kubectl(&args) {
+            Ok(out) => break out,
+            Err(e) if tries >= 20 => panic!("{e}"),
+            Err(_) => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+    };
+    (!out.trim().is_empty()).then(|| serde_json::from_str(&out).expect("kubectl JSON"))
+}
+
+fn must_get(kind: &str, name: &str, ns: Option<&str>) -> Value {
+    get(kind, name, ns).unwrap_or_else(|| {
+        panic!(
+            "{kind} {name} does not exist{}",
+            ns.map(|n| format!(" in {n}")).unwrap_or_default()
+        )
+    })
+}
+
+/// Polls `check` every 250 ms until it says `Ok`; fails the test after `TIMEOUT` with its last
+/// answer.
+fn wait_for<T>(what: &str, mut check: impl FnMut() -> Result<T, String>) -> T {
+    let started = Instant::now();
+    loop {
+        match check() {
+            Ok(value) => return value,
+            Err(last) if started.elapsed() > TIMEOUT => {
+                panic!("timed out after {TIMEOUT:?} waiting for {what}; last check: {last}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(250)),
+        }
+    }
+}
+
+/// Prints how long a test took when it ends (`cargo test -- --show-output`).
+struct Timed(&'static str, Instant);
+
+impl Timed {
+    fn start(name: &'static str) -> Timed {
+        Timed(name, Instant::now())
+    }
+}
+
+impl Drop for Timed {
+    fn drop(&mut self) {
+        println!("{}: {:.1}s", self.0, self.1.elapsed().as_secs_f64());
+    }
+}
+
+/// `<prefix>-<6 hex digits>`: a name no other test or run uses.
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{:06x}", rand::random::<u32>() & 0xff_ffff)
+}
+
+// ---- things to clean up, pass or fail ----
+
+/// Namespaces created by a test, deleted when it ends.
+struct Namespaces(Vec<String>);
+
+impl Namespaces {
+    fn create(prefix: &str) -> (Namespaces, String) {
+        let mut namespaces = Namespaces(Vec::new());
+        let name = namespaces.add(prefix);
+        (namespaces, name)
+    }
+
+    fn add(&mut self, prefix: &str) -> String {
+        let name = unique(prefix);
+        kubectl(&["create", "namespace", &name]).unwrap_or_else(|e| panic!("{e}"));
+        self.0.push(name.clone());
+        name
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for ns in &self.0 {
+            let _ = kubectl(&["delete", "namespace", ns, "--wait=false"]);
+        }
+    }
+}
+
+/// A Helm release, uninstalled when the test ends (if the test did not already).
+struct Release {
+    name: String,
+    ns: String,
+}
+
+impl Release {
+    fn install(name: &str, ns: &str, values: &[&str]) -> Release {
+        let mut args = vec!["install", name, CHART, "--namespace", ns];
+        args.extend(values);
+        helm(&args).unwrap_or_else(|e| panic!("{e}"));
+        Release {
+            name: name.into(),
+            ns: ns.into(),
+        }
+    }
+
+    /// The chart's base name for objects of this release.
+    fn fullname(&self) -> String {
+        format!("{}-onepassword-secrets-operator", self.name)
+    }
+
+    fn uninstall(&self) {
+        helm(&["uninstall", &self.name, "--namespace", &self.ns, "--wait"])
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        let _ = helm(&[
+            "uninstall",
+            &self.name,
+            "--namespace",
+            &self.ns,
+            "--ignore-not-found",
+        ]);
+    }
+}
+
+/// The operator as a process; SIGTERM (then SIGKILL) when dropped.
+struct OperatorProcess {
+    child: Child,
+    log: PathBuf,
+}
+
+impl OperatorProcess {
+    fn stop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Fails at once when the API server refused the operator something: the RBAC is short.
+    fn assert_nothing_forbidden(&self) {
+        if let Some(line) = self
+            .log()
+            .lines()
+            .find(|l| l.to_ascii_lowercase().contains("forbidden"))
+        {
+            panic!("the chart's RBAC refused the operator something: {line}");
+        }
+    }
+}
+
+impl Drop for OperatorProcess {
+    fn drop(&mut self) {
+        self.stop();
+        if std::thread::panicking() {
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!(
+                "===== operator log {} (last 200 lines)\n{}",
+                self.log.display(),
+                lines[lines.len().saturating_sub(200)..].join("\n")
+            );
+        }
+    }
+}
+
+// ---- rendered manifests ----
+
+/// `helm template` with these extra arguments: the manifests as JSON.
+fn render(args: &[&str]) -> Result<Vec<Value>, String> {
+    let mut all = vec![
+        "template",
+        "rel",
+        CHART,
+        "--namespace",
+        "ops",
+        "--include-crds",
+    ];
+    all.extend(args);
+    let out = helm(&all)?;
+    Ok(parse_documents(&out))
+}
+
+fn parse_documents(yaml: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(yaml)
+        .filter_map(|doc| {
+            let value: serde_yaml::Value =
+                serde::Deserialize::deserialize(doc).expect("rendered YAML parses");
+            (!value.is_null()).then(|| serde_json::to_value(value).expect("YAML as JSON"))
+        })
+        .collect()
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name} in {}", names(docs)))
+}
+
+fn find_in<'a>(docs: &'a [Value], kind: &str, name: &str, ns: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| {
+            d["kind"] == kind && d["metadata"]["name"] == name && d["metadata"]["namespace"] == ns
+        })
+        .unwrap_or_else(|| panic!("no {kind} {ns}/{name} in {}", names(docs)))
+}
+
+fn names(docs: &[Value]) -> String {
+    docs.iter()
+        .map(|d| {
+            format!(
+                "{} {}/{}",
+                d["kind"].as_str().unwrap_or("?"),
+                d["metadata"]["namespace"].as_str().unwrap_or(""),
+                d["metadata"]["name"].as_str().unwrap_or("?")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn kinds(docs: &[Value]) -> BTreeSet<String> {
+    docs.iter()
+        .map(|d| d["kind"].as_str().unwrap_or("?").to_string())
+        .collect()
+}
+
+/// The operator container's environment: name -> the EnvVar.
+fn env_of(deployment: &Value) -> BTreeMap<String, Value> {
+    deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .expect("the container has env")
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap().to_string(), e.clone()))
+        .collect()
+}
+
+/// A plain environment variable's value (the API server drops an empty `value`).
+fn env_text(deployment: &Value, name: &str) -> Option<String> {
+    let var = env_of(deployment).remove(name)?;
+    match var["value"].as_str() {
+        Some(value) => Some(value.to_string()),
+        None => var.get("valueFrom").is_none().then(String::new),
+    }
+}
+
+/// RBAC rules as comparable (apiGroup, resource, verb, resourceName) tuples.
+fn rule_set(rules: &Value) -> BTreeSet<(String, String, String, String)> {
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut set = BTreeSet::new();
+    for rule in rules.as_array().expect("rules") {
+        let names = strings(&rule["resourceNames"]);
+        let names = if names.is_empty() {
+            vec![String::new()]
+        } else {
+            names
+        };
+        for group in strings(&rule["apiGroups"]) {
+            for resource in strings(&rule["resources"]) {
+                for verb in strings(&rule["verbs"]) {
+                    for name in &names {
+                        set.insert((group.clone(), resource.clone(), verb.clone(), name.clone()));
+                    }
+                }
+            }
+        }
+    }
+    set
+}
+
+// ---- identities ----
+
+/// What `kubectl auth can-i` says for the operator's ServiceAccount.
+fn can_i(sa_ns: &str, sa: &str, query: &[&str]) -> bool {
+    let user = format!("--as=system:serviceaccount:{sa_ns}:{sa}");
+    let group = format!("--as-group=system:serviceaccounts:{sa_ns}");
+    let mut args = vec!["auth", "can-i"];
+    args.extend(query);
+    args.extend([
+        user.as_str(),
+        "--as-group=system:serviceaccounts",
+        group.as_str(),
+    ]);
+    // can-i exits 1 for "no": read its answer, not its status.
+    let t = tools();
+    let out = Command::new(&t.kubectl)
+        .env_remove("KUBECONFIG")
+        .arg("--kubeconfig")
+        .arg(&t.kubeconfig)
+        .args(&args)
+        .output()
+        .expect("run kubectl auth can-i");
+    match String::from_utf8_lossy(&out.stdout).trim() {
+        "yes" => true,
+        "no" => false,
+        other => panic!(
+            "kubectl {} answered {other:?}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
+fn assert_can(sa_ns: &str, sa: &str, yes: &[&[&str]], no: &[&[&str]]) {
+    let mut wrong = Vec::new();
+    for query in yes {
+        if !can_i(sa_ns, sa, query) {
+            wrong.push(format!("may not {}", query.join(" ")));
+        }
+    }
+    for query in no {
+        if can_i(sa_ns, sa, query) {
+            wrong.push(format!("may {}", query.join(" ")));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "ServiceAccount {sa_ns}/{sa}: {}",
+        wrong.join("; ")
+    );
+}
+
+/// A kubeconfig with the admin's credentials that impersonates a ServiceAccount (as the API
+/// server sees a pod's token: the user and its two groups).
+fn impersonating_kubeconfig(sa_ns: &str, sa: &str, file: &Path) {
+    let admin = fs::read_to_string(&tools().kubeconfig).expect("read the kubeconfig");
+    let mut config: serde_yaml::Value = serde_yaml::from_str(&admin).expect("kubeconfig YAML");
+    let users = config["users"].as_sequence_mut().expect("kubeconfig users");
+    for user in users {
+        let user = user["user"].as_mapping_mut().expect("a user entry");
+        user.insert(
+            "as".into(),
+            format!("system:serviceaccount:{sa_ns}:{sa}").into(),
+        );
+        user.insert(
+            "as-groups".into(),
+            serde_yaml::to_value([
+                "system:serviceaccounts".to_string(),
+                format!("system:serviceaccounts:{sa_ns}"),
+            ])
+            .unwrap(),
+        );
+    }
+    fs::write(file, serde_yaml::to_string(&config).unwrap()).expect("write the kubeconfig");
+}
+
+fn b64(text: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+fn secret_key(secret: &Value, key: &str) -> Option<String> {
+    let encoded = secret["data"][key].as_str()?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .ok()?;
+    String::from_utf8(bytes).ok()
+}
+
+fn ready_reason(item: &Value) -> Option<(String, String)> {
+    item["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .map(|c| {
+            (
+                c["status"].as_str().unwrap_or("").to_string(),
+                c["reason"].as_str().unwrap_or("").to_string(),
+            )
+        })
+}
+
+// ---- the tests ----
+
+#[test]
+fn chart_crd_is_a_copy_of_the_generated_crd() {
+    let _timed = Timed::start("chart_crd_is_a_copy_of_the_generated_crd");
+    let generated = fs::read_to_string(format!("{ROOT}/crds/onepassworditem.yaml")).unwrap();
+    let chart = fs::read_to_string(format!("{CHART}/crds/onepassworditem.yaml")).unwrap();
+    assert!(
+        generated == chart,
+        "charts/onepassword-secrets-operator/crds/onepassworditem.yaml differs from \
+         crds/onepassworditem.yaml: run `make crds`"
+    );
+}
+
+#[test]
+fn every_chart_value_has_a_default_a_type_and_a_line_in_the_readme() {
+    let _timed = Timed::start("every_chart_value_has_a_default_a_type_and_a_line_in_the_readme");
+    let schema: Value =
+        serde_json::from_str(&fs::read_to_string(format!("{CHART}/values.schema.json")).unwrap())
+            .unwrap();
+    let values: serde_yaml::Value =
+        serde_yaml::from_str(&fs::read_to_string(format!("{CHART}/values.yaml")).unwrap()).unwrap();
+    let values = serde_json::to_value(values).unwrap();
+    let readme = fs::read_to_string(format!("{CHART}/README.md")).unwrap();
+
+    // The values the schema defines, down to its leaves (Kubernetes objects such as
+    // `resources` are leaves: their fields are Kubernetes').
+    fn leaves(schema: &Value, path: &str, out: &mut Vec<String>) {
+        match schema["properties"].as_object() {
+            Some(props) => {
+                assert_eq!(
+                    schema["additionalProperties"],
+                    json!(false),
+                    "{path}: an object the chart defines must refuse unknown keys"
+                );
+                for (key, sub) in props {
+                    let sub_path = if path.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{path}.{key}")
+                    };
+                    leaves(sub, &sub_path, out);
+                }
+            }
+            None => out.push(path.to_string()),
+        }
+    }
+    let mut paths = Vec::new();
+    leaves(&schema, "", &mut paths);
+    let mut problems = Vec::new();
+    for path in paths.iter().filter(|p| *p != "global") {
+        let pointer = format!("/{}", path.replace('.', "/"));
+        if values.pointer(&pointer).is_none() {
+            problems.push(format!("{path} has no default in values.yaml"));
+        }
+        if !readme.contains(&format!("`{path}`")) {
+            problems.push(format!("{path} is not documented in README.md"));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    assert!(paths.len() > 50, "only {} values found", paths.len());
+}
+
+#[test]
+fn chart_lints_and_renders_for_each_kind_of_install() {
+    let _timed = Timed::start("chart_lints_and_renders_for_each_kind_of_install");
+    let credentials = tools().scratch.join("1password-credentials.json");
+    fs::write(
+        &credentials,
+        r#"{"verifier":{"salt":"made-up"},"version":"2"}"#,
+    )
+    .unwrap();
+    let credentials_arg = format!("connect.credentials={}", credentials.display());
+    let setups: Vec<(&str, Vec<&str>)> = vec![
+        ("defaults", vec![]),
+        (
+            "watchNamespace list",
+            vec!["--set", "operator.watchNamespace={apps,jobs}"],
+        ),
+        (
+            "connect.create",
+            vec![
+                "--set",
+                "connect.create=true",
+                "--set-file",
+                &credentials_arg,
+            ],
+        ),
+        (
+            "tls trust, token value, monitoring, network policies",
+            vec![
+                "--set",
+                "operator.tls.trust.secret=connect-ca",
+                "--set",
+                "operator.token.value=made-up-token",
+                "--set",
+                "serviceMonitor.enabled=true",
+                "--set",
+                "networkPolicy.enabled=true",
+                "--set",
+                "networkPolicy.egress[0].to[0].ipBlock.cidr=10.0.0.1/32",
+            ],
+        ),
+    ];
+    for (what, args) in &setups {
+        let mut lint = vec!["lint", "--strict", CHART];
+        lint.extend(args);
+        helm(&lint).unwrap_or_else(|e| panic!("helm lint, {what}: {e}"));
+        render(args).unwrap_or_else(|e| panic!("helm template, {what}: {e}"));
+    }
+
+    // Defaults: cluster-wide RBAC, the official defaults, a hardened pod.
+    let docs = render(&[]).unwrap();
+    assert_eq!(
+        kinds(&docs),
+        [
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "CustomResourceDefinition",
+            "Deployment",
+            "Service",
+            "ServiceAccount"
+        ]
+        .map(String::from)
+        .into(),
+        "{}",
+        names(&docs)
+    );
+    let deployment = find(&docs, "Deployment", "rel-onepassword-secrets-operator");
+    let env = env_of(deployment);
+    for (name, value) in [
+        ("OP_CONNECT_HOST", "http://onepassword-connect:8080"),
+        ("WATCH_NAMESPACE", ""),
+        ("POLLING_INTERVAL", "600"),
+        ("AUTO_RESTART", "false"),
+        ("ALLOW_EMPTY_VALUES", "false"),
+        ("ENABLE_ANNOTATIONS", "false"),
+        ("LOG_LEVEL", "info"),
+        ("LOG_FORMAT", "text"),
+        ("METRICS_BIND_ADDRESS", ":8080"),
+        ("HEALTH_PROBE_BIND_ADDRESS", ":8081"),
+    ] {
+        assert_eq!(env[name]["value"], value, "{name}");
+    }
+    assert_eq!(
+        env["OP_CONNECT_TOKEN"]["valueFrom"]["secretKeyRef"],
+        json!({"name": "onepassword-token", "key": "token"})
+    );
+    assert!(!env.contains_key("OP_CONNECT_CA_FILE"));
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["serviceAccountName"],
+        "rel-onepassword-secrets-operator"
+    );
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    let container = &pod["containers"][0];
+    assert_eq!(container["image"], "onepassword-secrets-operator:0.1.0");
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(
+        container["securityContext"]["allowPrivilegeEscalation"],
+        false
+    );
+    assert_eq!(
+        container["securityContext"]["capabilities"]["drop"],
+        json!(["ALL"])
+    );
+    assert_eq!(deployment["spec"]["replicas"], 1);
+    assert_eq!(deployment["spec"]["strategy"]["type"], "Recreate");
+    let role = find(&docs, "ClusterRole", "rel-onepassword-secrets-operator");
+    let rules = rule_set(&role["rules"]);
+    assert!(rules.contains(&("".into(), "secrets".into(), "list".into(), "".into())));
+    assert!(rules.contains(&("".into(), "namespaces".into(), "get".into(), "".into())));
+    assert!(
+        !rules
+            .iter()
+            .any(|(_, r, v, _)| r == "namespaces" && v != "get"),
+        "namespaces: get only"
+    );
+    let service = find(&docs, "Service", "rel-onepassword-secrets-operator-metrics");
+    assert_eq!(service["spec"]["ports"][0]["port"], 8080);
+    let crd = find(&docs, "CustomResourceDefinition", CRD_NAME);
+    let generated: serde_yaml::Value = serde_yaml::from_str(
+        &fs::read_to_string(format!("{ROOT}/crds/onepassworditem.yaml")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(crd, &serde_json::to_value(generated).unwrap());
+
+    // A watchNamespace list: Roles in those namespaces, and only `get` on those Namespaces
+    // cluster-wide.
+    let docs = render(&["--set", "operator.watchNamespace={apps,jobs}"]).unwrap();
+    let deployment = find(&docs, "Deployment", "rel-onepassword-secrets-operator");
+    assert_eq!(
+        env_text(deployment, "WATCH_NAMESPACE").as_deref(),
+        Some("apps,jobs")
+    );
+    let cluster_role = find(&docs, "ClusterRole", "rel-onepassword-secrets-operator");
+    assert_eq!(
+        rule_set(&cluster_role["rules"]),
+        [
+            ("", "namespaces", "get", "apps"),
+            ("", "namespaces", "get", "jobs")
+        ]
+        .map(|(g, r, v, n)| (g.into(), r.into(), v.into(), n.into()))
+        .into()
+    );
+    for ns in ["apps", "jobs"] {
+        let role = find_in(&docs, "Role", "rel-onepassword-secrets-operator", ns);
+        let mut namespaced = rules.clone();
+        namespaced.retain(|(_, r, _, _)| r != "namespaces");
+        assert_eq!(rule_set(&role["rules"]), namespaced, "Role in {ns}");
+        let binding = find_in(&docs, "RoleBinding", "rel-onepassword-secrets-operator", ns);
+        assert_eq!(
+            binding["subjects"],
+            json!([{"kind": "ServiceAccount", "name": "rel-onepassword-secrets-operator", "namespace": "ops"}])
+        );
+    }
+
+    // connect.create: Connect's Deployment, Service and credentials, as the official chart.
+    let docs = render(&[
+        "--set",
+        "connect.create=true",
+        "--set-file",
+        &credentials_arg,
+    ])
+    .unwrap();
+    let connect = find(&docs, "Deployment", "onepassword-connect");
+    let containers = connect["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap();
+    let images: Vec<&str> = containers
+        .iter()
+        .map(|c| c["image"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        images,
+        [
+            "1password/connect-api:1.7.3",
+            "1password/connect-sync:1.7.3"
+        ]
+    );
+    let ports: Vec<&Value> = containers
+        .iter()
+        .map(|c| &c["ports"][0]["containerPort"])
+        .collect();
+    assert_eq!(ports, [&json!(8080), &json!(8081)]);
+    let service = find(&docs, "Service", "onepassword-connect");
+    assert_eq!(service["spec"]["ports"][0]["port"], 8080);
+    let secret = find(&docs, "Secret", "op-credentials");
+    let stored = secret["stringData"]["1password-credentials.json"]
+        .as_str()
+        .unwrap();
+    assert_eq!(stored, b64(&fs::read_to_string(&credentials).unwrap()));
+
+    // A bare host name (the official chart's form) becomes a URL.
+    let docs = render(&["--set", "connect.host=connect.vault.svc"]).unwrap();
+    let deployment = find(&docs, "Deployment", "rel-onepassword-secrets-operator");
+    assert_eq!(
+        env_text(deployment, "OP_CONNECT_HOST").as_deref(),
+        Some("http://connect.vault.svc:8080")
+    );
+
+    // TLS trust, a token value, monitoring and network policies.
+    let docs = render(&setups[3].1).unwrap();
+    let deployment = find(&docs, "Deployment", "rel-onepassword-secrets-operator");
+    assert_eq!(
+        env_text(deployment, "OP_CONNECT_CA_FILE").as_deref(),
+        Some("/etc/onepassword-operator/trust/ca.crt")
+    );
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["volumes"][0]["secret"]["secretName"], "connect-ca");
+    assert_eq!(
+        pod["containers"][0]["volumeMounts"][0]["mountPath"],
+        "/etc/onepassword-operator/trust"
+    );
+    assert!(
+        deployment["spec"]["template"]["metadata"]["annotations"]["checksum/token"].is_string(),
+        "a new token value rolls the operator"
+    );
+    let token = find(&docs, "Secret", "onepassword-token");
+    assert_eq!(token["stringData"]["token"], "made-up-token");
+    find(&docs, "ServiceMonitor", "rel-onepassword-secrets-operator");
+    let policy = find(&docs, "NetworkPolicy", "rel-onepassword-secrets-operator");
+    assert_eq!(policy["spec"]["policyTypes"], json!(["Ingress", "Egress"]));
+
+    // A duration string for the polling interval goes through as is.
+    let docs = render(&["--set", "operator.pollingInterval=10m"]).unwrap();
+    let deployment = find(&docs, "Deployment", "rel-onepassword-secrets-operator");
+    assert_eq!(
+        env_text(deployment, "POLLING_INTERVAL").as_deref(),
+        Some("10m")
+    );
+}
+
+#[test]
+fn chart_schema_refuses_typos_and_wrong_types() {
+    let _timed = Timed::start("chart_schema_refuses_typos_and_wrong_types");
+    for (what, args, expect) in [
+        (
+            "a typo",
+            vec!["--set", "operatr.autoRestart=true"],
+            "operatr",
+        ),
+        (
+            "a typo one level down",
+            vec!["--set", "operator.autoRestrat=true"],
+            "autoRestrat",
+        ),
+        (
+            "a string for a boolean",
+            vec!["--set-string", "operator.autoRestart=yes"],
+            "autoRestart",
+        ),
+        (
+            "nonsense for the polling interval",
+            vec!["--set", "operator.pollingInterval=soon"],
+            "pollingInterval",
+        ),
+        (
+            "a string for the namespace list",
+            vec!["--set", "operator.watchNamespace=apps"],
+            "watchNamespace",
+        ),
+        (
+            "an unknown log level",
+            vec!["--set", "operator.logLevel=verbose"],
+            "logLevel",
+        ),
+        ("two replicas", vec!["--set", "replicas=2"], "replicas"),
+    ] {
+        let err = render(&args).expect_err(what);
+        assert!(
+            err.contains("schema") && err.contains(expect),
+            "{what}: helm template failed, but not for the schema: {err}"
+        );
+    }
+    // The replica limit holds even without the schema.
+    let err = render(&["--skip-schema-validation", "--set", "replicas=2"])
+        .expect_err("two replicas without the schema");
+    assert!(err.contains("leader election"), "{err}");
+    let err = render(&[
+        "--set",
+        "connect.credentials=a",
+        "--set",
+        "connect.credentials_base64=YQ==",
+    ])
+    .expect_err("both credentials");
+    assert!(err.contains("not both"), "{err}");
+
+    // helm install refuses it too, before it touches the cluster.
+    let (_namespaces, ns) = Namespaces::create("pkg-typo");
+    let release = unique("pkg-typo");
+    let err = helm(&[
+        "install",
+        &release,
+        CHART,
+        "--namespace",
+        &ns,
+        "--set",
+        "operatr.autoRestart=true",
+    ])
+    .expect_err("helm install with a typo");
+    assert!(err.contains("schema") && err.contains("operatr"), "{err}");
+    assert!(helm(&["status", &release, "--namespace", &ns]).is_err());
+}
+
+#[test]
+fn chart_installs_upgrades_and_uninstalls_cluster_wide() {
+    let _timed = Timed::start("chart_installs_upgrades_and_uninstalls_cluster_wide");
+    let (_namespaces, ns) = Namespaces::create("pkg-install");
+    let credentials = tools().scratch.join("install-credentials.json");
+    fs::write(
+        &credentials,
+        r#"{"verifier":{"salt":"made-up"},"version":"2"}"#,
+    )
+    .unwrap();
+    let credentials_arg = format!("connect.credentials={}", credentials.display());
+    let release = Release::install(
+        &unique("pkg"),
+        &ns,
+        &[
+            "--set",
+            "connect.create=true",
+            "--set-file",
+            &credentials_arg,
+            "--set",
+            "operator.tls.trust.secret=connect-ca",
+            "--set",
+            "networkPolicy.enabled=true",
+        ],
+    );
+    let name = release.fullname();
+
+    let crd = must_get("crd", CRD_NAME, None);
+    assert_eq!(crd["spec"]["names"]["shortNames"], json!(["opi"]));
+    must_get("serviceaccount", &name, Some(&ns));
+    let role = must_get("clusterrole", &name, None);
+    assert!(rule_set(&role["rules"]).contains(&(
+        "".into(),
+        "secrets".into(),
+        "watch".into(),
+        "".into()
+    )));
+    let binding = must_get("clusterrolebinding", &name, None);
+    assert_eq!(
+        binding["subjects"],
+        json!([{"kind": "ServiceAccount", "name": name, "namespace": ns}])
+    );
+    let deployment = must_get("deployment", &name, Some(&ns));
+    assert_eq!(
+        env_text(&deployment, "WATCH_NAMESPACE").as_deref(),
+        Some("")
+    );
+    assert_eq!(
+        env_text(&deployment, "POLLING_INTERVAL").as_deref(),
+        Some("600")
+    );
+    assert_eq!(
+        env_text(&deployment, "OP_CONNECT_CA_FILE").as_deref(),
+        Some("/etc/onepassword-operator/trust/ca.crt")
+    );
+    assert_eq!(
+        env_of(&deployment)["OP_CONNECT_TOKEN"]["valueFrom"]["secretKeyRef"]["name"],
+        "onepassword-token"
+    );
+    let service = must_get("service", &format!("{name}-metrics"), Some(&ns));
+    assert_eq!(service["spec"]["ports"][0]["port"], 8080);
+    must_get("deployment", "onepassword-connect", Some(&ns));
+    must_get("service", "onepassword-connect", Some(&ns));
+    must_get("secret", "op-credentials", Some(&ns));
+    must_get("networkpolicy", &name, Some(&ns));
+    must_get("networkpolicy", "onepassword-connect", Some(&ns));
+
+    // Cluster-wide: what the operator needs in every namespace, nothing more.
+    assert_can(
+        &ns,
+        &name,
+        &[
+            &["list", "secrets", "--all-namespaces"],
+            &[
+                "watch",
+                "onepassworditems.onepassword.com",
+                "--all-namespaces",
+            ],
+            &["patch", "deployments.apps", "-n", "default"],
+            &["get", "namespaces/default"],
+        ],
+        &[
+            &["list", "namespaces"],
+            &["list", "configmaps", "--all-namespaces"],
+            &["update", "secrets", "-n", "default"],
+            &["create", "clusterroles.rbac.authorization.k8s.io"],
+            &["patch", "onepassworditems.onepassword.com", "-n", "default"],
+        ],
+    );
+
+    helm(&[
+        "upgrade",
+        &release.name,
+        CHART,
+        "--namespace",
+        &ns,
+        "--reuse-values",
+        "--set",
+        "operator.pollingInterval=30",
+    ])
+    .unwrap_or_else(|e| panic!("{e}"));
+    let deployment = must_get("deployment", &name, Some(&ns));
+    assert_eq!(
+        env_text(&deployment, "POLLING_INTERVAL").as_deref(),
+        Some("30")
+    );
+    assert_eq!(
+        env_text(&deployment, "OP_CONNECT_CA_FILE").as_deref(),
+        Some("/etc/onepassword-operator/trust/ca.crt"),
+        "--reuse-values kept the other values"
+    );
+
+    release.uninstall();
+    let metrics = format!("{name}-metrics");
+    let here = Some(ns.as_str());
+    for (kind, object, object_ns) in [
+        ("deployment", name.as_str(), here),
+        ("deployment", "onepassword-connect", here),
+        ("service", metrics.as_str(), here),
+        ("service", "onepassword-connect", here),
+        ("serviceaccount", name.as_str(), here),
+        ("secret", "op-credentials", here),
+        ("networkpolicy", name.as_str(), here),
+        ("networkpolicy", "onepassword-connect", here),
+        ("clusterrole", name.as_str(), None),
+        ("clusterrolebinding", name.as_str(), None),
+    ] {
+        assert!(
+            get(kind, object, object_ns).is_none(),
+            "{kind} {object} is still there after helm uninstall"
+        );
+    }
+    must_get("crd", CRD_NAME, None);
+}
+
+#[test]
+fn chart_rbac_lets_the_operator_work_in_its_namespaces_and_nowhere_else() {
+    let _timed =
+        Timed::start("chart_rbac_lets_the_operator_work_in_its_namespaces_and_nowhere_else");
+    let (mut namespaces, ns) = Namespaces::create("pkg-rbac-op");
+    let apps = namespaces.add("pkg-rbac-apps");
+    let release = Release::install(
+        &unique("pkg"),
+        &ns,
+        &[
+            "--set",
+            &format!("operator.watchNamespace={{{apps}}}"),
+            "--set",
+            "operator.pollingInterval=2",
+            "--set",
+            "operator.logLevel=debug",
+            "--set",
+            &format!("operator.token.value={DEMO_TOKEN}"),
+        ],
+    );
+    must_get("role", &release.fullname(), Some(&apps));
+    must_get("rolebinding", &release.fullname(), Some(&apps));
+
+    // The operator's environment is the chart's, except where it runs: Connect is a local
+    // simulator, no ports are opened.
+    let sim = Simulator::start(
+        Seed::from_file(Path::new(ROOT).join("tests/fixtures/sim/demo.yaml"))
+            .expect("the demo seed"),
+    )
+    .expect("start the Connect simulator");
+    let deployment = must_get("deployment", &release.fullname(), Some(&ns));
+    let sa = deployment["spec"]["template"]["spec"]["serviceAccountName"]
+        .as_str()
+        .expect("a serviceAccountName")
+        .to_string();
+    let mut env = BTreeMap::new();
+    for (name, var) in env_of(&deployment) {
+        let value = if let Some(key_ref) = var["valueFrom"]["secretKeyRef"].as_object() {
+            let secret = must_get("secret", key_ref["name"].as_str().unwrap(), Some(&ns));
+            secret_key(&secret, key_ref["key"].as_str().unwrap()).expect("the referenced key")
+        } else if let Some(field) = var["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
+            match field {
+                "metadata.namespace" => ns.clone(),
+                _ => "packaging-test-pod".to_string(),
+            }
+        } else {
+            var["value"].as_str().unwrap_or("").to_string()
+        };
+        env.insert(name, value);
+    }
+    assert_eq!(env["OP_CONNECT_TOKEN"], DEMO_TOKEN);
+    assert_eq!(env["WATCH_NAMESPACE"], apps);
+    env.insert("OP_CONNECT_HOST".into(), sim.url());
+    env.insert("METRICS_BIND_ADDRESS".into(), "0".into());
+    env.insert("HEALTH_PROBE_BIND_ADDRESS".into(), "0".into());
+
+    let dir = tools().scratch.join(&release.name);
+    fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    impersonating_kubeconfig(&ns, &sa, &kubeconfig);
+    let log = dir.join("operator.log");
+    let log_file = fs::File::create(&log).unwrap();
+    let child = Command::new(OPERATOR_BIN)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("KUBECONFIG", &kubeconfig)
+        .envs(&env)
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone().unwrap())
+        .stderr(log_file)
+        .spawn()
+        .expect("start the operator");
+    let mut operator = OperatorProcess { child, log };
+
+    kubectl(&[
+        "apply",
+        "-k",
+        &format!("{ROOT}/config/samples"),
+        "-n",
+        &apps,
+    ])
+    .unwrap_or_else(|e| panic!("{e}"));
+
+    // A OnePasswordItem becomes a Secret, and says so.
+    for item in ["db-credentials", "registry-pull"] {
+        wait_for(&format!("OnePasswordItem {item} Ready"), || {
+            operator.assert_nothing_forbidden();
+            let obj = get("onepassworditem", item, Some(&apps)).ok_or("no such item")?;
+            match ready_reason(&obj) {
+                Some((status, reason)) if status == "True" && reason == "Synced" => Ok(()),
+                other => Err(format!("Ready: {other:?}")),
+            }
+        });
+    }
+    let secret = must_get("secret", "db-credentials", Some(&apps));
+    assert_eq!(
+        secret_key(&secret, "password").as_deref(),
+        Some("demo-db-password")
+    );
+    let pull = must_get("secret", "registry-pull", Some(&apps));
+    assert_eq!(pull["type"], "kubernetes.io/dockerconfigjson");
+
+    // The annotated Deployment gets its Secret, and the restart controller records it.
+    wait_for("Secret web-db", || {
+        operator.assert_nothing_forbidden();
+        get("secret", "web-db", Some(&apps)).ok_or("no such Secret".to_string())
+    });
+    wait_for("Deployment web records the Secrets it uses", || {
+        operator.assert_nothing_forbidden();
+        let web = must_get("deployment", "web", Some(&apps));
+        let digests = web["metadata"]["annotations"]["operator.1password.io/secret-digests"]
+            .as_str()
+            .unwrap_or("");
+        digests
+            .contains("web-db")
+            .then_some(())
+            .ok_or(format!("secret-digests: {digests:?}"))
+    });
+
+    // An item change updates both Secrets and rolls the auto-restart Deployment.
+    let rotated = unique("rotated-db-password");
+    sim.set_field("Demo", "db", "password", &rotated)
+        .expect("change the item");
+    for name in ["db-credentials", "web-db"] {
+        wait_for(&format!("Secret {name} has the new password"), || {
+            operator.assert_nothing_forbidden();
+            let secret = get("secret", name, Some(&apps)).ok_or("no such Secret")?;
+            (secret_key(&secret, "password").as_deref() == Some(rotated.as_str()))
+                .then_some(())
+                .ok_or("the old password".to_string())
+        });
+    }
+    wait_for("Deployment web restarted", || {
+        operator.assert_nothing_forbidden();
+        let web = must_get("deployment", "web", Some(&apps));
+        web["spec"]["template"]["metadata"]["annotations"]["operator.1password.io/restarted-for"]
+            .as_str()
+            .map(|_| ())
+            .ok_or("no restarted-for annotation".to_string())
+    });
+
+    operator.stop();
+    let log = operator.log();
+    assert!(
+        log.contains("restarted"),
+        "the log does not tell of the restart"
+    );
+    operator.assert_nothing_forbidden();
+    for value in ["demo-db-password", rotated.as_str(), DEMO_TOKEN] {
+        assert!(!log.contains(value), "the operator log contains a secret");
+    }
+
+    // And nothing beyond what it needs.
+    let items = "onepassworditems.onepassword.com";
+    let apps_namespace = format!("namespaces/{apps}");
+    assert_can(
+        &ns,
+        &sa,
+        &[
+            &["watch", items, "-n", &apps],
+            &["patch", items, "--subresource=status", "-n", &apps],
+            &["list", "secrets", "-n", &apps],
+            &["create", "secrets", "-n", &apps],
+            &["patch", "secrets", "-n", &apps],
+            &["delete", "secrets", "-n", &apps],
+            &["patch", "deployments.apps", "-n", &apps],
+            &["patch", "statefulsets.apps", "-n", &apps],
+            &["patch", "daemonsets.apps", "-n", &apps],
+            &["create", "events.events.k8s.io", "-n", &apps],
+            &["get", &apps_namespace],
+        ],
+        &[
+            &["list", "configmaps", "-n", &apps],
+            &["create", "pods", "-n", &apps],
+            &["update", "secrets", "-n", &apps],
+            &["patch", items, "-n", &apps],
+            &["delete", "deployments.apps", "-n", &apps],
+            &["get", "secrets", "-n", "kube-system"],
+            &["get", "secrets", "-n", &ns],
+            &["list", "secrets", "--all-namespaces"],
+            &["list", items, "--all-namespaces"],
+            &["list", "namespaces"],
+            &["get", "namespaces/kube-system"],
+            &["create", "clusterroles.rbac.authorization.k8s.io"],
+        ],
+    );
+
+    release.uninstall();
+    assert!(get("role", &release.fullname(), Some(&apps)).is_none());
+    assert!(get("clusterrole", &release.fullname(), None).is_none());
+}
+
+/// The namespace `config/default` creates, and the name of its ClusterRole and binding.
+const KUSTOMIZE_NAMESPACE: &str = "onepassword-operator";
+const KUSTOMIZE_CLUSTER_KINDS: [&str; 2] = ["clusterrolebinding", "clusterrole"];
+
+/// Removes what `kubectl apply -k config/default` made, except the CRD that others use.
+struct KustomizeCleanup;
+
+impl Drop for KustomizeCleanup {
+    fn drop(&mut self) {
+        for kind in KUSTOMIZE_CLUSTER_KINDS {
+            let _ = kubectl(&["delete", kind, KUSTOMIZE_NAMESPACE, "--ignore-not-found"]);
+        }
+        let _ = kubectl(&[
+            "delete",
+            "namespace",
+            KUSTOMIZE_NAMESPACE,
+            "--ignore-not-found",
+            "--timeout=120s",
+        ]);
+    }
+}
+
+#[test]
+fn kustomize_config_applies_and_matches_the_chart() {
+    let _timed = Timed::start("kustomize_config_applies_and_matches_the_chart");
+    // The kustomize RBAC is the chart's cluster-wide RBAC.
+    let rendered = kubectl(&["kustomize", &format!("{ROOT}/config/default")])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let docs = parse_documents(&rendered);
+    let role = find(&docs, "ClusterRole", "onepassword-operator");
+    let chart = render(&[]).unwrap();
+    let chart_role = find(&chart, "ClusterRole", "rel-onepassword-secrets-operator");
+    assert_eq!(
+        rule_set(&role["rules"]),
+        rule_set(&chart_role["rules"]),
+        "config/rbac/role.yaml and the chart's ClusterRole differ"
+    );
+    let crd = find(&docs, "CustomResourceDefinition", CRD_NAME);
+    assert_eq!(crd, find(&chart, "CustomResourceDefinition", CRD_NAME));
+
+    // Applied for real: a server-side dry run cannot create objects in a namespace it only
+    // pretends to create. A namespace left terminating by an earlier run goes first.
+    let _cleanup = KustomizeCleanup;
+    wait_for(
+        "no terminating onepassword-operator namespace",
+        || match get("namespace", KUSTOMIZE_NAMESPACE, None) {
+            Some(ns) if ns["status"]["phase"] == "Terminating" => Err("terminating".to_string()),
+            _ => Ok(()),
+        },
+    );
+    kubectl(&["apply", "-k", &format!("{ROOT}/config/default")]).unwrap_or_else(|e| panic!("{e}"));
+    for (kind, name) in [
+        ("serviceaccount", "onepassword-operator"),
+        ("deployment", "onepassword-operator"),
+    ] {
+        must_get(kind, name, Some(KUSTOMIZE_NAMESPACE));
+    }
+    for kind in KUSTOMIZE_CLUSTER_KINDS {
+        must_get(kind, KUSTOMIZE_NAMESPACE, None);
+    }
+    let deployment = must_get(
+        "deployment",
+        "onepassword-operator",
+        Some(KUSTOMIZE_NAMESPACE),
+    );
+    assert_eq!(
+        env_of(&deployment)["OP_CONNECT_TOKEN"]["valueFrom"]["secretKeyRef"],
+        json!({"name": "onepassword-token", "key": "token"})
+    );
+    assert_can(
+        KUSTOMIZE_NAMESPACE,
+        "onepassword-operator",
+        &[&["list", "secrets", "--all-namespaces"]],
+        &[
+            &["list", "configmaps", "--all-namespaces"],
+            &["list", "namespaces"],
+        ],
+    );
+    // Applying it again changes nothing that fails.
+    kubectl(&[
+        "apply",
+        "-k",
+        &format!("{ROOT}/config/default"),
+        "--dry-run=server",
+    ])
+    .unwrap_or_else(|e| panic!("{e}"));
+
+    // The samples are valid for this API server.
+    let (_namespaces, ns) = Namespaces::create("pkg-samples");
+    let out = kubectl(&[
+        "apply",
+        "-k",
+        &format!("{ROOT}/config/samples"),
+        "--dry-run=server",
+        "-n",
+        &ns,
+    ])
+    .unwrap_or_else(|e| panic!("{e}"));
+    for object in [
+        "onepassworditem.onepassword.com/db-credentials",
+        "onepassworditem.onepassword.com/registry-pull",
+        "deployment.apps/web",
+    ] {
+        assert!(out.contains(object), "{object} not in: {out}");
+    }
+}
