@@ -29,7 +29,12 @@ pub struct Resolution {
     pub version: u64,
     /// Said when a title matched several vaults or items.
     pub note: Option<String>,
+    /// The item carries the [`IGNORE_TAG`] tag in the listing.
+    pub ignored: bool,
 }
+
+/// Items with this tag are not updated once their Secret exists (official operator behaviour).
+pub const IGNORE_TAG: &str = "operator.1password.io:ignore-secret";
 
 #[derive(Clone)]
 struct Listing {
@@ -111,6 +116,7 @@ impl Catalog {
             item_id: item.id.clone(),
             version: item.version,
             note: join_notes(vault_note, item_note),
+            ignored: item.tags.iter().any(|t| t == IGNORE_TAG),
         })
     }
 
@@ -134,6 +140,7 @@ impl Catalog {
                     item_id: item.id.clone(),
                     version: item.version,
                     note: join_notes(vault_note, item_note),
+                    ignored: item.tags.iter().any(|t| t == IGNORE_TAG),
                 }
             }),
         )

@@ -348,6 +348,7 @@ spec:
         for file in [
             "crds/onepassworditem.yaml",
             "config/crd/bases/onepassworditem.yaml",
+            "charts/onepassword-secrets-operator/crds/onepassworditem.yaml",
         ] {
             let path = format!("{}/{file}", env!("CARGO_MANIFEST_DIR"));
             let on_disk = std::fs::read_to_string(path).unwrap_or_default();

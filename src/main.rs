@@ -35,11 +35,6 @@ async fn main() -> ExitCode {
 async fn run(args: Args) -> Result<(), String> {
     let metrics = Metrics::new();
     let connect = connect_client(&metrics)?;
-    if args.leader_elect {
-        tracing::warn!(
-            "--leader-elect is accepted but leader election is not implemented yet; run a single replica"
-        );
-    }
     let namespaces = args.namespaces();
     if namespaces == controller::Namespaces::All {
         tracing::info!("WATCH_NAMESPACE is empty: watching all namespaces");

@@ -9,8 +9,11 @@ mod support;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
-use kube::ResourceExt;
+use k8s_openapi::api::{
+    apps::v1::{DaemonSet, Deployment, StatefulSet},
+    coordination::v1::Lease,
+};
+use kube::{Api, ResourceExt};
 use onepassword_secrets_operator::{
     controller::restart::Workload,
     restart::{RESTARTED_FOR_ANNOTATION, SECRET_DIGESTS_ANNOTATION},
@@ -487,6 +490,11 @@ async fn an_annotated_deployment_gets_its_secret_until_its_annotations_or_itself
         ("Deployment", "web")
     );
     assert_eq!(Some(&owners[0].uid), deployment.metadata.uid.as_ref());
+
+    // Reconciles of an unchanged Deployment (its status moves, polls pass) fetch nothing.
+    env.sim.reset_counts();
+    tokio::time::sleep(3 * POLL).await;
+    assert_eq!(env.sim.count("get_item"), 0, "{:?}", env.sim.counts());
 
     // Another item-name: the Secret of the new name replaces the old one.
     env.kubectl(&[
@@ -1137,10 +1145,15 @@ async fn an_item_deleted_ignored_or_revoked_in_1password_leaves_its_secret_as_it
     ))
     .await
     .unwrap();
-    // An ignored item still gets its Secret once; its changes are not synced after that.
+    // An ignored item still gets its Secret once; its changes are not synced after that, and
+    // its status says so from then on.
     let mut kept = Vec::new();
-    for (name, password) in [("db", &db), ("cache", &cache), ("api", &api)] {
-        env.wait_ready(name, "Synced").await;
+    for (name, password, reason) in [
+        ("db", &db, "Synced"),
+        ("cache", &cache, "Ignored"),
+        ("api", &api, "Synced"),
+    ] {
+        env.wait_ready(name, reason).await;
         let want = map(&[("username", "app"), ("password", password)]);
         kept.push(env.wait_secret(name, "the item", has_data(&want)).await);
     }
@@ -1468,5 +1481,72 @@ async fn with_the_api_server_restarted_mid_run_the_operator_reconnects_and_conve
         .await
         .unwrap();
     env.wait_ready("new", "Synced").await;
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_replicas_only_the_leader_writes_and_a_follower_takes_over_when_it_dies() {
+    let first = secret_value("leader-v1");
+    let seed = Seed::new().vault(VaultSpec::new("E2E").item(login("db", &first)));
+    let mut env = TestEnv::new("leader-election", seed).await;
+    let replica = |name: &str| {
+        env.operator_config()
+            .with_env("LEADER_ELECT", "true")
+            .with_env("POD_NAMESPACE", &env.ns)
+            .with_env("POD_NAME", name)
+    };
+    let (config_a, config_b, config_c) = (
+        replica("replica-a"),
+        replica("replica-b"),
+        replica("replica-c"),
+    );
+    let a = env.start_operator(config_a);
+    env.wait_log(a, "became the leader").await;
+    let b = env.start_operator(config_b);
+    env.wait_log(b, "another replica leads").await;
+
+    env.apply(&item_manifest("db", "vaults/E2E/items/db"))
+        .await
+        .unwrap();
+    env.wait_ready("db", "Synced").await;
+    let leases: Api<Lease> = Api::namespaced(env.client.clone(), &env.ns);
+    let lease = leases
+        .get("onepassword-secrets-operator-leader")
+        .await
+        .unwrap();
+    let holder = lease.spec.and_then(|s| s.holder_identity);
+    assert_eq!(holder.as_deref(), Some("replica-a"));
+
+    // The leader dies without releasing the Lease: the follower takes over once it expires
+    // (15 s) and syncs a change made meanwhile.
+    env.kill_operator(a);
+    let second = secret_value("leader-v2");
+    env.sim.set_field("E2E", "db", "password", &second).unwrap();
+    let killed = Instant::now();
+    env.wait_log(b, "became the leader").await;
+    let want = map(&[("username", "app"), ("password", &second)]);
+    env.wait_secret(
+        "db",
+        "the change, synced by the new leader",
+        has_data(&want),
+    )
+    .await;
+    assert!(
+        killed.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        killed.elapsed()
+    );
+
+    // A leader that shuts down cleanly releases the Lease: a new replica leads at once.
+    let c = env.start_operator(config_c);
+    env.wait_log(c, "another replica leads").await;
+    env.stop_operator(b);
+    let stopped = Instant::now();
+    env.wait_log(c, "became the leader").await;
+    assert!(
+        stopped.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        stopped.elapsed()
+    );
     env.finish().await;
 }

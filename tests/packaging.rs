@@ -666,7 +666,8 @@ fn chart_lints_and_renders_for_each_kind_of_install() {
         render(args).unwrap_or_else(|e| panic!("helm template, {what}: {e}"));
     }
 
-    // Defaults: cluster-wide RBAC, the official defaults, a hardened pod.
+    // Defaults: cluster-wide RBAC (plus the leader election Role), the official defaults, a
+    // hardened pod.
     let docs = render(&[]).unwrap();
     assert_eq!(
         kinds(&docs),
@@ -675,6 +676,8 @@ fn chart_lints_and_renders_for_each_kind_of_install() {
             "ClusterRoleBinding",
             "CustomResourceDefinition",
             "Deployment",
+            "Role",
+            "RoleBinding",
             "Service",
             "ServiceAccount"
         ]
@@ -696,6 +699,7 @@ fn chart_lints_and_renders_for_each_kind_of_install() {
         ("LOG_FORMAT", "text"),
         ("METRICS_BIND_ADDRESS", ":8080"),
         ("HEALTH_PROBE_BIND_ADDRESS", ":8081"),
+        ("LEADER_ELECT", "true"),
     ] {
         assert_eq!(env[name]["value"], value, "{name}");
     }
@@ -726,7 +730,7 @@ fn chart_lints_and_renders_for_each_kind_of_install() {
         json!(["ALL"])
     );
     assert_eq!(deployment["spec"]["replicas"], 1);
-    assert_eq!(deployment["spec"]["strategy"]["type"], "Recreate");
+    assert_eq!(deployment["spec"]["strategy"]["type"], "RollingUpdate");
     let role = find(&docs, "ClusterRole", "rel-onepassword-secrets-operator");
     let rules = rule_set(&role["rules"]);
     assert!(rules.contains(&("".into(), "secrets".into(), "list".into(), "".into())));
@@ -886,7 +890,6 @@ fn chart_schema_refuses_typos_and_wrong_types() {
             vec!["--set", "operator.logLevel=verbose"],
             "logLevel",
         ),
-        ("two replicas", vec!["--set", "replicas=2"], "replicas"),
     ] {
         let err = render(&args).expect_err(what);
         assert!(
@@ -894,10 +897,6 @@ fn chart_schema_refuses_typos_and_wrong_types() {
             "{what}: helm template failed, but not for the schema: {err}"
         );
     }
-    // The replica limit holds even without the schema.
-    let err = render(&["--skip-schema-validation", "--set", "replicas=2"])
-        .expect_err("two replicas without the schema");
-    assert!(err.contains("leader election"), "{err}");
     let err = render(&[
         "--set",
         "connect.credentials=a",
@@ -1229,6 +1228,13 @@ fn chart_rbac_lets_the_operator_work_in_its_namespaces_and_nowhere_else() {
             &["patch", "daemonsets.apps", "-n", &apps],
             &["create", "events.events.k8s.io", "-n", &apps],
             &["get", &apps_namespace],
+            &["create", "leases.coordination.k8s.io", "-n", &ns],
+            &[
+                "update",
+                "leases.coordination.k8s.io/onepassword-secrets-operator-leader",
+                "-n",
+                &ns,
+            ],
         ],
         &[
             &["list", "configmaps", "-n", &apps],
@@ -1243,6 +1249,13 @@ fn chart_rbac_lets_the_operator_work_in_its_namespaces_and_nowhere_else() {
             &["list", "namespaces"],
             &["get", "namespaces/kube-system"],
             &["create", "clusterroles.rbac.authorization.k8s.io"],
+            &[
+                "update",
+                "leases.coordination.k8s.io/someone-else",
+                "-n",
+                &ns,
+            ],
+            &["create", "leases.coordination.k8s.io", "-n", &apps],
         ],
     );
 

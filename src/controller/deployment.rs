@@ -36,12 +36,22 @@ use super::{
 };
 use crate::{
     connect::ItemPath,
-    restart::{AUTO_RESTART_ANNOTATION, ITEM_NAME_ANNOTATION, MANAGED_LABEL, MANAGED_VALUE},
+    restart::{
+        AUTO_RESTART_ANNOTATION, ITEM_NAME_ANNOTATION, MANAGED_LABEL, MANAGED_VALUE,
+        RESTARTED_FOR_ANNOTATION, SECRET_DIGESTS_ANNOTATION,
+    },
     secret::{self, ANNOTATION_PREFIX, ITEM_PATH_ANNOTATION},
 };
 
-/// The official operator's restart stamp; never copied to a Secret.
+/// Annotations that describe the workload's restarts, not the Secret: the official operator's
+/// restart stamp and our restart controller's record. Never read as a request nor copied to a
+/// Secret (the record changes with every Secret change, which would rewrite the Secret).
 const LAST_RESTARTED_ANNOTATION: &str = "operator.1password.io/last-restarted";
+const WORKLOAD_ANNOTATIONS: &[&str] = &[
+    LAST_RESTARTED_ANNOTATION,
+    SECRET_DIGESTS_ANNOTATION,
+    RESTARTED_FOR_ANNOTATION,
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -67,7 +77,7 @@ pub fn op_annotations(deployment: &Deployment) -> BTreeMap<String, String> {
             .filter(|(k, _)| {
                 k.strip_prefix(ANNOTATION_PREFIX)
                     .is_some_and(|rest| rest.starts_with('/'))
-                    && k.as_str() != LAST_RESTARTED_ANNOTATION
+                    && !WORKLOAD_ANNOTATIONS.contains(&k.as_str())
             })
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
@@ -434,10 +444,12 @@ mod tests {
                 (ITEM_PATH_ANNOTATION, "vaults/a/items/b"),
                 (ITEM_NAME_ANNOTATION, "from-template"),
                 (LAST_RESTARTED_ANNOTATION, "t"),
+                (SECRET_DIGESTS_ANNOTATION, "web-db=0123456789abcdef"),
             ],
         );
         assert_eq!(request_of(&t).unwrap().1, "from-template");
         assert!(!op_annotations(&t).contains_key(LAST_RESTARTED_ANNOTATION));
+        assert!(!op_annotations(&t).contains_key(SECRET_DIGESTS_ANNOTATION));
         assert_eq!(
             request_of(&deployment("web", &[(ITEM_NAME_ANNOTATION, "x")], &[])),
             None

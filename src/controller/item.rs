@@ -428,6 +428,7 @@ mod tests {
                 item_id: "i".into(),
                 version,
                 note: None,
+                ignored: false,
             },
             version,
             change: Change::Updated,

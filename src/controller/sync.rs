@@ -15,14 +15,11 @@ use serde_json::json;
 
 use super::{Context, FIELD_MANAGER};
 use crate::{
-    catalog::Resolution,
+    catalog::{IGNORE_TAG, Resolution},
     connect::{ConnectError, ItemPath, model::ItemWithFiles},
     restart::{DIGEST_ANNOTATION, MANAGED_LABEL, MANAGED_VALUE},
     secret::{self, BuildError, DesiredSecret, ITEM_PATH_ANNOTATION, ITEM_VERSION_ANNOTATION},
 };
-
-/// Items with this tag are not updated once their Secret exists (official operator behaviour).
-pub const IGNORE_TAG: &str = "operator.1password.io:ignore-secret";
 
 /// What to sync, whichever object asked for it.
 #[derive(Clone, Debug)]
@@ -172,7 +169,15 @@ fn our_metadata_keys(live: &Secret, section: &str) -> BTreeSet<String> {
 fn desired_metadata(target: &SyncTarget) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
     let mut labels = target.labels.clone();
     labels.insert(MANAGED_LABEL.into(), MANAGED_VALUE.into());
-    (labels, target.annotations.clone())
+    // The item path, version and digest are ours to write from the item itself; a copy of the
+    // Deployment's `item-path` (a title path) must not be compared with, or override, them.
+    let annotations = target
+        .annotations
+        .iter()
+        .filter(|(k, _)| !is_data_annotation(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    (labels, annotations)
 }
 
 fn wanted_type(target: &SyncTarget) -> &str {
@@ -182,23 +187,29 @@ fn wanted_type(target: &SyncTarget) -> &str {
     }
 }
 
-/// Can the live Secret stay as it is without looking at the item's values? Yes when it holds
-/// the listed version of the same item, its data was written only by us, and its metadata,
-/// type and owners are what we would write.
-fn up_to_date(live: &Secret, target: &SyncTarget, resolution: &Resolution) -> bool {
+/// Why the live Secret cannot stay as it is without looking at the item's values, or `None`
+/// when it can: it holds the listed version of the same item, its data was written only by us,
+/// and its metadata, type and owners are what we would write.
+fn stale_because(
+    live: &Secret,
+    target: &SyncTarget,
+    resolution: &Resolution,
+) -> Option<&'static str> {
     let ann = live.annotations();
-    let same_item = ann.get(ITEM_PATH_ANNOTATION)
-        == Some(&secret::item_path(
-            &resolution.vault_id,
-            &resolution.item_id,
-        ))
-        && ann.get(ITEM_VERSION_ANNOTATION) == Some(&resolution.version.to_string())
-        && ann.contains_key(DIGEST_ANNOTATION);
-    if !same_item || data_touched_by_others(live) {
-        return false;
+    let item_path = secret::item_path(&resolution.vault_id, &resolution.item_id);
+    if ann.get(ITEM_PATH_ANNOTATION) != Some(&item_path) {
+        return Some("it holds another item");
+    }
+    if ann.get(ITEM_VERSION_ANNOTATION) != Some(&resolution.version.to_string()) {
+        return Some("the item has a new version");
+    }
+    if !ann.contains_key(DIGEST_ANNOTATION) {
+        return Some("it has no data digest of ours");
+    }
+    if data_touched_by_others(live) {
+        return Some("its data was edited by someone else");
     }
     let (labels, annotations) = desired_metadata(target);
-    let live_type = live.type_.as_deref().unwrap_or("Opaque");
     let matches = |want: &BTreeMap<String, String>, have: &BTreeMap<String, String>, section| {
         want.iter().all(|(k, v)| have.get(k) == Some(v))
             // Nothing we wrote earlier is left over (a label removed from the item).
@@ -206,16 +217,25 @@ fn up_to_date(live: &Secret, target: &SyncTarget, resolution: &Resolution) -> bo
                 .iter()
                 .all(|k| want.contains_key(k) || is_data_annotation(k))
     };
+    if !matches(&labels, live.labels(), "f:labels") {
+        return Some("its labels differ");
+    }
+    if !matches(&annotations, ann, "f:annotations") {
+        return Some("its annotations differ");
+    }
     let live_owners: BTreeSet<&str> = live
         .owner_references()
         .iter()
         .map(|o| o.uid.as_str())
         .collect();
-    let want_owners: BTreeSet<&str> = target.owners.iter().map(|o| o.uid.as_str()).collect();
-    matches(&labels, live.labels(), "f:labels")
-        && matches(&annotations, ann, "f:annotations")
-        && live_type == wanted_type(target)
-        && want_owners.is_subset(&live_owners)
+    if !target
+        .owners
+        .iter()
+        .all(|o| live_owners.contains(o.uid.as_str()))
+    {
+        return Some("an owner is missing");
+    }
+    None
 }
 
 fn is_data_annotation(key: &str) -> bool {
@@ -241,7 +261,13 @@ pub async fn sync(ctx: &Context, target: &SyncTarget) -> Result<Synced, SyncErro
                 wanted: wanted_type(target).into(),
             });
         }
-        if up_to_date(live, target, &resolution) {
+        if resolution.ignored {
+            return Ok(ignored(live, resolution, None));
+        }
+        let stale = stale_because(live, target, &resolution);
+        if let Some(why) = stale {
+            tracing::debug!(secret = %target.name, why, "fetching the item");
+        } else {
             return Ok(Synced {
                 version: resolution.version,
                 resolution,
@@ -262,17 +288,7 @@ pub async fn sync(ctx: &Context, target: &SyncTarget) -> Result<Synced, SyncErro
     if let Some(live) = &live
         && item.item.tags.iter().any(|t| t == IGNORE_TAG)
     {
-        let held = live.annotations().get(ITEM_VERSION_ANNOTATION).cloned();
-        let held = held.and_then(|v| v.parse().ok()).unwrap_or(version);
-        return Ok(Synced {
-            resolution,
-            version: held,
-            change: Change::Ignored,
-            warnings: vec![format!(
-                "the item is tagged {IGNORE_TAG}: its changes are not synced"
-            )],
-            updated_at,
-        });
+        return Ok(ignored(live, resolution, updated_at));
     }
 
     let salt = live
@@ -302,6 +318,24 @@ pub async fn sync(ctx: &Context, target: &SyncTarget) -> Result<Synced, SyncErro
         warnings: notes,
         updated_at,
     })
+}
+
+/// The item carries the ignore tag and its Secret exists: the Secret keeps what it holds.
+fn ignored(live: &Secret, resolution: Resolution, updated_at: Option<String>) -> Synced {
+    let held = live
+        .annotations()
+        .get(ITEM_VERSION_ANNOTATION)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(resolution.version);
+    Synced {
+        resolution,
+        version: held,
+        change: Change::Ignored,
+        warnings: vec![format!(
+            "the item is tagged {IGNORE_TAG}: its changes are not synced"
+        )],
+        updated_at,
+    }
 }
 
 /// The desired Secret: the item's data plus our label and annotations.
@@ -553,6 +587,96 @@ mod tests {
             .unwrap()
             .push(entry("kubectl-edit", json!({"f:data": {"f:password": {}}})));
         assert!(data_touched_by_others(&s));
+    }
+
+    /// A Secret as our apply leaves it: our labels, annotations and data, owned by our manager.
+    fn written_by_us(target: &SyncTarget, resolution: &Resolution) -> Secret {
+        let mut annotations: BTreeMap<String, String> = desired_metadata(target).1;
+        annotations.insert(
+            ITEM_PATH_ANNOTATION.into(),
+            secret::item_path(&resolution.vault_id, &resolution.item_id),
+        );
+        annotations.insert(
+            ITEM_VERSION_ANNOTATION.into(),
+            resolution.version.to_string(),
+        );
+        annotations.insert(
+            DIGEST_ANNOTATION.into(),
+            "v1:00112233445566778899aabbccddeeff:ab".into(),
+        );
+        let (labels, _) = desired_metadata(target);
+        let key_set = |m: &BTreeMap<String, String>| {
+            serde_json::Value::Object(m.keys().map(|k| (format!("f:{k}"), json!({}))).collect())
+        };
+        let fields = json!({
+            "f:data": {"f:password": {}},
+            "f:metadata": {"f:labels": key_set(&labels), "f:annotations": key_set(&annotations)},
+        });
+        Secret {
+            metadata: ObjectMeta {
+                name: Some(target.name.clone()),
+                labels: Some(labels),
+                annotations: Some(annotations),
+                owner_references: Some(target.owners.clone()),
+                managed_fields: Some(vec![ManagedFieldsEntry {
+                    manager: Some(FIELD_MANAGER.into()),
+                    operation: Some("Apply".into()),
+                    fields_v1: Some(FieldsV1(fields)),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            },
+            type_: Some("Opaque".into()),
+            ..Default::default()
+        }
+    }
+
+    fn resolution(version: u64) -> Resolution {
+        Resolution {
+            vault_id: "vvvvvvvvvvvvvvvvvvvvvvvvvv".into(),
+            item_id: "iiiiiiiiiiiiiiiiiiiiiiiiii".into(),
+            version,
+            note: None,
+            ignored: false,
+        }
+    }
+
+    #[test]
+    fn a_secret_we_wrote_for_the_listed_version_needs_no_fetch_even_with_a_title_item_path() {
+        // The Deployment flow copies the Deployment's annotations, including its title-based
+        // item-path; the Secret holds the id-based one. That must not look like drift.
+        let mut t = target(vec![owner("Deployment", "d1")]);
+        t.annotations = BTreeMap::from([
+            (
+                ITEM_PATH_ANNOTATION.to_string(),
+                "vaults/Demo/items/db".to_string(),
+            ),
+            (
+                "operator.1password.io/item-name".to_string(),
+                "web-db".to_string(),
+            ),
+        ]);
+        let r = resolution(4);
+        let live = written_by_us(&t, &r);
+        assert_eq!(stale_because(&live, &t, &r), None);
+        assert_eq!(
+            stale_because(&live, &t, &resolution(5)),
+            Some("the item has a new version")
+        );
+        let mut relabelled = t.clone();
+        relabelled.labels.insert("team".into(), "a".into());
+        assert_eq!(
+            stale_because(&live, &relabelled, &r),
+            Some("its labels differ")
+        );
+        let mut unlabelled = t.clone();
+        unlabelled
+            .annotations
+            .remove("operator.1password.io/item-name");
+        assert_eq!(
+            stale_because(&live, &unlabelled, &r),
+            Some("its annotations differ")
+        );
     }
 
     #[test]

@@ -454,6 +454,14 @@ impl TestEnv {
         }
     }
 
+    /// Kills an operator with SIGKILL, as a crash or a lost node would.
+    pub fn kill_operator(&mut self, id: OperatorId) {
+        if let Some(mut child) = self.operators[id.0].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Stops an operator and starts it again with the same configuration (and a new log file).
     pub fn restart_operator(&mut self, id: OperatorId) -> OperatorId {
         self.stop_operator(id);

@@ -67,13 +67,9 @@ app.kubernetes.io/component: connect
 {{- end }}
 
 {{/*
-Checks the schema cannot express, and the replica limit again for installs that skip the
-schema (--skip-schema-validation).
+Checks the schema cannot express.
 */}}
 {{- define "opsync.validate" -}}
-{{- if gt (int .Values.replicas) 1 }}
-{{- fail "replicas: at most 1; leader election is not implemented yet, so two operators would both write every Secret" }}
-{{- end }}
 {{- if and .Values.connect.credentials .Values.connect.credentials_base64 }}
 {{- fail "connect.credentials and connect.credentials_base64: set one of them, not both" }}
 {{- end }}
