@@ -866,22 +866,8 @@ async fn a_foreign_secret_of_the_same_name_is_left_alone_and_reported_as_a_confl
         .unwrap();
 
     env.wait_ready("db", "SecretConflict").await;
-    wait_for(
-        "a Warning event SecretConflict",
-        support::TIMEOUT,
-        async || {
-            let events = env.events_for("OnePasswordItem", "db").await;
-            events
-                .iter()
-                .any(|e| {
-                    e.type_.as_deref() == Some("Warning")
-                        && e.reason.as_deref() == Some("SecretConflict")
-                })
-                .then_some(())
-                .ok_or(format!("{} other event(s)", events.len()))
-        },
-    )
-    .await;
+    env.wait_event("OnePasswordItem", "db", "Warning", "SecretConflict")
+        .await;
     tokio::time::sleep(2 * POLL).await;
     // One event for the transition, not one per retry.
     let conflicts: Vec<_> = env
@@ -958,22 +944,8 @@ async fn bad_paths_and_missing_vaults_or_items_are_reported_with_their_reason() 
     ))
     .await
     .unwrap();
-    wait_for(
-        "a Warning event ItemNotFound on the Deployment",
-        support::TIMEOUT,
-        async || {
-            let events = env.events_for("Deployment", "lost").await;
-            events
-                .iter()
-                .any(|e| {
-                    e.type_.as_deref() == Some("Warning")
-                        && e.reason.as_deref() == Some("ItemNotFound")
-                })
-                .then_some(())
-                .ok_or(format!("{} other event(s)", events.len()))
-        },
-    )
-    .await;
+    env.wait_event("Deployment", "lost", "Warning", "ItemNotFound")
+        .await;
     assert!(env.secret("lost-db").await.is_none());
 
     // Missing items are looked for again: one created later is synced.

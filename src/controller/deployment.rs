@@ -20,7 +20,7 @@ use kube::{
     runtime::{
         Controller, WatchStreamExt,
         controller::{self, Action},
-        events::{Event, EventType},
+        events::EventType,
         reflector::{self, ObjectRef, Store},
         watcher,
     },
@@ -29,8 +29,7 @@ use serde_json::json;
 
 use super::{
     Context,
-    item::{action_after_error, lag_since},
-    poller::{TargetKey, TargetKind, Tracked},
+    poller::{TargetKey, TargetKind},
     scoped_api,
     sync::{self, Change, SyncError, SyncTarget},
 };
@@ -212,23 +211,7 @@ async fn reconcile(obj: Arc<Deployment>, dctx: Arc<DeploymentContext>) -> Result
     };
     let timer = ctx.metrics.reconcile_started("deployment");
     let outcome = sync_deployment(&dctx, &obj, &namespace, &path, &asked_name).await;
-    let tracked = match (&outcome, ItemPath::parse(&path)) {
-        (Ok(s), Ok(p)) => Some(Tracked {
-            path: p,
-            resolved: Some((s.resolution.vault_id.clone(), s.resolution.item_id.clone())),
-            version: Some(s.resolution.version),
-        }),
-        (Err(_), Ok(p)) => Some(Tracked {
-            path: p,
-            resolved: None,
-            version: None,
-        }),
-        (_, Err(_)) => None,
-    };
-    match tracked {
-        Some(t) => ctx.registry.track(key, t),
-        None => ctx.registry.forget(&key),
-    }
+    ctx.track(key, &path, &outcome);
     // A Deployment has no status of ours: events say what happened, once per change of reason.
     let reason = match &outcome {
         Ok(_) => "Synced",
@@ -245,38 +228,20 @@ async fn reconcile(obj: Arc<Deployment>, dctx: Arc<DeploymentContext>) -> Result
         _ => None,
     };
     if let Some((type_, reason, note)) = event {
-        let event = Event {
-            type_,
-            reason: reason.into(),
-            note: Some(note.chars().take(1000).collect()),
-            action: "Sync".into(),
-            secondary: None,
-        };
-        if let Err(e) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
-            tracing::debug!(error = %e, "cannot publish event");
-        }
+        ctx.publish(&obj.object_ref(&()), type_, reason, &note)
+            .await;
     }
-    match outcome {
-        Ok(s) => {
-            // After a change of item-name, the Secret of the old name is no longer asked for.
+    match &outcome {
+        // After a change of item-name, the Secret of the old name is no longer asked for.
+        Ok(_) => {
             let kept = secret::secret_name(&asked_name).ok();
             release(&dctx, &obj, &namespace, kept.as_deref()).await?;
-            ctx.reset_backoff(&key_of(&obj));
-            if matches!(s.change, Change::Created | Change::Updated) {
-                ctx.metrics.secret_written("deployment");
-                if let Some(lag) = s.updated_at.as_deref().and_then(lag_since) {
-                    ctx.metrics.sync_lag(lag);
-                }
-            }
-            timer.finish(Ok(()));
-            Ok(Action::requeue(ctx.config.resync_interval))
         }
         Err(e) => {
-            timer.finish(Err(e.reason()));
-            tracing::info!(reason = e.reason(), error = %e, "Secret for Deployment not synced");
-            Ok(action_after_error(ctx, &key_of(&obj), &e))
+            tracing::info!(reason = e.reason(), error = %e, "Secret for Deployment not synced")
         }
     }
+    Ok(ctx.after_sync("deployment", &key_of(&obj), &outcome, timer))
 }
 
 async fn sync_deployment(

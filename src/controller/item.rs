@@ -1,7 +1,7 @@
 //! OnePasswordItem -> a Secret of the same name, owned by the item (deleting the item garbage
 //! collects the Secret), with a `Ready` condition and events that say what is wrong.
 
-use std::{collections::BTreeMap, future::Future, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, future::Future, sync::Arc};
 
 use futures::{StreamExt, channel::mpsc::UnboundedReceiver};
 use k8s_openapi::{
@@ -15,7 +15,7 @@ use kube::{
     runtime::{
         Controller,
         controller::{self, Action},
-        events::{Event, EventType},
+        events::EventType,
         reflector::ObjectRef,
         watcher,
     },
@@ -24,9 +24,10 @@ use serde_json::json;
 
 use super::{
     Context, FIELD_MANAGER,
-    poller::{TargetKey, TargetKind, Tracked},
+    poller::{TargetKey, TargetKind},
     scoped_api,
     sync::{self, Change, SyncError, SyncTarget, Synced},
+    truncate,
 };
 use crate::{
     connect::ItemPath,
@@ -101,31 +102,11 @@ async fn reconcile(obj: Arc<OnePasswordItem>, ctx: Arc<Context>) -> Result<Actio
     let timer = ctx.metrics.reconcile_started("item");
     let outcome = sync_item(&obj, &namespace, &ctx).await;
 
-    match (
+    ctx.track(
+        key,
+        obj.spec.item_path.as_deref().unwrap_or_default(),
         &outcome,
-        ItemPath::parse(obj.spec.item_path.as_deref().unwrap_or_default()),
-    ) {
-        (Ok(synced), Ok(path)) => ctx.registry.track(
-            key.clone(),
-            Tracked {
-                path,
-                resolved: Some((
-                    synced.resolution.vault_id.clone(),
-                    synced.resolution.item_id.clone(),
-                )),
-                version: Some(synced.resolution.version),
-            },
-        ),
-        (Err(_), Ok(path)) => ctx.registry.track(
-            key.clone(),
-            Tracked {
-                path,
-                resolved: None,
-                version: None,
-            },
-        ),
-        (_, Err(_)) => ctx.registry.forget(&key),
-    }
+    );
 
     let status = desired_status(&obj, &outcome, Timestamp::now());
     if obj.status.as_ref() != Some(&status) {
@@ -133,43 +114,10 @@ async fn reconcile(obj: Arc<OnePasswordItem>, ctx: Arc<Context>) -> Result<Actio
     }
     publish_events(&ctx, &obj, &outcome).await;
 
-    match &outcome {
-        Ok(synced) => {
-            ctx.reset_backoff(&key_of(&obj));
-            if matches!(synced.change, Change::Created | Change::Updated) {
-                ctx.metrics.secret_written("item");
-                if let Some(lag) = synced.updated_at.as_deref().and_then(lag_since) {
-                    ctx.metrics.sync_lag(lag);
-                }
-            }
-            timer.finish(Ok(()));
-            Ok(Action::requeue(ctx.config.resync_interval))
-        }
-        Err(e) => {
-            timer.finish(Err(e.reason()));
-            tracing::info!(reason = e.reason(), error = %e, "OnePasswordItem not synced");
-            Ok(action_after_error(&ctx, &key_of(&obj), e))
-        }
+    if let Err(e) = &outcome {
+        tracing::info!(reason = e.reason(), error = %e, "OnePasswordItem not synced");
     }
-}
-
-/// Transient failures retry with backoff; problems that a change in 1Password can fix are
-/// looked at again every poll interval; a bad spec waits for the object to change.
-pub fn action_after_error(ctx: &Context, key: &str, e: &SyncError) -> Action {
-    if e.is_transient() {
-        Action::requeue(ctx.backoff(key))
-    } else if e.needs_spec_change() {
-        Action::await_change()
-    } else {
-        Action::requeue(ctx.config.poll_interval)
-    }
-}
-
-/// How long ago an RFC 3339 time was, if it is in the past.
-pub fn lag_since(updated_at: &str) -> Option<Duration> {
-    let then: Timestamp = updated_at.parse().ok()?;
-    let lag = Timestamp::now().duration_since(then);
-    Duration::try_from(lag).ok()
+    Ok(ctx.after_sync("item", &key_of(&obj), &outcome, timer))
 }
 
 async fn sync_item(
@@ -315,17 +263,6 @@ pub fn desired_status(
     }
 }
 
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
-}
-
 async fn write_status(
     ctx: &Context,
     obj: &OnePasswordItem,
@@ -375,18 +312,9 @@ async fn publish_events(ctx: &Context, obj: &OnePasswordItem, outcome: &Result<S
         }
         Err(_) => None,
     };
-    let Some((type_, reason, note)) = event else {
-        return;
-    };
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(truncate(&note, 1000)),
-        action: "Sync".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
-        tracing::debug!(error = %e, "cannot publish event");
+    if let Some((type_, reason, note)) = event {
+        ctx.publish(&obj.object_ref(&()), type_, reason, &note)
+            .await;
     }
 }
 
@@ -497,9 +425,9 @@ mod tests {
         let t1: Timestamp = "2026-01-01T01:00:00Z".parse().unwrap();
         let mut obj = item("vaults/Prod/items/db");
         obj.status = Some(desired_status(&obj, &Ok(synced(3)), t0));
-        let err = SyncError::Connect(crate::connect::ConnectError::Timeout(Duration::from_secs(
-            15,
-        )));
+        let err = SyncError::Connect(crate::connect::ConnectError::Timeout(
+            std::time::Duration::from_secs(15),
+        ));
         let status = desired_status(&obj, &Err(err), t1);
         let ready = &status.conditions[0];
         assert_eq!(ready.status, "False");

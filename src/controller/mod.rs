@@ -14,13 +14,23 @@ pub mod sync;
 
 use std::{collections::HashMap, sync::Mutex, time::Duration};
 
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::{
     Api, Client, Resource,
     core::NamespaceResourceScope,
-    runtime::events::{Recorder, Reporter},
+    runtime::{
+        controller::Action,
+        events::{Event, EventType, Recorder, Reporter},
+    },
 };
 
-use crate::{catalog::Catalog, telemetry::Metrics};
+use crate::{
+    catalog::Catalog,
+    connect::ItemPath,
+    telemetry::{Metrics, ReconcileTimer},
+};
+use poller::{TargetKey, Tracked};
+use sync::{Change, SyncError, Synced};
 
 /// The one field manager every write of ours uses.
 pub use crate::restart::{FIELD_MANAGER, parse_bool};
@@ -129,12 +139,110 @@ impl Context {
         self.failures.lock().expect("failures lock").remove(key);
     }
 
+    /// Tells the poller what a reconcile of `key` saw: what to look after, and whether it
+    /// resolved. A path that does not parse is nothing to poll for.
+    pub fn track(&self, key: TargetKey, path: &str, outcome: &Result<Synced, SyncError>) {
+        let Ok(path) = ItemPath::parse(path) else {
+            self.registry.forget(&key);
+            return;
+        };
+        let (resolved, version) = match outcome {
+            Ok(s) => (
+                Some((s.resolution.vault_id.clone(), s.resolution.item_id.clone())),
+                Some(s.resolution.version),
+            ),
+            Err(_) => (None, None),
+        };
+        self.registry.track(
+            key,
+            Tracked {
+                path,
+                resolved,
+                version,
+            },
+        );
+    }
+
+    /// Metrics, backoff and when to look again, after a sync of `key` by `controller`.
+    /// Transient failures retry with backoff; problems that a change in 1Password can fix are
+    /// looked at again every poll interval; a bad spec waits for the object to change.
+    pub fn after_sync(
+        &self,
+        controller: &'static str,
+        key: &str,
+        outcome: &Result<Synced, SyncError>,
+        timer: ReconcileTimer,
+    ) -> Action {
+        match outcome {
+            Ok(synced) => {
+                self.reset_backoff(key);
+                if matches!(synced.change, Change::Created | Change::Updated) {
+                    self.metrics.secret_written(controller);
+                    if let Some(lag) = synced.updated_at.as_deref().and_then(lag_since) {
+                        self.metrics.sync_lag(lag);
+                    }
+                }
+                timer.finish(Ok(()));
+                Action::requeue(self.config.resync_interval)
+            }
+            Err(e) => {
+                timer.finish(Err(e.reason()));
+                if e.is_transient() {
+                    Action::requeue(self.backoff(key))
+                } else if e.needs_spec_change() {
+                    Action::await_change()
+                } else {
+                    Action::requeue(self.config.poll_interval)
+                }
+            }
+        }
+    }
+
+    /// Publishes an event on `object`; a failure to publish is logged, never fatal.
+    pub async fn publish(
+        &self,
+        object: &ObjectReference,
+        type_: EventType,
+        reason: &str,
+        note: &str,
+    ) {
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(truncate(note, 1000)),
+            action: "Sync".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, object).await {
+            tracing::debug!(error = %e, "cannot publish event");
+        }
+    }
+
     /// Remembers the last outcome reason of an object without a status of ours (a Deployment);
     /// true when it differs from the one before, so events are sent on transitions only.
     pub fn note_reason(&self, key: &str, reason: &'static str) -> bool {
         let mut reasons = self.reasons.lock().expect("reasons lock");
         reasons.insert(key.to_string(), reason) != Some(reason)
     }
+}
+
+/// How long ago an RFC 3339 time was, if it is in the past.
+pub fn lag_since(updated_at: &str) -> Option<Duration> {
+    let then: k8s_openapi::jiff::Timestamp = updated_at.parse().ok()?;
+    let lag = k8s_openapi::jiff::Timestamp::now().duration_since(then);
+    Duration::try_from(lag).ok()
+}
+
+/// At most `max` bytes of `s`, cut on a character boundary, with an ellipsis when cut.
+pub fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
 }
 
 /// An API for one namespace, or for all of them.

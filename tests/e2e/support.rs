@@ -711,6 +711,25 @@ impl TestEnv {
             .collect()
     }
 
+    /// Waits for an event of `type_` and `reason` about the object `kind`/`name`.
+    pub async fn wait_event(&self, kind: &str, name: &str, type_: &str, reason: &str) {
+        wait_for(
+            &format!("a {type_} event {reason} on {kind} {name}"),
+            TIMEOUT,
+            async || {
+                let events = self.events_for(kind, name).await;
+                events
+                    .iter()
+                    .any(|e| {
+                        e.type_.as_deref() == Some(type_) && e.reason.as_deref() == Some(reason)
+                    })
+                    .then_some(())
+                    .ok_or(format!("{} other event(s)", events.len()))
+            },
+        )
+        .await
+    }
+
     /// What a failing test prints: the objects of its namespaces and its operators' logs.
     fn report(&self) -> String {
         let mut out = String::new();
