@@ -16,6 +16,9 @@ use onepassword_secrets_operator::{
 };
 use tokio_util::sync::CancellationToken;
 
+/// How long tasks may take to finish after SIGTERM before they are stopped.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
@@ -97,6 +100,15 @@ async fn run(args: Args) -> Result<(), String> {
         });
     }
 
+    // Probes do not depend on leadership: a follower is alive and ready (a rolling update waits
+    // for the new pod to be ready before it stops the old leader).
+    tasks.spawn(heartbeat(health.clone(), shutdown()));
+    tasks.spawn(ready_when_connect_answers(
+        connect,
+        health.clone(),
+        shutdown(),
+    ));
+
     // With --leader-elect, only the Lease holder runs the controllers; the others serve probes
     // and metrics and wait.
     let lost_leadership = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -153,16 +165,27 @@ async fn run(args: Args) -> Result<(), String> {
         }),
     };
     tasks.spawn(controller::restart::run(client, restart, shutdown()));
-    tasks.spawn(heartbeat(health.clone(), shutdown()));
-    tasks.spawn(ready_when_connect_answers(
-        connect,
-        health.clone(),
-        shutdown(),
-    ));
 
-    while let Some(result) = tasks.join_next().await {
-        if let Err(e) = result {
-            return Err(format!("a task failed: {e}"));
+    // After the signal, tasks get a few seconds to finish what they are doing; a controller
+    // stopped before its first listing completed may otherwise wait for it forever.
+    let grace = async {
+        stop.cancelled().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::pin!(grace);
+    let mut aborted = false;
+    loop {
+        tokio::select! {
+            next = tasks.join_next() => match next {
+                None => break,
+                Some(Err(e)) if !e.is_cancelled() => return Err(format!("a task failed: {e}")),
+                Some(_) => {}
+            },
+            _ = &mut grace, if !aborted => {
+                tracing::warn!(tasks = tasks.len(), "tasks still running after the shutdown grace period; stopping them");
+                tasks.abort_all();
+                aborted = true;
+            }
         }
     }
     if lost_leadership.load(std::sync::atomic::Ordering::SeqCst) {

@@ -1276,6 +1276,10 @@ async fn the_operator_reads_connect_over_tls_with_a_token_file_and_serves_probes
     ] {
         assert!(text.contains(series), "no {series} in:\n{text}");
     }
+    assert!(
+        !text.contains(&password) && !text.contains(support::TOKEN),
+        "the metrics hold a secret"
+    );
     env.finish().await;
 }
 

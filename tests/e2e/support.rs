@@ -43,7 +43,7 @@ pub const TIMEOUT: Duration = Duration::from_secs(45);
 /// when an owner changed under it.
 pub const GC_TIMEOUT: Duration = Duration::from_secs(90);
 /// The Connect token every simulator accepts for every vault.
-pub const TOKEN: &str = "e2e-token";
+pub const TOKEN: &str = "e2e-connect-token-zq7vx3kp";
 
 const CRD_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/onepassworditem.yaml");
 const CRD_NAME: &str = "onepassworditems.onepassword.com";
@@ -481,11 +481,41 @@ impl TestEnv {
             .clone();
         for operator in &self.operators {
             let log = fs::read_to_string(&operator.log).unwrap_or_default();
+            assert!(
+                !log.contains(TOKEN),
+                "the operator log {} contains the Connect token",
+                operator.log.display()
+            );
             for value in &values {
                 assert!(
                     !log.contains(value.as_str()),
                     "the operator log {} contains a secret value",
                     operator.log.display()
+                );
+            }
+        }
+        // Nor may what the operator wrote where anyone with read access to the namespace looks:
+        // events, and the status (and metadata) of the OnePasswordItems.
+        for ns in &self.namespaces {
+            let events = Api::<Event>::namespaced(self.client.clone(), ns)
+                .list(&ListParams::default())
+                .await
+                .expect("list Events");
+            let items = Api::<OnePasswordItem>::namespaced(self.client.clone(), ns)
+                .list(&ListParams::default())
+                .await
+                .expect("list OnePasswordItems");
+            let events = serde_json::to_string(&events.items).expect("events as JSON");
+            let statuses: Vec<_> = items.items.iter().map(|i| &i.status).collect();
+            let statuses = serde_json::to_string(&statuses).expect("statuses as JSON");
+            for value in &values {
+                assert!(
+                    !events.contains(value.as_str()),
+                    "an event in {ns} contains a secret value"
+                );
+                assert!(
+                    !statuses.contains(value.as_str()),
+                    "a OnePasswordItem status in {ns} contains a secret value"
                 );
             }
         }
