@@ -45,6 +45,9 @@ impl ItemPath {
             if part.trim() != part {
                 return Err(bad("a part starts or ends with white space"));
             }
+            if part.starts_with('/') {
+                return Err(bad("a part starts with \"/\""));
+            }
             if part.chars().any(char::is_control) {
                 return Err(bad("it contains control characters"));
             }
@@ -110,6 +113,8 @@ mod tests {
             "vaults/ a/items/b",
             "vaults/a/items/b ",
             "vaults/a\n/items/b",
+            "vaults///items/a",
+            "vaults/a/items//b",
         ] {
             let err = ItemPath::parse(path).expect_err(path);
             assert!(err.to_string().contains("expected vaults/"), "{err}");
