@@ -401,3 +401,33 @@ async fn a_new_item_is_found_without_waiting_for_a_poll() {
         .unwrap();
     assert_eq!(found.version, 1);
 }
+
+#[tokio::test]
+async fn a_rotated_token_in_the_token_file_is_picked_up_without_a_restart() {
+    let sim = Simulator::start(seed()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, format!("{TOKEN}\n")).unwrap();
+    let (url, path) = (sim.url(), file.to_string_lossy().to_string());
+    let env = |k: &str| match k {
+        "OP_CONNECT_HOST" => Some(url.clone()),
+        "OP_CONNECT_TOKEN_FILE" => Some(path.clone()),
+        _ => None,
+    };
+    let c = ConnectClient::new(ConnectConfig::from_env(env).unwrap()).unwrap();
+    assert_eq!(c.list_vaults().await.unwrap().len(), 2);
+
+    // The old token is revoked and the mounted Secret now holds a new one.
+    let rotated = "tok-rotated-7f3a";
+    sim.add_token(rotated, TokenAccess::All).unwrap();
+    sim.remove_token(TOKEN).unwrap();
+    std::fs::write(&file, rotated).unwrap();
+    assert_eq!(c.list_vaults().await.unwrap().len(), 2);
+    assert_no_token(&format!("{c:?}"));
+    assert!(!format!("{c:?}").contains(rotated));
+
+    // A token that is refused and not replaced stays an Unauthorized error.
+    sim.remove_token(rotated).unwrap();
+    let err = c.list_vaults().await.unwrap_err();
+    assert_eq!(err.reason(), "Unauthorized");
+}

@@ -82,6 +82,9 @@ pub struct ConnectConfig {
     pub ca_bundle_pem: Option<Vec<u8>>,
     /// Largest response body accepted; bounds memory whatever Connect sends.
     pub max_body_bytes: usize,
+    /// Where the token was read from (`OP_CONNECT_TOKEN_FILE`): read again when Connect refuses
+    /// the token, so a rotated token in a mounted Secret is picked up without a restart.
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 impl ConnectConfig {
@@ -94,6 +97,7 @@ impl ConnectConfig {
             retry: RetryPolicy::default(),
             ca_bundle_pem: None,
             max_body_bytes: 8 * 1024 * 1024,
+            token_file: None,
         })
     }
 
@@ -103,12 +107,13 @@ impl ConnectConfig {
         let host = get("OP_CONNECT_HOST")
             .filter(|h| !h.trim().is_empty())
             .ok_or(ConfigError::Missing("OP_CONNECT_HOST"))?;
-        let token = match (get("OP_CONNECT_TOKEN"), get("OP_CONNECT_TOKEN_FILE")) {
-            (Some(t), _) if !t.trim().is_empty() => Token::new(t),
+        let (token, token_file) = match (get("OP_CONNECT_TOKEN"), get("OP_CONNECT_TOKEN_FILE")) {
+            (Some(t), _) if !t.trim().is_empty() => (Token::new(t), None),
             (_, Some(path)) if !path.trim().is_empty() => {
-                let raw = std::fs::read_to_string(path.trim())
+                let path = std::path::PathBuf::from(path.trim());
+                let raw = std::fs::read_to_string(&path)
                     .map_err(|e| ConfigError::File("OP_CONNECT_TOKEN_FILE", e.to_string()))?;
-                Token::new(raw)
+                (Token::new(raw), Some(path))
             }
             _ => return Err(ConfigError::Missing("OP_CONNECT_TOKEN")),
         };
@@ -116,6 +121,7 @@ impl ConnectConfig {
             return Err(ConfigError::Missing("OP_CONNECT_TOKEN"));
         }
         let mut config = ConnectConfig::new(&host, token)?;
+        config.token_file = token_file;
         if let Some(path) = get("OP_CONNECT_CA_FILE").filter(|p| !p.trim().is_empty()) {
             let pem = std::fs::read(path.trim())
                 .map_err(|e| ConfigError::File("OP_CONNECT_CA_FILE", e.to_string()))?;
@@ -201,6 +207,8 @@ pub struct Resolved {
 pub struct ConnectClient {
     http: reqwest::Client,
     config: Arc<ConnectConfig>,
+    /// The token in use: the configured one, or a newer one read from `token_file`.
+    token: Arc<std::sync::RwLock<Token>>,
     observer: Option<RequestObserver>,
 }
 
@@ -208,7 +216,7 @@ impl fmt::Debug for ConnectClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ConnectClient")
             .field("host", &self.config.host.as_str())
-            .field("token", &self.config.token)
+            .field("token", &self.current_token())
             .finish()
     }
 }
@@ -243,6 +251,7 @@ impl ConnectClient {
             .map_err(|e| ConfigError::Http(e.to_string()))?;
         Ok(ConnectClient {
             http,
+            token: Arc::new(std::sync::RwLock::new(config.token.clone())),
             config: Arc::new(config),
             observer: None,
         })
@@ -471,12 +480,20 @@ impl ConnectClient {
         }
         let policy = self.config.retry;
         let mut attempt = 0;
+        let mut token_reread = false;
         loop {
             let result = self.get_once(endpoint, &url).await;
             let err = match result {
                 Ok(body) => return Ok(body),
                 Err(e) => e,
             };
+            if matches!(err, ConnectError::Unauthorized { .. })
+                && !token_reread
+                && self.reload_token()
+            {
+                token_reread = true;
+                continue;
+            }
             let delay = match &err {
                 _ if attempt >= policy.max_retries => None,
                 ConnectError::RateLimited {
@@ -501,11 +518,34 @@ impl ConnectClient {
         }
     }
 
+    fn current_token(&self) -> Token {
+        self.token.read().expect("token lock").clone()
+    }
+
+    /// Reads the token file again; true when it holds a new token, now in use.
+    fn reload_token(&self) -> bool {
+        let Some(path) = &self.config.token_file else {
+            return false;
+        };
+        let Ok(raw) = std::fs::read_to_string(path) else {
+            return false;
+        };
+        let fresh = Token::new(raw);
+        let mut token = self.token.write().expect("token lock");
+        if fresh.is_empty() || *token == fresh {
+            return false;
+        }
+        tracing::info!("the Connect token file holds a new token; using it");
+        *token = fresh;
+        true
+    }
+
     async fn get_once(&self, endpoint: Endpoint, url: &Url) -> Result<Vec<u8>, ConnectError> {
+        let token = self.current_token();
         let sent = self
             .http
             .get(url.clone())
-            .bearer_auth(self.config.token.expose())
+            .bearer_auth(token.expose())
             .header(header::ACCEPT, "application/json")
             .send()
             .await;
