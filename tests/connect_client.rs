@@ -431,3 +431,36 @@ async fn a_rotated_token_in_the_token_file_is_picked_up_without_a_restart() {
     let err = c.list_vaults().await.unwrap_err();
     assert_eq!(err.reason(), "Unauthorized");
 }
+
+#[tokio::test]
+async fn responses_and_files_over_the_size_limit_are_refused_without_holding_them() {
+    let big = "x".repeat(200 * 1024);
+    let sim = Simulator::start(
+        Seed::new()
+            .vault(
+                VaultSpec::new("V")
+                    .item(ItemSpec::new("huge").password(&big))
+                    .item(ItemSpec::new("big-file").file("blob.bin", vec![1u8; 200 * 1024])),
+            )
+            .token(TOKEN, TokenAccess::All),
+    )
+    .unwrap();
+    let mut config = ConnectConfig::new(&sim.url(), Token::new(TOKEN)).unwrap();
+    config.max_body_bytes = 64 * 1024;
+    let c = ConnectClient::new(config).unwrap();
+    let err = c
+        .fetch_by_path(&path("vaults/V/items/huge"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), "BadResponse", "{err}");
+    assert!(err.to_string().contains("larger than"), "{err}");
+    assert!(!err.to_string().contains("xxxxxx"), "{err}");
+    // A file is refused from its listed size, before any download.
+    sim.reset_counts();
+    let err = c
+        .fetch_by_path(&path("vaults/V/items/big-file"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), "ItemTooLarge", "{err}");
+    assert_eq!(sim.count("get_file_content") + sim.count("list_files"), 0);
+}
