@@ -638,6 +638,18 @@ async fn an_operator_restart_rolls_nothing_and_a_change_made_while_it_was_down_r
     env.wait_log(operator, "poll cycle done").await;
     tokio::time::sleep(QUIET).await;
     assert_eq!(replica_set_count(&env, &deployment).await, 3);
+
+    // Killed (SIGKILL) about when it syncs a change: the next one converges and rolls once.
+    let v4 = secret_value("db-v4");
+    env.sim.set_field("E2E", "db", "password", &v4).unwrap();
+    tokio::time::sleep(POLL).await;
+    env.kill_operator(operator);
+    let operator = env.start_operator(env.operator_config());
+    wait_password(&env, "db", &v4).await;
+    wait_replica_sets(&env, &deployment, 4).await;
+    env.wait_log(operator, "poll cycle done").await;
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(replica_set_count(&env, &deployment).await, 4);
     env.finish().await;
 }
 
