@@ -61,10 +61,16 @@ envtest_stop_one() {
 # envtest_launch <state-dir> <component>: run <state-dir>/run-<component>.sh
 # detached (own session, no stdio tied to the caller), record its pid.
 envtest_launch() {
-	local state="$1" name="$2" pid
+	local state="$1" name="$2" pid i
+	rm -f "$state/$name.pid"
 	setsid "$state/run-$name.sh" </dev/null >>"$state/logs/$name.log" 2>&1 &
-	pid=$!
-	echo "$pid" >"$state/$name.pid"
+	# The run script writes its own pid before it execs the component (see start).
+	for ((i = 0; i < 100; i++)); do
+		pid="$(cat "$state/$name.pid" 2>/dev/null || true)"
+		[[ "$pid" =~ ^[0-9]+$ ]] && break
+		sleep 0.05
+	done
+	[[ "$pid" =~ ^[0-9]+$ ]] || { pid=$!; echo "$pid" >"$state/$name.pid"; }
 	echo "$pid"
 }
 
