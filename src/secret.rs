@@ -31,7 +31,6 @@ use std::fmt;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use sha2::{Digest, Sha256};
 
 use crate::connect::model::{ItemUrl, ItemWithFiles};
 
@@ -365,20 +364,6 @@ pub fn secret_data(item: &ItemWithFiles, opts: BuildOptions) -> SecretData {
         }
     }
     b.out
-}
-
-/// A Secret of `data` sorted by key, each key and value prefixed by its length so that no two
-/// different maps encode alike. Lower-case hex SHA-256; changes whenever any key or value does.
-pub fn content_hash(data: &BTreeMap<String, Vec<u8>>) -> String {
-    let mut h = Sha256::new();
-    h.update((data.len() as u64).to_be_bytes());
-    for (k, v) in data {
-        h.update((k.len() as u64).to_be_bytes());
-        h.update(k.as_bytes());
-        h.update((v.len() as u64).to_be_bytes());
-        h.update(v);
-    }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Everything the desired Secret is made of.
@@ -1086,37 +1071,6 @@ mod tests {
 
         item.item.fields.pop();
         assert!(build_secret(&desired(&item)).is_ok(), "exactly 1 MiB fits");
-    }
-
-    #[test]
-    fn content_hash_is_stable_and_changes_with_any_key_or_value() {
-        let data = data_of("database", false).data;
-        let hash = content_hash(&data);
-        assert_eq!(hash.len(), 64);
-        assert!(
-            hash.bytes()
-                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-        );
-        assert_eq!(hash, content_hash(&data_of("database", false).data));
-
-        let mut changed_value = data.clone();
-        changed_value.insert("port".into(), b"5433".to_vec());
-        let mut renamed_key = data.clone();
-        let v = renamed_key.remove("port").unwrap();
-        renamed_key.insert("port2".into(), v);
-        let mut added_empty = data.clone();
-        added_empty.insert("alias".into(), Vec::new());
-        for other in [changed_value, renamed_key, added_empty] {
-            assert_ne!(content_hash(&other), hash);
-        }
-    }
-
-    #[test]
-    fn content_hash_does_not_confuse_key_and_value_boundaries() {
-        let a = BTreeMap::from([("ab".to_owned(), b"c".to_vec())]);
-        let b = BTreeMap::from([("a".to_owned(), b"bc".to_vec())]);
-        assert_ne!(content_hash(&a), content_hash(&b));
-        assert_ne!(content_hash(&BTreeMap::new()), content_hash(&a));
     }
 
     #[test]

@@ -97,6 +97,7 @@ async fn reconcile(obj: Arc<OnePasswordItem>, ctx: Arc<Context>) -> Result<Actio
     if obj.meta().deletion_timestamp.is_some() {
         // The Secret goes with it through its owner reference; nothing to clean up here.
         ctx.registry.forget(&key);
+        ctx.note_ready(&key_of(&obj), None);
         return Ok(Action::await_change());
     }
     let timer = ctx.metrics.reconcile_started("item");
@@ -117,6 +118,7 @@ async fn reconcile(obj: Arc<OnePasswordItem>, ctx: Arc<Context>) -> Result<Actio
     if let Err(e) = &outcome {
         tracing::info!(reason = e.reason(), error = %e, "OnePasswordItem not synced");
     }
+    ctx.note_ready(&key_of(&obj), Some(outcome.is_ok()));
     Ok(ctx.after_sync("item", &key_of(&obj), &outcome, timer))
 }
 

@@ -103,6 +103,8 @@ pub struct Context {
     pub registry: poller::Registry,
     failures: Mutex<HashMap<String, u32>>,
     reasons: Mutex<HashMap<String, &'static str>>,
+    /// Whether each OnePasswordItem is Ready, for the `ready_items` gauge.
+    ready: Mutex<HashMap<String, bool>>,
 }
 
 impl Context {
@@ -120,6 +122,7 @@ impl Context {
             registry: poller::Registry::default(),
             failures: Mutex::new(HashMap::new()),
             reasons: Mutex::new(HashMap::new()),
+            ready: Mutex::new(HashMap::new()),
         }
     }
 
@@ -216,6 +219,18 @@ impl Context {
         if let Err(e) = self.recorder.publish(&event, object).await {
             tracing::debug!(error = %e, "cannot publish event");
         }
+    }
+
+    /// Records whether the OnePasswordItem `key` is Ready (`None`: it is gone) and updates the
+    /// `ready_items` gauge.
+    pub fn note_ready(&self, key: &str, ready: Option<bool>) {
+        let mut all = self.ready.lock().expect("ready lock");
+        match ready {
+            Some(r) => all.insert(key.to_string(), r),
+            None => all.remove(key),
+        };
+        let ready = all.values().filter(|r| **r).count();
+        self.metrics.set_ready_items(ready, all.len() - ready);
     }
 
     /// Remembers the last outcome reason of an object without a status of ours (a Deployment);

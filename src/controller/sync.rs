@@ -499,6 +499,13 @@ mod tests {
         let ab = BTreeMap::from([("ab".to_string(), b"c".to_vec())]);
         let a_bc = BTreeMap::from([("a".to_string(), b"bc".to_vec())]);
         assert_ne!(data_digest(salt, &ab), data_digest(salt, &a_bc));
+        // So are key names, and keys with empty values.
+        let renamed = BTreeMap::from([("password2".to_string(), b"hunter3".to_vec())]);
+        assert_ne!(data_digest(salt, &data), data_digest(salt, &renamed));
+        let mut with_empty = data.clone();
+        with_empty.insert("alias".into(), Vec::new());
+        assert_ne!(data_digest(salt, &data), data_digest(salt, &with_empty));
+        assert_ne!(data_digest(salt, &BTreeMap::new()), data_digest(salt, &ab));
     }
 
     fn owner(kind: &str, uid: &str) -> OwnerReference {
