@@ -120,6 +120,22 @@ impl Catalog {
         })
     }
 
+    /// The vault a path's vault part names: its id and, when the vault is listed, its name.
+    pub async fn vault(&self, reference: &str) -> Result<(String, Option<String>), ConnectError> {
+        let mut state = self.state.lock().await;
+        let vaults = self.vaults(&mut state, Fetch::IfMissing).await?;
+        let (vaults, (id, _)) = match resolve_vault(&vaults, reference) {
+            Ok(found) => (vaults, found),
+            Err(e) => {
+                let vaults = self.vaults(&mut state, Fetch::IfStale).await?;
+                let found = resolve_vault(&vaults, reference).map_err(|_| e)?;
+                (vaults, found)
+            }
+        };
+        let name = vaults.iter().find(|v| v.id == id).map(|v| v.name.clone());
+        Ok((id, name))
+    }
+
     /// Resolves against what is cached, without any request. `None` when the vault or its
     /// listing is not cached.
     pub async fn resolve_cached(

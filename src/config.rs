@@ -68,6 +68,11 @@ pub struct Args {
     #[arg(long, env = "MAX_CONCURRENT_RECONCILES", default_value = "8",
           value_parser = clap::value_parser!(u16).range(1..))]
     pub max_concurrent_reconciles: u16,
+
+    /// A vault policy file (YAML): which namespaces may read which vaults. When set, anything
+    /// it does not allow is denied (see docs/vault-policy.md). Read at start-up.
+    #[arg(long, env = "VAULT_POLICY_FILE")]
+    pub vault_policy_file: Option<std::path::PathBuf>,
 }
 
 impl Args {

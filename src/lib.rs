@@ -8,6 +8,7 @@ pub mod controller;
 pub mod crd;
 pub mod http;
 pub mod leader;
+pub mod policy;
 pub mod restart;
 pub mod secret;
 pub mod sim;

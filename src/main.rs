@@ -12,6 +12,7 @@ use onepassword_secrets_operator::{
     controller::{self, Context, Settings, poller::Triggers},
     http::{self, Health},
     leader::{Elector, LeaderConfig},
+    policy::VaultPolicy,
     telemetry::{self, Metrics},
 };
 use tokio_util::sync::CancellationToken;
@@ -53,6 +54,14 @@ async fn run(args: Args) -> Result<(), String> {
         enable_annotations: args.enable_annotations,
         auto_restart: args.auto_restart,
         concurrency: args.max_concurrent_reconciles,
+        vault_policy: match &args.vault_policy_file {
+            None => None,
+            Some(path) => {
+                let policy = VaultPolicy::load(path).map_err(|e| e.to_string())?;
+                tracing::info!(file = %path.display(), rules = policy.rule_count(), "vault policy loaded: namespaces read only the vaults it allows");
+                Some(Arc::new(policy))
+            }
+        },
     };
     tracing::info!(
         connect = %connect.host(),

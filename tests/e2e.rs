@@ -1439,13 +1439,32 @@ async fn with_the_api_server_restarted_mid_run_the_operator_reconnects_and_conve
             .item(login("new", &secret_value("new"))),
     );
     let mut env = TestEnv::exclusive("apiserver-restart", seed).await;
-    env.start_operator(env.operator_config());
+    let id = env.start_operator(env.operator_config());
     env.apply(&item_manifest("db", "vaults/E2E/items/db"))
         .await
         .unwrap();
     env.wait_ready("db", "Synced").await;
 
+    // The operator is frozen while objects change and the API server restarts: when it wakes,
+    // its watches resume from resource versions the new API server's cache no longer has, and
+    // are answered 410 Gone (expired). It must list again and catch up, not stall or crash.
+    env.pause_operator(id);
+    env.kubectl(&["delete", "secret", "db"]).await.unwrap();
+    env.apply(&item_manifest("new", "vaults/E2E/items/new"))
+        .await
+        .unwrap();
     env.envtest("restart-apiserver").await;
+    env.resume_operator(id);
+    env.wait_log(id, "watch expired (410 Gone); listing again")
+        .await;
+    // What changed while it was away: the deleted Secret is made again, the new item synced.
+    env.wait_secret(
+        "db",
+        "made again after the watch expired",
+        has_data(&map(&[("username", "app"), ("password", &password)])),
+    )
+    .await;
+    env.wait_ready("new", "Synced").await;
 
     // 1Password changes reach the Secret (status writes and Secret writes work).
     let after = secret_value("after");
@@ -1464,11 +1483,6 @@ async fn with_the_api_server_restarted_mid_run_the_operator_reconnects_and_conve
         has_data(&map(&[("username", "app"), ("password", &after)])),
     )
     .await;
-    // The item watch is back: a new item is synced.
-    env.apply(&item_manifest("new", "vaults/E2E/items/new"))
-        .await
-        .unwrap();
-    env.wait_ready("new", "Synced").await;
     env.finish().await;
 }
 
@@ -1536,5 +1550,156 @@ async fn of_two_replicas_only_the_leader_writes_and_a_follower_takes_over_when_i
         "{:?}",
         stopped.elapsed()
     );
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vault_policy_lets_a_namespace_read_only_the_vaults_it_allows() {
+    let seed = Seed::new()
+        .vault(VaultSpec::new("Team").item(login("db", &secret_value("team-db"))))
+        .vault(VaultSpec::new("Payroll").item(login("salaries", &secret_value("payroll"))));
+    let mut env = TestEnv::new("vault-policy", seed).await;
+    let policy = env.test_file(
+        "vault-policy.yaml",
+        &format!("rules:\n  - namespaces: [{}]\n    vaults: [Team]\n", env.ns),
+    );
+    env.start_operator(
+        env.operator_config()
+            .with_env("VAULT_POLICY_FILE", &policy.display().to_string()),
+    );
+
+    // Denied: the condition and a Warning event say so, no Secret is made, and the vault's
+    // items are never listed or read (the namespace learns nothing about them).
+    env.apply(&format!(
+        "{}---\n{}",
+        item_manifest("payroll", "vaults/Payroll/items/salaries"),
+        annotated_deployment("web", "vaults/Payroll/items/salaries", "web-payroll"),
+    ))
+    .await
+    .unwrap();
+    let denied = env.wait_ready("payroll", "VaultNotAllowed").await;
+    let message = denied.ready_condition().unwrap().message.clone().unwrap();
+    assert!(
+        message.contains("Payroll") && message.contains(&env.ns),
+        "{message}"
+    );
+    env.wait_event("OnePasswordItem", "payroll", "Warning", "VaultNotAllowed")
+        .await;
+    env.wait_event("Deployment", "web", "Warning", "VaultNotAllowed")
+        .await;
+    assert!(env.secret("payroll").await.is_none());
+    assert!(env.secret("web-payroll").await.is_none());
+    assert_eq!(env.sim.count("list_items"), 0, "{:?}", env.sim.counts());
+    assert_eq!(env.sim.count("get_item"), 0, "{:?}", env.sim.counts());
+
+    // Allowed: synced as usual.
+    env.apply(&item_manifest("db", "vaults/Team/items/db"))
+        .await
+        .unwrap();
+    env.wait_ready("db", "Synced").await;
+
+    // A policy the operator cannot read or understand stops it at start, saying why.
+    for (name, text) in [
+        (
+            "bad-policy.yaml",
+            "rules:\n  - namespaces: [a]\n    vault: [Team]\n",
+        ),
+        ("missing-policy.yaml", ""),
+    ] {
+        let path = env.test_file(name, text);
+        if text.is_empty() {
+            std::fs::remove_file(&path).unwrap();
+        }
+        let id = env.start_operator(
+            env.operator_config()
+                .with_env("VAULT_POLICY_FILE", &path.display().to_string()),
+        );
+        let status = env.wait_exit(id).await;
+        assert!(!status.success(), "{name}: {status}");
+        let log = env.operator_log(id);
+        assert!(log.contains("vault policy") && log.contains(name), "{log}");
+    }
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_short_of_rbac_says_so_stays_up_and_recovers_when_granted() {
+    let password = secret_value("rbac");
+    let seed = Seed::new().vault(VaultSpec::new("E2E").item(login("db", &password)));
+    let mut env = TestEnv::new("reduced-rbac", seed).await;
+    let user = format!("opsync-limited-{}", env.ns);
+    // Enough to read items and write their status, but not to write Secrets, and nothing at
+    // all on Deployments.
+    let role = |secret_verbs: &str, apps: bool| {
+        let mut yaml = format!(
+            "apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata:
+  name: limited
+rules:
+  - apiGroups: [onepassword.com]
+    resources: [onepassworditems]
+    verbs: [get, list, watch]
+  - apiGroups: [onepassword.com]
+    resources: [onepassworditems/status]
+    verbs: [get, patch, update]
+  - apiGroups: [\"\"]
+    resources: [secrets]
+    verbs: [{secret_verbs}]
+  - apiGroups: [events.k8s.io]
+    resources: [events]
+    verbs: [create, patch]
+"
+        );
+        if apps {
+            yaml.push_str(
+                "  - apiGroups: [apps]
+    resources: [deployments, statefulsets, daemonsets]
+    verbs: [get, list, watch, patch]
+",
+            );
+        }
+        yaml
+    };
+    env.apply(&format!(
+        "{}---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata:\n  name: limited\n\
+         roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: limited}}\n\
+         subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: {user}}}]\n",
+        role("get, list, watch", false)
+    ))
+    .await
+    .unwrap();
+    let kubeconfig = env.kubeconfig_as(&user);
+    let id = env.start_operator(
+        env.operator_config()
+            .with_env("KUBECONFIG", &kubeconfig.display().to_string()),
+    );
+    env.apply(&format!(
+        "{}---\n{}",
+        item_manifest("db", "vaults/E2E/items/db"),
+        annotated_deployment("web", "vaults/E2E/items/db", "web-db"),
+    ))
+    .await
+    .unwrap();
+    let item = env.wait_ready("db", "KubernetesForbidden").await;
+    let message = item.ready_condition().unwrap().message.clone().unwrap();
+    assert!(message.contains("forbidden"), "{message}");
+    env.wait_log(id, "watch failed; retrying with backoff")
+        .await;
+    assert!(env.secret("db").await.is_none());
+
+    // Granted: the same process converges, the Deployment's Secret included.
+    env.apply(&role(
+        "get, list, watch, create, patch, update, delete",
+        true,
+    ))
+    .await
+    .unwrap();
+    let want = map(&[("username", "app"), ("password", &password)]);
+    env.wait_ready("db", "Synced").await;
+    env.wait_secret("db", "made once allowed", has_data(&want))
+        .await;
+    env.wait_secret("web-db", "made once allowed", has_data(&want))
+        .await;
     env.finish().await;
 }

@@ -28,7 +28,7 @@ use kube::{
 use serde_json::json;
 
 use super::{
-    Context,
+    Context, SecretMeta,
     poller::{TargetKey, TargetKind},
     scoped_api,
     sync::{self, Change, SyncError, SyncTarget},
@@ -36,8 +36,8 @@ use super::{
 use crate::{
     connect::ItemPath,
     restart::{
-        AUTO_RESTART_ANNOTATION, ITEM_NAME_ANNOTATION, MANAGED_LABEL, MANAGED_VALUE,
-        RESTARTED_FOR_ANNOTATION, SECRET_DIGESTS_ANNOTATION,
+        AUTO_RESTART_ANNOTATION, ITEM_NAME_ANNOTATION, RESTARTED_FOR_ANNOTATION,
+        SECRET_DIGESTS_ANNOTATION,
     },
     secret::{self, ANNOTATION_PREFIX, ITEM_PATH_ANNOTATION},
 };
@@ -63,7 +63,7 @@ pub enum Error {
 struct DeploymentContext {
     ctx: Arc<Context>,
     deployments: Store<Deployment>,
-    secrets: Store<Secret>,
+    secrets: Store<SecretMeta>,
 }
 
 /// The `operator.1password.io/*` annotations of a Deployment, read from its metadata or, when
@@ -149,19 +149,28 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let deployments: Api<Deployment> = scoped_api(&ctx.client, scope.as_deref());
-    let secrets: Api<Secret> = scoped_api(&ctx.client, scope.as_deref());
-    let managed = watcher::Config::default().labels(&format!("{MANAGED_LABEL}={MANAGED_VALUE}"));
+    // Owned Secrets: owners and labels are all that is needed (metadata only, no values).
     let (secret_store, writer) = reflector::store();
-    let secret_stream = watcher(secrets, managed)
-        .default_backoff()
-        .modify(|s: &mut Secret| {
-            // Only owners and labels are needed here; values are not kept in memory.
-            s.data = None;
-            s.managed_fields_mut().clear();
+    let secret_stream = super::watch_managed_secrets(&ctx.client, scope.as_deref())
+        .modify(|s| {
+            s.metadata.labels = None;
+            s.metadata.annotations = None;
         })
-        .reflect(writer)
-        .touched_objects();
-    let controller = Controller::new(deployments, watcher::Config::default().any_semantic());
+        .reflect(writer);
+    let secret_stream = super::skip_own_echoes(secret_stream, ctx.clone()).touched_objects();
+    // Every Deployment of the scope is cached: keep what the reconcile reads (metadata and
+    // spec), not managedFields or status.
+    let (deployment_store, writer) = reflector::store();
+    let deployments = watcher(deployments, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(|d: &mut Deployment| {
+            d.managed_fields_mut().clear();
+            d.status = None;
+        })
+        .reflect(writer);
+    // Rollout progress (status) changes nothing here; spec and annotations do.
+    let deployments = super::skip_unchanged(deployments).touched_objects();
+    let controller = Controller::for_stream(deployments, deployment_store);
     let dctx = Arc::new(DeploymentContext {
         ctx: ctx.clone(),
         deployments: controller.store(),
@@ -175,7 +184,7 @@ pub async fn run(
         .run(reconcile, error_policy, dctx)
         .for_each(|result| async move {
             if let Err(e) = result {
-                tracing::debug!(error = %e, "Deployment reconcile did not complete");
+                super::log_run_error("Deployment", &e);
             }
         })
         .await;
@@ -303,7 +312,7 @@ async fn release(
 ) -> Result<(), Error> {
     let Some(uid) = obj.uid() else { return Ok(()) };
     let api: Api<Secret> = Api::namespaced(dctx.ctx.client.clone(), namespace);
-    let owned: Vec<Arc<Secret>> = dctx
+    let owned: Vec<Arc<SecretMeta>> = dctx
         .secrets
         .state()
         .into_iter()

@@ -5,7 +5,6 @@ use std::{collections::BTreeMap, future::Future, sync::Arc};
 
 use futures::{StreamExt, channel::mpsc::UnboundedReceiver};
 use k8s_openapi::{
-    api::core::v1::Secret,
     apimachinery::pkg::apis::meta::v1::{OwnerReference, Time},
     jiff::Timestamp,
 };
@@ -13,10 +12,10 @@ use kube::{
     Api, Resource, ResourceExt,
     api::{Patch, PatchParams},
     runtime::{
-        Controller,
+        Controller, WatchStreamExt,
         controller::{self, Action},
         events::EventType,
-        reflector::ObjectRef,
+        reflector::{self, ObjectRef},
         watcher,
     },
 };
@@ -32,7 +31,7 @@ use super::{
 use crate::{
     connect::ItemPath,
     crd::{OnePasswordItem, OnePasswordItemCondition, OnePasswordItemStatus},
-    restart::{AUTO_RESTART_ANNOTATION, MANAGED_LABEL, MANAGED_VALUE},
+    restart::{AUTO_RESTART_ANNOTATION, MANAGED_LABEL},
     secret,
 };
 
@@ -57,17 +56,33 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let items: Api<OnePasswordItem> = scoped_api(&ctx.client, scope.as_deref());
-    let secrets: Api<Secret> = scoped_api(&ctx.client, scope.as_deref());
-    let managed = watcher::Config::default().labels(&format!("{MANAGED_LABEL}={MANAGED_VALUE}"));
-    Controller::new(items, watcher::Config::default())
-        .owns(secrets, managed)
+    // The cached items need no managedFields; the owned Secrets are watched as metadata only.
+    let (store, writer) = reflector::store();
+    // Status writes (ours) need no reconcile; spec, labels and annotations do.
+    let items = watcher(items, watcher::Config::default())
+        .default_backoff()
+        .modify(|i: &mut OnePasswordItem| {
+            i.managed_fields_mut().clear();
+            for a in ANNOTATIONS_NOT_COPIED {
+                i.annotations_mut().remove(*a);
+            }
+        })
+        .reflect(writer);
+    let items = super::skip_unchanged(items).touched_objects();
+    let secrets = super::skip_own_echoes(
+        super::watch_managed_secrets(&ctx.client, scope.as_deref()),
+        ctx.clone(),
+    )
+    .touched_objects();
+    Controller::for_stream(items, store)
+        .owns_stream(secrets)
         .reconcile_on(trigger)
         .with_config(controller::Config::default().concurrency(ctx.config.concurrency))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
             if let Err(e) = result {
-                tracing::debug!(error = %e, "OnePasswordItem reconcile did not complete");
+                super::log_run_error("OnePasswordItem", &e);
             }
         })
         .await;
@@ -204,7 +219,9 @@ pub fn desired_status(
     let previous = obj.status.clone().unwrap_or_default();
     let (ready, reason, message) = match outcome {
         Ok(s) => {
-            let reason = if s.change == Change::Ignored {
+            // A Secret just made for an ignored item is Ignored from the start: later changes
+            // of the item will not reach it.
+            let reason = if s.change == Change::Ignored || s.resolution.ignored {
                 "Ignored"
             } else {
                 "Synced"

@@ -7,6 +7,7 @@
 //! - [`sync`]: the fetch -> build -> apply pipeline the first two share.
 
 pub mod deployment;
+pub mod events;
 pub mod item;
 pub mod poller;
 pub mod restart;
@@ -14,14 +15,13 @@ pub mod sync;
 
 use std::{collections::HashMap, sync::Mutex, time::Duration};
 
-use k8s_openapi::api::core::v1::ObjectReference;
+use futures::Stream;
+use k8s_openapi::api::core::v1::{ObjectReference, Secret};
 use kube::{
-    Api, Client, Resource,
+    Api, Client, Resource, ResourceExt,
+    api::PartialObjectMeta,
     core::NamespaceResourceScope,
-    runtime::{
-        controller::Action,
-        events::{Event, EventType, Recorder, Reporter},
-    },
+    runtime::{WatchStreamExt, controller::Action, events::EventType, watcher},
 };
 
 use crate::{
@@ -91,16 +91,20 @@ pub struct Settings {
     pub auto_restart: bool,
     /// Reconciles running at once, per controller.
     pub concurrency: u16,
+    /// `VAULT_POLICY_FILE`: which namespaces may read which vaults (`None`: all may).
+    pub vault_policy: Option<std::sync::Arc<crate::policy::VaultPolicy>>,
 }
 
 /// Shared by every reconcile.
 pub struct Context {
     pub client: Client,
     pub catalog: Catalog,
-    pub recorder: Recorder,
+    pub events: events::EventSink,
     pub metrics: Metrics,
     pub config: Settings,
     pub registry: poller::Registry,
+    /// The Secrets as we last wrote them, to skip the watch events of our own writes.
+    pub own_writes: OwnWrites,
     failures: Mutex<HashMap<String, u32>>,
     reasons: Mutex<HashMap<String, &'static str>>,
     /// Whether each OnePasswordItem is Ready, for the `ready_items` gauge.
@@ -109,17 +113,14 @@ pub struct Context {
 
 impl Context {
     pub fn new(client: Client, catalog: Catalog, metrics: Metrics, config: Settings) -> Self {
-        let reporter = Reporter {
-            controller: FIELD_MANAGER.into(),
-            instance: std::env::var("POD_NAME").ok(),
-        };
         Context {
-            recorder: Recorder::new(client.clone(), reporter),
+            events: events::EventSink::new(client.clone(), FIELD_MANAGER),
             client,
             catalog,
             metrics,
             config,
             registry: poller::Registry::default(),
+            own_writes: OwnWrites::default(),
             failures: Mutex::new(HashMap::new()),
             reasons: Mutex::new(HashMap::new()),
             ready: Mutex::new(HashMap::new()),
@@ -209,14 +210,13 @@ impl Context {
         reason: &str,
         note: &str,
     ) {
-        let event = Event {
+        let event = events::Note {
             type_,
-            reason: reason.into(),
-            note: Some(truncate(note, 1000)),
-            action: "Sync".into(),
-            secondary: None,
+            action: "Sync",
+            reason,
+            note,
         };
-        if let Err(e) = self.recorder.publish(&event, object).await {
+        if let Err(e) = self.events.publish(object, &event).await {
             tracing::debug!(error = %e, "cannot publish event");
         }
     }
@@ -253,11 +253,162 @@ pub fn truncate(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_string();
     }
-    let mut end = max;
+    // The result, ellipsis included, fits in `max` bytes.
+    let mut end = max.saturating_sub('…'.len_utf8());
     while !s.is_char_boundary(end) {
         end -= 1;
     }
     format!("{}…", &s[..end])
+}
+
+/// A Secret as the watches see it: metadata only. Values are read by a GET when a reconcile
+/// needs them, never kept in a cache.
+pub type SecretMeta = PartialObjectMeta<Secret>;
+
+/// Watches the Secrets this operator manages (by label) in `scope`, metadata only (a metadata
+/// watch never transfers values), with `managedFields` dropped before they are cached.
+pub fn watch_managed_secrets(
+    client: &Client,
+    scope: Option<&str>,
+) -> impl Stream<Item = Result<watcher::Event<SecretMeta>, watcher::Error>> + Send + 'static {
+    let api: Api<SecretMeta> = scoped_api(client, scope);
+    let managed = watcher::Config::default().labels(&format!(
+        "{}={}",
+        crate::restart::MANAGED_LABEL,
+        crate::restart::MANAGED_VALUE
+    ));
+    watcher(api, managed)
+        .default_backoff()
+        .modify(|s: &mut SecretMeta| s.managed_fields_mut().clear())
+}
+
+/// The resourceVersion of each managed Secret as our last write left it. A watch event that
+/// carries that same version is the echo of our own write: the Secret is exactly as we wrote
+/// it, so there is nothing to reconcile (this saves a GET per write). Any later change by
+/// anyone, a deletion included, has another version and goes through.
+#[derive(Default)]
+pub struct OwnWrites(Mutex<HashMap<(String, String), String>>);
+
+impl OwnWrites {
+    pub fn record(&self, namespace: &str, name: &str, resource_version: Option<String>) {
+        let mut all = self.0.lock().expect("own writes lock");
+        let key = (namespace.to_string(), name.to_string());
+        match resource_version {
+            Some(rv) => all.insert(key, rv),
+            None => all.remove(&key),
+        };
+    }
+
+    /// Whether `secret` is, as far as we know, exactly what we last wrote.
+    pub fn is_echo(&self, secret: &SecretMeta) -> bool {
+        let (Some(namespace), Some(rv)) = (
+            secret.metadata.namespace.as_ref(),
+            secret.metadata.resource_version.as_ref(),
+        ) else {
+            return false;
+        };
+        secret.metadata.deletion_timestamp.is_none()
+            && self
+                .0
+                .lock()
+                .expect("own writes lock")
+                .get(&(namespace.clone(), secret.name_any()))
+                == Some(rv)
+    }
+
+    /// Forgets Secrets no longer managed.
+    pub fn forget(&self, namespace: &str, name: &str) {
+        self.record(namespace, name, None);
+    }
+}
+
+/// Drops the watch events that are echoes of our own Secret writes (see [`OwnWrites`]);
+/// deletions and (re)listings always go through.
+pub fn skip_own_echoes<S>(
+    events: S,
+    ctx: std::sync::Arc<Context>,
+) -> impl Stream<Item = Result<watcher::Event<SecretMeta>, watcher::Error>> + Send + 'static
+where
+    S: Stream<Item = Result<watcher::Event<SecretMeta>, watcher::Error>> + Send + 'static,
+{
+    use futures::TryStreamExt;
+    events.try_filter(move |event| {
+        let echo = matches!(event, watcher::Event::Apply(s) if ctx.own_writes.is_echo(s));
+        std::future::ready(!echo)
+    })
+}
+
+/// Drops the `Apply` events of objects whose [`fingerprint`] did not change: updates of status,
+/// managedFields or resourceVersion alone (our own status writes, a rollout's progress), which
+/// cannot change what a reconcile does. Listings (at start and after every watch gap) and
+/// deletions always go through, so a gap is followed by a full pass that finds whatever
+/// changed meanwhile (a Secret deleted while the watch was down, for one).
+pub fn skip_unchanged<K, S>(
+    events: S,
+) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static
+where
+    K: Resource + Send + 'static,
+    S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+{
+    use futures::TryStreamExt;
+    let mut seen: HashMap<(String, String), u64> = HashMap::new();
+    events.try_filter(move |event| {
+        let pass = match event {
+            watcher::Event::Apply(o) => seen.insert(key(o), fingerprint(o)) != Some(fingerprint(o)),
+            watcher::Event::InitApply(o) => {
+                seen.insert(key(o), fingerprint(o));
+                true
+            }
+            watcher::Event::Delete(o) => {
+                seen.remove(&key(o));
+                true
+            }
+            watcher::Event::Init | watcher::Event::InitDone => true,
+        };
+        std::future::ready(pass)
+    })
+}
+
+fn key<K: Resource>(o: &K) -> (String, String) {
+    (o.namespace().unwrap_or_default(), o.name_any())
+}
+
+/// What a reconcile reads of an object's metadata, plus its spec (through `generation`).
+fn fingerprint<K: Resource>(o: &K) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let meta = o.meta();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (
+        &meta.uid,
+        meta.generation,
+        &meta.labels,
+        &meta.annotations,
+        meta.deletion_timestamp.as_ref().map(|t| t.0.as_second()),
+    )
+        .hash(&mut h);
+    for owner in meta.owner_references.iter().flatten() {
+        (&owner.uid, owner.controller).hash(&mut h);
+    }
+    h.finish()
+}
+
+/// Logs an error a controller's run stream reports. A failed reconcile is logged by its
+/// error policy already; a failed watch is said here: an expired one (410 Gone: the watcher
+/// lists again and carries on), or one that fails (RBAC, API server away), retried with backoff.
+pub fn log_run_error<E: std::error::Error>(
+    controller: &str,
+    error: &kube::runtime::controller::Error<E, watcher::Error>,
+) {
+    use kube::runtime::controller::Error;
+    match error {
+        Error::QueueError(watcher::Error::WatchError(status)) if status.code == 410 => {
+            tracing::info!(controller, error = %error, "watch expired (410 Gone); listing again")
+        }
+        Error::QueueError(e) => {
+            tracing::warn!(controller, error = %e, "watch failed; retrying with backoff")
+        }
+        e => tracing::debug!(controller, error = %e, "reconcile did not complete"),
+    }
 }
 
 /// An API for one namespace, or for all of them.
@@ -286,5 +437,94 @@ mod tests {
         );
         assert!(Namespaces::parse(Some("a")).contains("a"));
         assert!(!Namespaces::parse(Some("a")).contains("b"));
+    }
+}
+
+#[cfg(test)]
+mod watch_filter_tests {
+    use super::*;
+    use futures::StreamExt;
+    use k8s_openapi::{api::core::v1::ConfigMap, apimachinery::pkg::apis::meta::v1::ObjectMeta};
+    use kube::api::PartialObjectMetaExt;
+
+    fn cm(name: &str, generation: i64, rv: &str, label: &str) -> ConfigMap {
+        ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("ns".into()),
+                generation: Some(generation),
+                resource_version: Some(rv.into()),
+                labels: Some([("l".to_string(), label.to_string())].into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    fn names(events: Vec<watcher::Event<ConfigMap>>) -> Vec<String> {
+        let stream = skip_unchanged(futures::stream::iter(events.into_iter().map(Ok)));
+        futures::executor::block_on(stream.collect::<Vec<_>>())
+            .into_iter()
+            .map(|e| match e.unwrap() {
+                watcher::Event::Apply(o) => {
+                    format!("apply {}", o.metadata.resource_version.unwrap())
+                }
+                watcher::Event::InitApply(o) => {
+                    format!("list {}", o.metadata.resource_version.unwrap())
+                }
+                watcher::Event::Delete(o) => {
+                    format!("delete {}", o.metadata.resource_version.unwrap())
+                }
+                watcher::Event::Init => "init".into(),
+                watcher::Event::InitDone => "done".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn updates_that_change_nothing_a_reconcile_reads_are_dropped_but_listings_never_are() {
+        use watcher::Event::*;
+        let got = names(vec![
+            Init,
+            InitApply(cm("a", 1, "1", "x")),
+            InitDone,
+            Apply(cm("a", 1, "2", "x")), // status or resourceVersion only: dropped
+            Apply(cm("a", 2, "3", "x")), // spec (generation)
+            Apply(cm("a", 2, "4", "y")), // labels
+            Init,
+            InitApply(cm("a", 2, "5", "y")), // a listing after a gap: always
+            InitDone,
+            Delete(cm("a", 2, "6", "y")),
+            Apply(cm("a", 2, "7", "y")), // made again: unknown, so it goes through
+        ]);
+        assert_eq!(
+            got,
+            [
+                "init", "list 1", "done", "apply 3", "apply 4", "init", "list 5", "done",
+                "delete 6", "apply 7"
+            ]
+        );
+    }
+
+    fn meta(name: &str, rv: &str) -> SecretMeta {
+        ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("ns".into()),
+            resource_version: Some(rv.into()),
+            ..Default::default()
+        }
+        .into_response_partial()
+    }
+
+    #[test]
+    fn only_the_version_our_last_write_left_is_an_echo() {
+        let writes = OwnWrites::default();
+        assert!(!writes.is_echo(&meta("db", "5")));
+        writes.record("ns", "db", Some("5".into()));
+        assert!(writes.is_echo(&meta("db", "5")));
+        assert!(!writes.is_echo(&meta("db", "6")), "someone else's change");
+        assert!(!writes.is_echo(&meta("other", "5")));
+        writes.forget("ns", "db");
+        assert!(!writes.is_echo(&meta("db", "5")));
     }
 }

@@ -25,7 +25,7 @@ use k8s_openapi::{
     NamespaceResourceScope,
     api::{
         apps::v1::{DaemonSet, Deployment, StatefulSet},
-        core::v1::{Namespace, PodTemplateSpec, Secret},
+        core::v1::{Namespace, PodTemplateSpec},
     },
 };
 use kube::{
@@ -34,7 +34,7 @@ use kube::{
     runtime::{
         Controller, Predicate, WatchStreamExt,
         controller::{self, Action},
-        events::{Event, EventType, Recorder, Reporter},
+        events::EventType,
         predicates,
         reflector::{self, ObjectRef, Store, store::Writer},
         watcher,
@@ -42,17 +42,20 @@ use kube::{
 };
 use serde::{Serialize, de::DeserializeOwned};
 
+use super::{
+    SecretMeta,
+    events::{EventSink, MAX_NOTE, Note},
+    scoped_api,
+};
 use crate::restart::{
-    self, AUTO_RESTART_ANNOTATION, DIGEST_ANNOTATION, DigestMap, FIELD_MANAGER, MANAGED_LABEL,
-    MANAGED_VALUE, Plan, RESTARTED_FOR_ANNOTATION, SECRET_DIGESTS_ANNOTATION,
+    self, AUTO_RESTART_ANNOTATION, DIGEST_ANNOTATION, DigestMap, FIELD_MANAGER, Plan,
+    RESTARTED_FOR_ANNOTATION, SECRET_DIGESTS_ANNOTATION,
 };
 
 /// Long enough for the Secrets of one sync pass to land together, short enough not to be noticed.
 const DEBOUNCE: Duration = Duration::from_secs(2);
 const NAMESPACE_CACHE_TTL: Duration = Duration::from_secs(30);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
-/// Events notes are limited to 1 kB.
-const MAX_NOTE: usize = 1000;
 
 #[derive(Clone)]
 pub struct RestartConfig {
@@ -151,7 +154,7 @@ type Notify = Box<dyn Fn(&str, &str) + Send + Sync>;
 /// What every scope shares.
 struct Common {
     client: Client,
-    recorder: Recorder,
+    events: EventSink,
     auto_restart_default: bool,
     on_restart: Option<Arc<dyn Fn(&'static str) + Send + Sync>>,
     /// Namespace -> (read at, its `auto-restart` annotation).
@@ -162,8 +165,8 @@ struct Common {
 
 struct Ctx {
     common: Arc<Common>,
-    /// Managed Secrets of this scope, without their data.
-    secrets: Store<Secret>,
+    /// Managed Secrets of this scope: metadata only (values are never fetched).
+    secrets: Store<SecretMeta>,
 }
 
 /// Runs until `shutdown` resolves, then lets running reconciles finish.
@@ -187,12 +190,8 @@ pub async fn run(
         shutdown.await;
         return;
     }
-    let reporter = Reporter {
-        controller: FIELD_MANAGER.into(),
-        instance: std::env::var("POD_NAME").ok(),
-    };
     let common = Arc::new(Common {
-        recorder: Recorder::new(client.clone(), reporter),
+        events: EventSink::new(client.clone(), FIELD_MANAGER),
         client,
         auto_restart_default: config.auto_restart_default,
         on_restart: config.on_restart.clone(),
@@ -205,16 +204,6 @@ pub async fn run(
             .map(|scope| run_scope(common.clone(), scope, shutdown.clone())),
     )
     .await;
-}
-
-fn scoped_api<K: Resource<DynamicType = (), Scope = NamespaceResourceScope>>(
-    client: &Client,
-    scope: Option<&str>,
-) -> Api<K> {
-    match scope {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
 }
 
 async fn run_scope(common: Arc<Common>, scope: Option<String>, shutdown: ShutdownSignal) {
@@ -230,8 +219,15 @@ async fn run_scope(common: Arc<Common>, scope: Option<String>, shutdown: Shutdow
         workload_controller::<StatefulSet>(&ctx, scope, shutdown.clone());
     let (daemonsets, notify_daemonsets) =
         workload_controller::<DaemonSet>(&ctx, scope, shutdown.clone());
+    // Only the digest and the auto-restart setting are read from the cached Secrets.
+    let events = super::watch_managed_secrets(&common.client, scope).modify(|s| {
+        s.metadata.labels = None;
+        if let Some(a) = s.metadata.annotations.as_mut() {
+            a.retain(|k, _| k == DIGEST_ANNOTATION || k == AUTO_RESTART_ANNOTATION);
+        }
+    });
     let secrets = watch_secrets(
-        scoped_api(&common.client, scope),
+        events,
         writer,
         vec![notify_deployments, notify_statefulsets, notify_daemonsets],
         shutdown,
@@ -265,7 +261,7 @@ fn workload_controller<K: Workload>(
         .run(reconcile::<K>, error_policy::<K>, ctx.clone())
         .for_each(|result| async move {
             if let Err(e) = result {
-                tracing::debug!(kind = K::KIND, error = %e, "restart reconcile did not complete");
+                super::log_run_error(K::KIND, &e);
             }
         });
     (controller.boxed(), notify)
@@ -292,22 +288,12 @@ fn uses<K: Workload>(workload: &K, secret: &str) -> bool {
 /// that appeared or went away. The first listing wakes nobody: every workload is reconciled
 /// once at start anyway. A later re-listing (after a watch gap) wakes only what differs.
 async fn watch_secrets(
-    api: Api<Secret>,
-    writer: Writer<Secret>,
+    events: impl futures::Stream<Item = Result<watcher::Event<SecretMeta>, watcher::Error>>,
+    writer: Writer<SecretMeta>,
     notify: Vec<Notify>,
     shutdown: ShutdownSignal,
 ) {
-    let managed = watcher::Config::default().labels(&format!("{MANAGED_LABEL}={MANAGED_VALUE}"));
-    let stream = watcher(api, managed)
-        .default_backoff()
-        .modify(|s: &mut Secret| {
-            // Only annotations are needed: values are never kept in memory.
-            s.data = None;
-            s.string_data = None;
-            s.managed_fields_mut().clear();
-        })
-        .reflect(writer)
-        .take_until(shutdown);
+    let stream = events.reflect(writer).take_until(shutdown);
     let mut digests = DigestTracker::default();
     let wake = |(namespace, name): (String, String)| {
         tracing::debug!(%namespace, secret = %name, "managed Secret changed");
@@ -319,6 +305,9 @@ async fn watch_secrets(
     while let Some(event) = stream.next().await {
         match event {
             Ok(event) => digests.observe(&event).into_iter().for_each(wake),
+            Err(watcher::Error::WatchError(status)) if status.code == 410 => {
+                tracing::info!(controller = "restart", error = %status, "watch expired (410 Gone); listing again")
+            }
             Err(e) => tracing::warn!(error = %e, "watching managed Secrets failed; retrying"),
         }
     }
@@ -338,7 +327,7 @@ struct DigestTracker {
 
 impl DigestTracker {
     /// The Secrets whose workloads should be woken after `event`.
-    fn observe(&mut self, event: &watcher::Event<Secret>) -> Vec<(String, String)> {
+    fn observe(&mut self, event: &watcher::Event<SecretMeta>) -> Vec<(String, String)> {
         match event {
             watcher::Event::Init => {
                 // `pending` is kept: a listing cut short already moved `seen` past those changes.
@@ -392,7 +381,7 @@ impl DigestTracker {
     }
 
     /// Records the Secret's digest; true when it is new or differs.
-    fn update(&mut self, key: (String, String), s: &Secret) -> bool {
+    fn update(&mut self, key: (String, String), s: &SecretMeta) -> bool {
         let digest = s
             .annotations()
             .get(DIGEST_ANNOTATION)
@@ -402,7 +391,7 @@ impl DigestTracker {
     }
 }
 
-fn key(s: &Secret) -> (String, String) {
+fn key(s: &SecretMeta) -> (String, String) {
     (s.namespace().unwrap_or_default(), s.name_any())
 }
 
@@ -528,7 +517,7 @@ async fn decide<K: Workload>(
         return Ok(Plan::Nothing);
     };
     let used = restart::secrets_used(template, obj.annotations());
-    let secrets: BTreeMap<String, Arc<Secret>> = used
+    let secrets: BTreeMap<String, Arc<SecretMeta>> = used
         .into_iter()
         .filter_map(|name| {
             let secret = ctx.secrets.get(&ObjectRef::new(&name).within(namespace))?;
@@ -650,17 +639,17 @@ async fn namespace_setting(ctx: &Ctx, namespace: &str) -> Result<Option<String>,
 }
 
 async fn publish_restarted<K: Workload>(ctx: &Ctx, workload: &K, secrets: &[String]) {
-    let event = Event {
+    let note = restart_note(secrets);
+    let event = Note {
         type_: EventType::Normal,
-        reason: "Restarted".into(),
-        note: Some(restart_note(secrets)),
-        action: "Restart".into(),
-        secondary: None,
+        action: "Restart",
+        reason: "Restarted",
+        note: &note,
     };
     if let Err(e) = ctx
         .common
-        .recorder
-        .publish(&event, &workload.object_ref(&()))
+        .events
+        .publish(&workload.object_ref(&()), &event)
         .await
     {
         tracing::warn!(error = %e, "publishing the Restarted event failed");
@@ -688,18 +677,17 @@ fn restart_note(secrets: &[String]) -> String {
 mod tests {
     use super::*;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use kube::api::PartialObjectMetaExt;
 
-    fn secret(namespace: &str, name: &str, digest: Option<&str>) -> Secret {
-        Secret {
-            metadata: ObjectMeta {
-                namespace: Some(namespace.into()),
-                name: Some(name.into()),
-                annotations: digest
-                    .map(|d| BTreeMap::from([(DIGEST_ANNOTATION.to_string(), d.to_string())])),
-                ..Default::default()
-            },
+    fn secret(namespace: &str, name: &str, digest: Option<&str>) -> SecretMeta {
+        ObjectMeta {
+            namespace: Some(namespace.into()),
+            name: Some(name.into()),
+            annotations: digest
+                .map(|d| BTreeMap::from([(DIGEST_ANNOTATION.to_string(), d.to_string())])),
             ..Default::default()
         }
+        .into_response_partial()
     }
 
     fn k(namespace: &str, name: &str) -> (String, String) {
@@ -870,6 +858,7 @@ spec:
 
     mod api_server {
         use super::*;
+        use crate::restart::{MANAGED_LABEL, MANAGED_VALUE};
         use http::{Request, Response};
         use kube::client::Body;
         use serde_json::{Value, json};
@@ -937,7 +926,7 @@ spec:
             restarts: Arc<AtomicUsize>,
         }
 
-        fn harness(secrets: Vec<Secret>, auto_restart_default: bool) -> Harness {
+        fn harness(secrets: Vec<SecretMeta>, auto_restart_default: bool) -> Harness {
             let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
             let client = Client::new(service, "default");
             let (store, mut writer) = reflector::store();
@@ -949,13 +938,7 @@ spec:
             let restarts = Arc::new(AtomicUsize::new(0));
             let counter = restarts.clone();
             let common = Common {
-                recorder: Recorder::new(
-                    client.clone(),
-                    Reporter {
-                        controller: FIELD_MANAGER.into(),
-                        instance: None,
-                    },
-                ),
+                events: EventSink::new(client.clone(), FIELD_MANAGER),
                 client,
                 auto_restart_default,
                 on_restart: Some(Arc::new(move |kind| {
@@ -975,7 +958,7 @@ spec:
             }
         }
 
-        fn managed(name: &str, digest: &str, auto_restart: Option<&str>) -> Secret {
+        fn managed(name: &str, digest: &str, auto_restart: Option<&str>) -> SecretMeta {
             let mut s = secret("apps", name, Some(digest));
             s.metadata.labels = Some(BTreeMap::from([(
                 MANAGED_LABEL.to_string(),

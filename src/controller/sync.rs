@@ -82,6 +82,8 @@ pub enum SyncError {
         live: String,
         wanted: String,
     },
+    #[error("{0}")]
+    VaultNotAllowed(crate::policy::Denied),
     #[error("Kubernetes API error: {0}")]
     Kube(#[from] kube::Error),
 }
@@ -96,6 +98,10 @@ impl SyncError {
             SyncError::Build(e) => e.reason(),
             SyncError::Conflict { .. } => "SecretConflict",
             SyncError::TypeChanged { .. } => "SecretTypeImmutable",
+            SyncError::VaultNotAllowed(_) => "VaultNotAllowed",
+            SyncError::Kube(kube::Error::Api(status)) if status.code == 403 => {
+                "KubernetesForbidden"
+            }
             SyncError::Kube(_) => "KubernetesError",
         }
     }
@@ -244,6 +250,14 @@ fn is_data_annotation(key: &str) -> bool {
 
 /// Brings the Secret of `target` in line with its item.
 pub async fn sync(ctx: &Context, target: &SyncTarget) -> Result<Synced, SyncError> {
+    // The policy is checked on the vault alone, before the vault's items are listed: a denied
+    // namespace learns nothing about what the vault holds.
+    if let Some(policy) = &ctx.config.vault_policy {
+        let (vault_id, vault_name) = ctx.catalog.vault(&target.path.vault).await?;
+        policy
+            .check(&target.namespace, &vault_id, vault_name.as_deref())
+            .map_err(SyncError::VaultNotAllowed)?;
+    }
     let resolution = ctx.catalog.resolve(&target.path).await?;
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &target.namespace);
     let live = api.get_opt(&target.name).await?;
@@ -302,7 +316,9 @@ pub async fn sync(ctx: &Context, target: &SyncTarget) -> Result<Synced, SyncErro
     let applied = api
         .patch(&target.name, &params, &Patch::Apply(&secret))
         .await?;
-    drop_foreign_keys(&api, &applied, &secret).await?;
+    let written = drop_foreign_keys(&api, &applied, &secret).await?;
+    ctx.own_writes
+        .record(&target.namespace, &target.name, written);
 
     let change = match (&live, data_changed) {
         (None, _) => Change::Created,
@@ -375,11 +391,12 @@ fn build(
 
 /// Keys in the live Secret that we did not write (someone added them by hand, or another
 /// writer owns them): server-side apply leaves them, so they are removed here.
+/// Returns the resourceVersion of the Secret as finally written.
 async fn drop_foreign_keys(
     api: &Api<Secret>,
     applied: &Secret,
     desired: &Secret,
-) -> Result<(), kube::Error> {
+) -> Result<Option<String>, kube::Error> {
     let wanted: BTreeSet<&String> = desired.data.iter().flatten().map(|(k, _)| k).collect();
     let extra: Vec<&String> = applied
         .data
@@ -389,7 +406,7 @@ async fn drop_foreign_keys(
         .filter(|k| !wanted.contains(k))
         .collect();
     if extra.is_empty() {
-        return Ok(());
+        return Ok(applied.resource_version());
     }
     let mut ops = vec![json!({
         "op": "test",
@@ -401,13 +418,14 @@ async fn drop_foreign_keys(
     }
     let patch: json_patch::Patch =
         serde_json::from_value(serde_json::Value::Array(ops)).expect("valid JSON patch");
-    api.patch(
-        &applied.name_any(),
-        &PatchParams::default(),
-        &Patch::<()>::Json(patch),
-    )
-    .await?;
-    Ok(())
+    let patched = api
+        .patch(
+            &applied.name_any(),
+            &PatchParams::default(),
+            &Patch::<()>::Json(patch),
+        )
+        .await?;
+    Ok(patched.resource_version())
 }
 
 fn pointer_escape(key: &str) -> String {

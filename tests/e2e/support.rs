@@ -462,6 +462,77 @@ impl TestEnv {
         }
     }
 
+    /// Freezes an operator (SIGSTOP): its connections stay open but it reads nothing, as a
+    /// process stuck or starved would. [`TestEnv::resume_operator`] lets it go on.
+    pub fn pause_operator(&mut self, id: OperatorId) {
+        self.signal_operator(id, "-STOP");
+    }
+
+    pub fn resume_operator(&mut self, id: OperatorId) {
+        self.signal_operator(id, "-CONT");
+    }
+
+    fn signal_operator(&mut self, id: OperatorId, signal: &str) {
+        let child = self.operators[id.0]
+            .child
+            .as_ref()
+            .expect("the operator is running");
+        let status = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {signal} failed");
+    }
+
+    /// Waits for an operator to exit by itself (a configuration it refuses) and returns how.
+    pub async fn wait_exit(&mut self, id: OperatorId) -> ExitStatus {
+        let started = Instant::now();
+        loop {
+            let child = self.operators[id.0]
+                .child
+                .as_mut()
+                .expect("the operator was started");
+            if let Some(status) = child.try_wait().expect("wait for the operator") {
+                self.operators[id.0].child = None;
+                return status;
+            }
+            assert!(
+                started.elapsed() < TIMEOUT,
+                "the operator is still running after {TIMEOUT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The operator's log so far.
+    pub fn operator_log(&self, id: OperatorId) -> String {
+        fs::read_to_string(&self.operators[id.0].log).unwrap_or_default()
+    }
+
+    /// A file in this test's log directory (kept after the run, with the operator logs).
+    pub fn test_file(&self, name: &str, contents: &str) -> PathBuf {
+        let path = self.log_dir.join(name);
+        fs::write(&path, contents).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        path
+    }
+
+    /// A kubeconfig with the admin's credentials that acts as `user` (impersonation), so the
+    /// operator gets exactly the RBAC bound to that user.
+    pub fn kubeconfig_as(&self, user: &str) -> PathBuf {
+        let admin = fs::read_to_string(&cluster().kubeconfig).expect("read the kubeconfig");
+        let mut config: serde_yaml::Value = serde_yaml::from_str(&admin).expect("kubeconfig YAML");
+        for entry in config["users"].as_sequence_mut().expect("kubeconfig users") {
+            entry["user"]
+                .as_mapping_mut()
+                .expect("a user entry")
+                .insert("as".into(), user.into());
+        }
+        self.test_file(
+            &format!("kubeconfig-as-{user}"),
+            &serde_yaml::to_string(&config).expect("kubeconfig YAML"),
+        )
+    }
+
     /// Stops an operator and starts it again with the same configuration (and a new log file).
     pub fn restart_operator(&mut self, id: OperatorId) -> OperatorId {
         self.stop_operator(id);
