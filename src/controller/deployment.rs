@@ -169,6 +169,12 @@ pub async fn run(
         })
         .reflect(writer);
     // Rollout progress (status) changes nothing here; spec and annotations do.
+    let deployments = super::forget_deleted(
+        deployments,
+        ctx.clone(),
+        TargetKind::Deployment,
+        scope.clone(),
+    );
     let deployments = super::skip_unchanged(deployments).touched_objects();
     let controller = Controller::for_stream(deployments, deployment_store);
     let dctx = Arc::new(DeploymentContext {

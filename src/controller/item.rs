@@ -68,6 +68,7 @@ pub async fn run(
             }
         })
         .reflect(writer);
+    let items = super::forget_deleted(items, ctx.clone(), TargetKind::Item, scope.clone());
     let items = super::skip_unchanged(items).touched_objects();
     let secrets = super::skip_own_echoes(
         super::watch_managed_secrets(&ctx.client, scope.as_deref()),

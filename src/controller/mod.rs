@@ -29,7 +29,7 @@ use crate::{
     connect::ItemPath,
     telemetry::{Metrics, ReconcileTimer},
 };
-use poller::{TargetKey, Tracked};
+use poller::{TargetKey, TargetKind, Tracked};
 use sync::{Change, SyncError, Synced};
 
 /// The one field manager every write of ours uses.
@@ -137,6 +137,27 @@ impl Context {
         // Up to 20% jitter spreads the retries of many items that failed together.
         let jitter = rand::random::<u64>() % (secs / 5 + 1);
         Duration::from_secs(secs + jitter)
+    }
+
+    /// Forgets everything kept about an object that is gone: kube-runtime never reconciles a
+    /// deleted object, so the watch tells us instead (see [`forget_deleted`]).
+    pub fn forget_object(&self, kind: TargetKind, namespace: &str, name: &str) {
+        let key = match kind {
+            TargetKind::Item => format!("item/{namespace}/{name}"),
+            TargetKind::Deployment => format!("deployment/{namespace}/{name}"),
+        };
+        self.registry.forget(&TargetKey {
+            kind,
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        });
+        self.failures.lock().expect("failures lock").remove(&key);
+        self.reasons.lock().expect("reasons lock").remove(&key);
+        if kind == TargetKind::Item {
+            // The item's Secret has its name, and goes with it.
+            self.own_writes.forget(namespace, name);
+            self.note_ready(&key, None);
+        }
     }
 
     pub fn reset_backoff(&self, key: &str) {
@@ -392,6 +413,49 @@ fn fingerprint<K: Resource>(o: &K) -> u64 {
     h.finish()
 }
 
+/// Forgets the objects of `kind` that the watch of `scope` reports deleted, and, at the end of
+/// each listing (at start and after a watch gap, when deletions may have been missed), those
+/// it no longer lists. Keeps the poller's registry, the backoff and the gauges to objects that
+/// exist.
+pub fn forget_deleted<K, S>(
+    events: S,
+    ctx: std::sync::Arc<Context>,
+    kind: TargetKind,
+    scope: Option<String>,
+) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static
+where
+    K: Resource + Send + 'static,
+    S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+{
+    use futures::TryStreamExt;
+    let mut listed: std::collections::HashSet<(String, String)> = Default::default();
+    events.inspect_ok(move |event| match event {
+        watcher::Event::Init => listed.clear(),
+        watcher::Event::InitApply(o) => {
+            listed.insert(key(o));
+        }
+        watcher::Event::InitDone => {
+            let gone: Vec<TargetKey> = ctx
+                .registry
+                .keys()
+                .into_iter()
+                .filter(|k| k.kind == kind)
+                .filter(|k| scope.as_ref().is_none_or(|ns| *ns == k.namespace))
+                .filter(|k| !listed.contains(&(k.namespace.clone(), k.name.clone())))
+                .collect();
+            for k in gone {
+                ctx.forget_object(kind, &k.namespace, &k.name);
+            }
+            listed.clear();
+        }
+        watcher::Event::Delete(o) => {
+            let (namespace, name) = key(o);
+            ctx.forget_object(kind, &namespace, &name);
+        }
+        watcher::Event::Apply(_) => {}
+    })
+}
+
 /// Logs an error a controller's run stream reports. A failed reconcile is logged by its
 /// error policy already; a failed watch is said here: an expired one (410 Gone: the watcher
 /// lists again and carries on), or one that fails (RBAC, API server away), retried with backoff.
@@ -526,5 +590,113 @@ mod watch_filter_tests {
         assert!(!writes.is_echo(&meta("other", "5")));
         writes.forget("ns", "db");
         assert!(!writes.is_echo(&meta("db", "5")));
+    }
+}
+
+#[cfg(test)]
+mod forget_tests {
+    use super::*;
+    use crate::connect::{ConnectClient, ConnectConfig};
+    use futures::StreamExt;
+    use k8s_openapi::{api::core::v1::ConfigMap, apimachinery::pkg::apis::meta::v1::ObjectMeta};
+    use std::sync::Arc;
+
+    fn context() -> Arc<Context> {
+        let (service, _handle) = tower_test::mock::pair::<
+            http::Request<kube::client::Body>,
+            http::Response<kube::client::Body>,
+        >();
+        let connect = ConnectClient::new(
+            ConnectConfig::from_env(|k| match k {
+                "OP_CONNECT_HOST" => Some("http://127.0.0.1:9".into()),
+                "OP_CONNECT_TOKEN" => Some("token".into()),
+                _ => None,
+            })
+            .unwrap(),
+        )
+        .unwrap();
+        Arc::new(Context::new(
+            Client::new(service, "default"),
+            Catalog::new(connect),
+            Metrics::new(),
+            Settings {
+                namespaces: Namespaces::All,
+                poll_interval: Duration::from_secs(10),
+                resync_interval: Duration::from_secs(3600),
+                allow_empty_values: false,
+                enable_annotations: false,
+                auto_restart: false,
+                concurrency: 1,
+                vault_policy: None,
+            },
+        ))
+    }
+
+    fn obj(ns: &str, name: &str) -> ConfigMap {
+        ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some(ns.into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    fn track(ctx: &Context, ns: &str, name: &str) {
+        ctx.registry.track(
+            TargetKey {
+                kind: TargetKind::Item,
+                namespace: ns.into(),
+                name: name.into(),
+            },
+            Tracked {
+                path: ItemPath::parse("vaults/v/items/i").unwrap(),
+                resolved: None,
+                version: None,
+            },
+        );
+    }
+
+    fn names(ctx: &Context) -> Vec<String> {
+        let mut keys: Vec<String> = ctx
+            .registry
+            .keys()
+            .into_iter()
+            .map(|k| format!("{}/{}", k.namespace, k.name))
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    #[tokio::test]
+    async fn deleted_objects_and_objects_a_listing_no_longer_has_are_forgotten_in_their_scope() {
+        use watcher::Event::*;
+        let ctx = context();
+        for (ns, name) in [
+            ("a", "kept"),
+            ("a", "gone"),
+            ("a", "deleted"),
+            ("b", "other"),
+        ] {
+            track(&ctx, ns, name);
+        }
+        let events = vec![
+            Init,
+            InitApply(obj("a", "kept")),
+            InitApply(obj("a", "deleted")),
+            InitDone,
+            Delete(obj("a", "deleted")),
+        ];
+        let stream = forget_deleted(
+            futures::stream::iter(events.into_iter().map(Ok)),
+            ctx.clone(),
+            TargetKind::Item,
+            Some("a".into()),
+        );
+        let passed = stream.collect::<Vec<_>>().await;
+        assert_eq!(passed.len(), 5, "every event goes on to the controller");
+        // Namespace b is another scope's business.
+        assert_eq!(names(&ctx), ["a/kept", "b/other"]);
     }
 }

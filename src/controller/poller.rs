@@ -71,6 +71,15 @@ impl Registry {
         self.len() == 0
     }
 
+    pub fn keys(&self) -> Vec<TargetKey> {
+        self.targets
+            .lock()
+            .expect("registry lock")
+            .keys()
+            .cloned()
+            .collect()
+    }
+
     fn snapshot(&self) -> Vec<(TargetKey, Tracked)> {
         let targets = self.targets.lock().expect("registry lock");
         let mut all: Vec<_> = targets
