@@ -666,6 +666,47 @@ fn chart_lints_and_renders_for_each_kind_of_install() {
         render(args).unwrap_or_else(|e| panic!("helm template, {what}: {e}"));
     }
 
+    // A vault policy: a ConfigMap the operator can parse, mounted where VAULT_POLICY_FILE
+    // says, and a checksum that rolls the pod when it changes.
+    let policy_args = [
+        "--set",
+        "operator.vaultPolicy.enabled=true",
+        "--set",
+        "operator.vaultPolicy.rules[0].namespaces={payments,payments-*}",
+        "--set",
+        "operator.vaultPolicy.rules[0].vaults={Payments}",
+    ];
+    let docs = render(&policy_args).unwrap();
+    let config_map = find(
+        &docs,
+        "ConfigMap",
+        "rel-onepassword-secrets-operator-vault-policy",
+    );
+    let text = config_map["data"]["vault-policy.yaml"].as_str().unwrap();
+    let policy = onepassword_secrets_operator::policy::VaultPolicy::parse(text)
+        .unwrap_or_else(|e| panic!("the chart's policy does not parse: {e}\n{text}"));
+    assert!(policy.check("payments-eu", "v1", Some("Payments")).is_ok());
+    assert!(policy.check("web", "v1", Some("Payments")).is_err());
+    let deployment = find(&docs, "Deployment", "rel-onepassword-secrets-operator");
+    let file = env_of(deployment)["VAULT_POLICY_FILE"]["value"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mount = deployment["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "vault-policy")
+        .expect("the policy is mounted");
+    assert_eq!(
+        file,
+        format!("{}/vault-policy.yaml", mount["mountPath"].as_str().unwrap())
+    );
+    assert!(
+        deployment["spec"]["template"]["metadata"]["annotations"]["checksum/vault-policy"]
+            .is_string()
+    );
+
     // Defaults: cluster-wide RBAC (plus the leader election Role), the official defaults, a
     // hardened pod.
     let docs = render(&[]).unwrap();
