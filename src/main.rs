@@ -27,6 +27,9 @@ async fn main() -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }
+    // A panic message may hold values (`expect` prints the error): only its location and
+    // literal messages are printed.
+    telemetry::install_panic_hook();
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {

@@ -7,9 +7,11 @@
 //! checked against known sets, so a scrape never grows with the number of user objects or errors.
 
 use std::{
+    any::Any,
     fmt,
-    io::IsTerminal,
-    sync::Arc,
+    io::{IsTerminal, Write},
+    panic::Location,
+    sync::{Arc, OnceLock},
     time::{Duration, Instant},
 };
 
@@ -64,7 +66,83 @@ pub fn init_logging(format: LogFormat, level: &str) -> Result<(), TelemetryError
     let ansi = std::io::stderr().is_terminal();
     subscriber(format, filter, std::io::stderr, ansi)
         .try_init()
-        .map_err(|e| TelemetryError::AlreadyInitialized(e.to_string()))
+        .map_err(|e| TelemetryError::AlreadyInitialized(e.to_string()))?;
+    // For the panic hook, which writes its line in the same format.
+    let _ = LOG_FORMAT.set(format);
+    Ok(())
+}
+
+/// The format [`init_logging`] was given; text until then.
+static LOG_FORMAT: OnceLock<LogFormat> = OnceLock::new();
+
+/// What a panic report says in place of a formatted panic message.
+pub const PANIC_MESSAGE_WITHHELD: &str =
+    "<formatted panic message withheld: it may hold secret values>";
+
+/// Replaces the default panic hook (which prints the whole panic message) with one that writes
+/// one line to stderr, in the log format when logging is initialised: where the panic happened,
+/// and the message only when it is a string literal. A formatted message (`panic!("{x}")`,
+/// `expect` on a `Result` with its error's `Debug`, an index out of bounds, ...) can carry any
+/// runtime value, a secret value or the Connect token included, so it is withheld. Backtraces
+/// are not printed. Install it right after [`init_logging`].
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let format = LOG_FORMAT.get().copied().unwrap_or_default();
+        let line = match format {
+            LogFormat::Text => panic_report(info.payload(), info.location()),
+            LogFormat::Json => panic_report_json(
+                info.payload(),
+                info.location(),
+                &jiff::Timestamp::now().to_string(),
+            ),
+        };
+        // Nothing more can be done if stderr is gone.
+        let _ = writeln!(std::io::stderr().lock(), "{line}");
+    }));
+}
+
+/// The panic message when it is a string literal (`panic!("literal")`, `unreachable!()`,
+/// `unwrap` on `None`, ...), which cannot hold a runtime value; otherwise
+/// [`PANIC_MESSAGE_WITHHELD`].
+pub fn panic_message(payload: &(dyn Any + Send)) -> &'static str {
+    payload
+        .downcast_ref::<&'static str>()
+        .copied()
+        .unwrap_or(PANIC_MESSAGE_WITHHELD)
+}
+
+/// The panic hook's line in the text format: `panicked at <file:line:column>: <message>`, with
+/// the message as [`panic_message`] gives it, on one line.
+pub fn panic_report(payload: &(dyn Any + Send), location: Option<&Location<'_>>) -> String {
+    let location = location.map_or_else(|| "<unknown location>".to_owned(), ToString::to_string);
+    let mut line = format!("panicked at {location}: ");
+    for c in panic_message(payload).chars() {
+        if c.is_control() {
+            line.extend(c.escape_default());
+        } else {
+            line.push(c);
+        }
+    }
+    line
+}
+
+/// The panic hook's line in the JSON format, shaped like the JSON log lines.
+pub fn panic_report_json(
+    payload: &(dyn Any + Send),
+    location: Option<&Location<'_>>,
+    timestamp: &str,
+) -> String {
+    serde_json::json!({
+        "timestamp": timestamp,
+        "level": "ERROR",
+        "fields": {
+            "message": "panicked",
+            "location": location.map(ToString::to_string),
+            "panic": panic_message(payload),
+        },
+        "target": "panic",
+    })
+    .to_string()
 }
 
 /// The filter for `level`, or for `rust_log` when that is set.
@@ -460,6 +538,81 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
+
+    const FAKE_SECRET: &str = "op-token-FAKE-s3cr3t-9f8e7d";
+
+    #[test]
+    fn a_formatted_panic_message_is_withheld_and_the_location_kept() {
+        let payload: Box<dyn Any + Send> = Box::new(format!("password is {FAKE_SECRET}"));
+        let location = Location::caller();
+        let report = panic_report(payload.as_ref(), Some(location));
+        assert!(!report.contains(FAKE_SECRET), "{report}");
+        assert!(report.contains(PANIC_MESSAGE_WITHHELD), "{report}");
+        let at = format!("{}:{}:{}", file!(), location.line(), location.column());
+        assert!(report.contains(&at), "{report} lacks {at}");
+        assert!(!report.contains('\n'), "{report}");
+    }
+
+    #[test]
+    fn a_literal_panic_message_is_kept() {
+        let payload: Box<dyn Any + Send> = Box::new("the reflector's store is not ready");
+        let location = Location::caller();
+        let report = panic_report(payload.as_ref(), Some(location));
+        assert!(
+            report.contains("the reflector's store is not ready"),
+            "{report}"
+        );
+        assert!(report.contains(file!()), "{report}");
+        assert!(!report.contains(PANIC_MESSAGE_WITHHELD), "{report}");
+    }
+
+    #[test]
+    fn a_payload_of_another_type_is_withheld_and_a_literal_stays_on_one_line() {
+        let payload: Box<dyn Any + Send> = Box::new(42_u64);
+        assert_eq!(panic_message(payload.as_ref()), PANIC_MESSAGE_WITHHELD);
+        let payload: Box<dyn Any + Send> = Box::new("two\nlines");
+        let report = panic_report(payload.as_ref(), None);
+        assert_eq!(report, "panicked at <unknown location>: two\\nlines");
+    }
+
+    #[test]
+    fn the_json_report_is_one_json_line_without_the_formatted_message() {
+        let payload: Box<dyn Any + Send> = Box::new(format!("token {FAKE_SECRET}"));
+        let location = Location::caller();
+        let line = panic_report_json(payload.as_ref(), Some(location), "2025-01-01T00:00:00Z");
+        assert!(
+            !line.contains(FAKE_SECRET) && !line.contains('\n'),
+            "{line}"
+        );
+        let json: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(json["level"], "ERROR");
+        assert_eq!(json["fields"]["panic"], PANIC_MESSAGE_WITHHELD);
+        assert_eq!(json["fields"]["location"], location.to_string());
+        assert_eq!(json["timestamp"], "2025-01-01T00:00:00Z");
+
+        let payload: Box<dyn Any + Send> = Box::new("literal");
+        let line = panic_report_json(payload.as_ref(), None, "t");
+        let json: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(json["fields"]["panic"], "literal");
+        assert!(json["fields"]["location"].is_null());
+    }
+
+    #[test]
+    fn real_panic_payloads_are_told_apart_as_the_hook_sees_them() {
+        // What std hands the hook: a literal panic gives a `&'static str`, a formatted one (even
+        // `expect` on a `Result`) a `String`.
+        let secret = FAKE_SECRET.to_owned();
+        let literal = std::panic::catch_unwind(|| panic!("a literal")).unwrap_err();
+        assert_eq!(panic_message(literal.as_ref()), "a literal");
+        let formatted = std::panic::catch_unwind(|| panic!("{secret}")).unwrap_err();
+        assert_eq!(panic_message(formatted.as_ref()), PANIC_MESSAGE_WITHHELD);
+        let expected = std::panic::catch_unwind(|| {
+            let token: Result<(), String> = std::hint::black_box(Err(secret.clone()));
+            token.expect("the token is read");
+        })
+        .unwrap_err();
+        assert_eq!(panic_message(expected.as_ref()), PANIC_MESSAGE_WITHHELD);
+    }
 
     fn lines_with<'a>(text: &'a str, name: &str) -> Vec<&'a str> {
         text.lines().filter(|l| l.starts_with(name)).collect()
