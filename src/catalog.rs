@@ -95,14 +95,7 @@ impl Catalog {
     /// not cached yet, or when the cached copy misses and is a few seconds old.
     pub async fn resolve(&self, path: &ItemPath) -> Result<Resolution, ConnectError> {
         let mut state = self.state.lock().await;
-        let vaults = self.vaults(&mut state, Fetch::IfMissing).await?;
-        let (vault_id, vault_note) = match resolve_vault(&vaults, &path.vault) {
-            Ok(found) => found,
-            Err(e) => {
-                let vaults = self.vaults(&mut state, Fetch::IfStale).await?;
-                resolve_vault(&vaults, &path.vault).map_err(|_| e)?
-            }
-        };
+        let (_, vault_id, vault_note) = self.find_vault(&mut state, &path.vault).await?;
         let mut listing = self
             .listing(&mut state, &vault_id, Fetch::IfMissing)
             .await?;
@@ -123,17 +116,27 @@ impl Catalog {
     /// The vault a path's vault part names: its id and, when the vault is listed, its name.
     pub async fn vault(&self, reference: &str) -> Result<(String, Option<String>), ConnectError> {
         let mut state = self.state.lock().await;
-        let vaults = self.vaults(&mut state, Fetch::IfMissing).await?;
-        let (vaults, (id, _)) = match resolve_vault(&vaults, reference) {
-            Ok(found) => (vaults, found),
-            Err(e) => {
-                let vaults = self.vaults(&mut state, Fetch::IfStale).await?;
-                let found = resolve_vault(&vaults, reference).map_err(|_| e)?;
-                (vaults, found)
-            }
-        };
+        let (vaults, id, _) = self.find_vault(&mut state, reference).await?;
         let name = vaults.iter().find(|v| v.id == id).map(|v| v.name.clone());
         Ok((id, name))
+    }
+
+    /// The vault `reference` names (id and title note), from the cached vault list, or a fresh
+    /// one when the cached copy misses and is a few seconds old; with the list it was found in.
+    async fn find_vault(
+        &self,
+        state: &mut State,
+        reference: &str,
+    ) -> Result<(Arc<Vec<Vault>>, String, Option<String>), ConnectError> {
+        let vaults = self.vaults(state, Fetch::IfMissing).await?;
+        match resolve_vault(&vaults, reference) {
+            Ok((id, note)) => Ok((vaults, id, note)),
+            Err(e) => {
+                let vaults = self.vaults(state, Fetch::IfStale).await?;
+                let (id, note) = resolve_vault(&vaults, reference).map_err(|_| e)?;
+                Ok((vaults, id, note))
+            }
+        }
     }
 
     /// Resolves against what is cached, without any request. `None` when the vault or its

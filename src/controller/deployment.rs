@@ -202,10 +202,10 @@ fn error_policy(obj: Arc<Deployment>, error: &Error, dctx: Arc<DeploymentContext
 }
 
 fn key_of(d: &Deployment) -> String {
-    format!(
-        "deployment/{}/{}",
-        d.namespace().unwrap_or_default(),
-        d.name_any()
+    super::object_key(
+        TargetKind::Deployment,
+        &d.namespace().unwrap_or_default(),
+        &d.name_any(),
     )
 }
 

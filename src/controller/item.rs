@@ -95,10 +95,10 @@ fn error_policy(obj: Arc<OnePasswordItem>, error: &Error, ctx: Arc<Context>) -> 
 }
 
 fn key_of(obj: &OnePasswordItem) -> String {
-    format!(
-        "item/{}/{}",
-        obj.namespace().unwrap_or_default(),
-        obj.name_any()
+    super::object_key(
+        TargetKind::Item,
+        &obj.namespace().unwrap_or_default(),
+        &obj.name_any(),
     )
 }
 

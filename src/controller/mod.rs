@@ -142,10 +142,7 @@ impl Context {
     /// Forgets everything kept about an object that is gone: kube-runtime never reconciles a
     /// deleted object, so the watch tells us instead (see [`forget_deleted`]).
     pub fn forget_object(&self, kind: TargetKind, namespace: &str, name: &str) {
-        let key = match kind {
-            TargetKind::Item => format!("item/{namespace}/{name}"),
-            TargetKind::Deployment => format!("deployment/{namespace}/{name}"),
-        };
+        let key = object_key(kind, namespace, name);
         self.registry.forget(&TargetKey {
             kind,
             namespace: namespace.to_string(),
@@ -282,6 +279,15 @@ pub fn truncate(s: &str, max: usize) -> String {
     format!("{}…", &s[..end])
 }
 
+/// The key of an object in the backoff, reason and ready maps: `item/<ns>/<name>` or
+/// `deployment/<ns>/<name>`.
+pub fn object_key(kind: TargetKind, namespace: &str, name: &str) -> String {
+    match kind {
+        TargetKind::Item => format!("item/{namespace}/{name}"),
+        TargetKind::Deployment => format!("deployment/{namespace}/{name}"),
+    }
+}
+
 /// A Secret as the watches see it: metadata only. Values are read by a GET when a reconcile
 /// needs them, never kept in a cache.
 pub type SecretMeta = PartialObjectMeta<Secret>;
@@ -375,7 +381,10 @@ where
     let mut seen: HashMap<(String, String), u64> = HashMap::new();
     events.try_filter(move |event| {
         let pass = match event {
-            watcher::Event::Apply(o) => seen.insert(key(o), fingerprint(o)) != Some(fingerprint(o)),
+            watcher::Event::Apply(o) => {
+                let print = fingerprint(o);
+                seen.insert(key(o), print) != Some(print)
+            }
             watcher::Event::InitApply(o) => {
                 seen.insert(key(o), fingerprint(o));
                 true
@@ -465,13 +474,19 @@ pub fn log_run_error<E: std::error::Error>(
 ) {
     use kube::runtime::controller::Error;
     match error {
-        Error::QueueError(watcher::Error::WatchError(status)) if status.code == 410 => {
+        Error::QueueError(e) => log_watch_error(controller, e),
+        e => tracing::debug!(controller, error = %e, "reconcile did not complete"),
+    }
+}
+
+/// A watch error: an expired watch (410 Gone: the watcher lists again and carries on) at info,
+/// anything else (RBAC, API server away; retried with backoff) at warn.
+pub fn log_watch_error(controller: &str, error: &watcher::Error) {
+    match error {
+        watcher::Error::WatchError(status) if status.code == 410 => {
             tracing::info!(controller, error = %error, "watch expired (410 Gone); listing again")
         }
-        Error::QueueError(e) => {
-            tracing::warn!(controller, error = %e, "watch failed; retrying with backoff")
-        }
-        e => tracing::debug!(controller, error = %e, "reconcile did not complete"),
+        e => tracing::warn!(controller, error = %e, "watch failed; retrying with backoff"),
     }
 }
 

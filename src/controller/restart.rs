@@ -305,10 +305,7 @@ async fn watch_secrets(
     while let Some(event) = stream.next().await {
         match event {
             Ok(event) => digests.observe(&event).into_iter().for_each(wake),
-            Err(watcher::Error::WatchError(status)) if status.code == 410 => {
-                tracing::info!(controller = "restart", error = %status, "watch expired (410 Gone); listing again")
-            }
-            Err(e) => tracing::warn!(error = %e, "watching managed Secrets failed; retrying"),
+            Err(e) => super::log_watch_error("restart (managed Secrets)", &e),
         }
     }
 }
