@@ -13,8 +13,11 @@
 //!     vaults: [Shared]
 //! ```
 //!
-//! Vault names are compared exactly (as the item path's title resolution does); ids never
-//! change when a vault is renamed, so they are the safer choice.
+//! The check is made against the vault an item path resolved to (its id and its real title),
+//! never against the text of the path. Vault names are compared exactly; an exact pattern
+//! shaped like an id (26 characters of `[a-z0-9]`) matches only the vault with that id, never
+//! a vault titled that way. Ids never change when a vault is renamed, so they are the safer
+//! choice.
 
 use std::{fmt, path::Path};
 
@@ -56,6 +59,11 @@ impl TryFrom<String> for Pattern {
 }
 
 impl Pattern {
+    /// An exact pattern shaped like a 1Password id (26 characters of `[a-z0-9]`).
+    fn is_id(&self) -> bool {
+        crate::connect::model::is_valid_id(&self.0)
+    }
+
     fn matches(&self, value: &str) -> bool {
         match self.0.strip_suffix('*') {
             Some(prefix) => value.starts_with(prefix),
@@ -131,8 +139,11 @@ impl VaultPolicy {
         vault_id: &str,
         vault_name: Option<&str>,
     ) -> Result<(), Denied> {
-        let vault_matches =
-            |p: &Pattern| p.matches(vault_id) || vault_name.is_some_and(|n| p.matches(n));
+        // An exact id-shaped pattern names a vault by id only: a vault someone titled with
+        // another vault's id must not pass as that vault.
+        let vault_matches = |p: &Pattern| {
+            p.matches(vault_id) || (!p.is_id() && vault_name.is_some_and(|n| p.matches(n)))
+        };
         let allowed = self.rules.iter().any(|r| {
             r.namespaces.iter().any(|p| p.matches(namespace)) && r.vaults.iter().any(vault_matches)
         });
@@ -193,6 +204,19 @@ rules:
         // An empty rule list denies everything.
         let none = VaultPolicy::parse("rules: []").unwrap();
         assert!(none.check("platform", "v", Some("Shared")).is_err());
+    }
+
+    #[test]
+    fn an_id_pattern_matches_the_vault_with_that_id_and_never_a_vault_titled_so() {
+        let id = "4ymzpiwdmqvwbcjmujyvqzkuxu";
+        let p = VaultPolicy::parse(&format!(
+            "rules:\n  - namespaces: [team-a]\n    vaults: [{id}]\n"
+        ))
+        .unwrap();
+        assert!(p.check("team-a", id, Some("Payments")).is_ok());
+        assert!(p.check("team-a", id, None).is_ok());
+        let impostor = "zzzzzzzzzzzzzzzzzzzzzzzzzz";
+        assert!(p.check("team-a", impostor, Some(id)).is_err());
     }
 
     #[test]

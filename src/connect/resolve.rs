@@ -14,13 +14,45 @@ pub fn join_notes(a: Option<String>, b: Option<String>) -> Option<String> {
     }
 }
 
-/// The vault a path's vault part names: exact title matches first (the oldest when several),
-/// then an id-shaped string as an id, as the official operator does.
+/// Whether two titles are equal under Unicode simple case folding, as Go's `strings.EqualFold`
+/// compares them (each character against the other's lower- and upper-case mapping).
+pub fn titles_equal_ignoring_case(a: &str, b: &str) -> bool {
+    let fold = |c: char| {
+        (
+            c.to_lowercase().collect::<String>(),
+            c.to_uppercase().collect::<String>(),
+        )
+    };
+    a.chars().count() == b.chars().count()
+        && a.chars().zip(b.chars()).all(|(x, y)| {
+            x == y || {
+                let ((xl, xu), (yl, yu)) = (fold(x), fold(y));
+                xl == yl || xu == yu
+            }
+        })
+}
+
+/// The vault a path's vault part names:
+/// 1. an id-shaped reference (26 characters of `[a-z0-9]`) that is the id of a listed vault is
+///    that vault, whatever other vaults are titled: a vault titled with another vault's id
+///    cannot stand in for it (the official operator tries titles first; we differ on purpose,
+///    so that an id in an item path or a vault policy always means that vault);
+/// 2. otherwise the vaults whose title matches ignoring case, as the official operator matches
+///    them (`strings.EqualFold` in `pkg/onepassword/client/connect/connect.go`, v1.12.0), the
+///    oldest when several do (`getVaultID` in `pkg/onepassword/items.go`);
+/// 3. otherwise an id-shaped reference is used as an id (a vault the listing does not show;
+///    Connect answers for it when the item is read).
 pub fn resolve_vault(
     vaults: &[Vault],
     vault: &str,
 ) -> Result<(String, Option<String>), ConnectError> {
-    let matches: Vec<&Vault> = vaults.iter().filter(|v| v.name == vault).collect();
+    if is_valid_id(vault) && vaults.iter().any(|v| v.id == vault) {
+        return Ok((vault.to_string(), None));
+    }
+    let matches: Vec<&Vault> = vaults
+        .iter()
+        .filter(|v| titles_equal_ignoring_case(&v.name, vault))
+        .collect();
     if let Some(oldest) = oldest(
         matches.iter().copied(),
         |v| v.created_at.as_deref(),
@@ -28,7 +60,7 @@ pub fn resolve_vault(
     ) {
         let note = (matches.len() > 1).then(|| {
             format!(
-                "{} vaults are titled {vault:?}; using the oldest, {}",
+                "{} vaults are titled {vault:?} (ignoring case); using the oldest, {}",
                 matches.len(),
                 oldest.id
             )
@@ -44,7 +76,10 @@ pub fn resolve_vault(
 }
 
 /// The item a path's item part names in a vault listing: an id-shaped string that is an item's
-/// id first, then exact title matches (the oldest when several).
+/// id first, then exact, case-sensitive title matches (the oldest when several). The official
+/// operator does the same: `GetOnePasswordItemByPath` in `pkg/onepassword/items.go` (v1.12.0)
+/// tries an id-shaped string as an id, then asks Connect for `title eq "<title>"`, which Connect
+/// matches case-sensitively, and keeps the oldest.
 pub fn resolve_item<'a>(
     items: &'a [ItemSummary],
     vault_id: &str,
@@ -105,7 +140,7 @@ mod tests {
     const C: &str = "cccccccccccccccccccccccccc";
 
     #[test]
-    fn vault_title_wins_over_an_id_and_the_oldest_of_duplicates_is_chosen() {
+    fn vault_titles_match_ignoring_case_and_the_oldest_of_duplicates_is_chosen() {
         let vaults = [
             vault(A, "Prod", "2024-03-01T00:00:00Z"),
             vault(B, "Prod", "2023-01-01T00:00:00Z"),
@@ -118,13 +153,51 @@ mod tests {
             resolve_vault(&vaults, "Dev").unwrap(),
             (C.to_string(), None)
         );
-        // Titles match exactly, as the official operator compares them.
-        assert!(resolve_vault(&vaults, "prod").is_err());
+        // Titles match ignoring case, as the official operator compares them (EqualFold).
+        assert_eq!(resolve_vault(&vaults, "prod").unwrap().0, B);
+        assert_eq!(resolve_vault(&vaults, "DEV").unwrap().0, C);
         // An id-shaped string that is no title is used as an id, even if not listed.
         let other = "dddddddddddddddddddddddddd";
         assert_eq!(resolve_vault(&vaults, other).unwrap().0, other);
         let err = resolve_vault(&vaults, "Staging").unwrap_err();
         assert_eq!(err.reason(), "VaultNotFound");
+    }
+
+    #[test]
+    fn the_official_e2e_mixed_case_vault_reference_resolves() {
+        // test/e2e/manifests/secret-vault-case.yaml of the official operator.
+        let vaults = [vault(
+            A,
+            "operator-acceptance-tests",
+            "2024-01-01T00:00:00Z",
+        )];
+        assert_eq!(
+            resolve_vault(&vaults, "Operator-Acceptance-Tests").unwrap(),
+            (A.to_string(), None)
+        );
+    }
+
+    #[test]
+    fn a_vault_titled_with_another_vaults_id_cannot_stand_in_for_it() {
+        // The impostor is older, so a title-first rule would pick it.
+        let vaults = [
+            vault(B, A, "2020-01-01T00:00:00Z"),
+            vault(A, "Payments", "2024-01-01T00:00:00Z"),
+        ];
+        assert_eq!(resolve_vault(&vaults, A).unwrap(), (A.to_string(), None));
+        // With no vault of that id listed, the title is what the reference names.
+        let only_impostor = [vault(B, A, "2020-01-01T00:00:00Z")];
+        assert_eq!(resolve_vault(&only_impostor, A).unwrap().0, B);
+    }
+
+    #[test]
+    fn case_folding_is_per_character_like_go_equal_fold() {
+        assert!(titles_equal_ignoring_case("Prod", "pROD"));
+        assert!(titles_equal_ignoring_case("Ünïcode", "üNÏCODE"));
+        assert!(titles_equal_ignoring_case("σ", "Σ"));
+        assert!(!titles_equal_ignoring_case("straße", "STRASSE"));
+        assert!(!titles_equal_ignoring_case("prod", "prod "));
+        assert!(!titles_equal_ignoring_case("prod", "prd"));
     }
 
     #[test]
