@@ -33,6 +33,20 @@ pub struct Resolution {
     pub ignored: bool,
 }
 
+/// Why [`Catalog::resolve`] gave no resolution: Connect's answer, or the caller's refusal of
+/// the vault.
+#[derive(Debug)]
+pub enum ResolveError<E> {
+    Connect(ConnectError),
+    Refused(E),
+}
+
+impl<E> From<ConnectError> for ResolveError<E> {
+    fn from(e: ConnectError) -> Self {
+        ResolveError::Connect(e)
+    }
+}
+
 /// Items with this tag are not updated once their Secret exists (official operator behaviour).
 pub const IGNORE_TAG: &str = "operator.1password.io:ignore-secret";
 
@@ -91,11 +105,34 @@ impl Catalog {
         &self.client
     }
 
+    /// [`Catalog::resolve_allowed`] with every vault allowed.
+    pub async fn resolve(&self, path: &ItemPath) -> Result<Resolution, ConnectError> {
+        self.resolve_allowed(path, |_, _| Ok::<(), std::convert::Infallible>(()))
+            .await
+            .map_err(|e| match e {
+                ResolveError::Connect(e) => e,
+                ResolveError::Refused(never) => match never {},
+            })
+    }
+
     /// Resolves an item path, fetching the vault list and the vault's listing only when they are
     /// not cached yet, or when the cached copy misses and is a few seconds old.
-    pub async fn resolve(&self, path: &ItemPath) -> Result<Resolution, ConnectError> {
+    ///
+    /// `allow` is asked about the resolved vault (its id, and its title when listed) before the
+    /// vault's items are listed: a caller that refuses learns nothing of what the vault holds,
+    /// and the vault it approved is the one the item is read from (one lookup, under one lock).
+    pub async fn resolve_allowed<E>(
+        &self,
+        path: &ItemPath,
+        allow: impl FnOnce(&str, Option<&str>) -> Result<(), E>,
+    ) -> Result<Resolution, ResolveError<E>> {
         let mut state = self.state.lock().await;
-        let (_, vault_id, vault_note) = self.find_vault(&mut state, &path.vault).await?;
+        let (vaults, vault_id, vault_note) = self.find_vault(&mut state, &path.vault).await?;
+        let vault_name = vaults
+            .iter()
+            .find(|v| v.id == vault_id)
+            .map(|v| v.name.as_str());
+        allow(&vault_id, vault_name).map_err(ResolveError::Refused)?;
         let mut listing = self
             .listing(&mut state, &vault_id, Fetch::IfMissing)
             .await?;
@@ -111,14 +148,6 @@ impl Catalog {
             note: join_notes(vault_note, item_note),
             ignored: item.tags.iter().any(|t| t == IGNORE_TAG),
         })
-    }
-
-    /// The vault a path's vault part names: its id and, when the vault is listed, its name.
-    pub async fn vault(&self, reference: &str) -> Result<(String, Option<String>), ConnectError> {
-        let mut state = self.state.lock().await;
-        let (vaults, id, _) = self.find_vault(&mut state, reference).await?;
-        let name = vaults.iter().find(|v| v.id == id).map(|v| v.name.clone());
-        Ok((id, name))
     }
 
     /// The vault `reference` names (id and title note), from the cached vault list, or a fresh

@@ -15,7 +15,7 @@ use serde_json::json;
 
 use super::{Context, FIELD_MANAGER};
 use crate::{
-    catalog::{IGNORE_TAG, Resolution},
+    catalog::{IGNORE_TAG, Resolution, ResolveError},
     connect::{ConnectError, ItemPath, model::ItemWithFiles},
     restart::{DIGEST_ANNOTATION, MANAGED_LABEL, MANAGED_VALUE},
     secret::{self, BuildError, DesiredSecret, ITEM_PATH_ANNOTATION, ITEM_VERSION_ANNOTATION},
@@ -250,15 +250,19 @@ fn is_data_annotation(key: &str) -> bool {
 
 /// Brings the Secret of `target` in line with its item.
 pub async fn sync(ctx: &Context, target: &SyncTarget) -> Result<Synced, SyncError> {
-    // The policy is checked on the vault alone, before the vault's items are listed: a denied
-    // namespace learns nothing about what the vault holds.
-    if let Some(policy) = &ctx.config.vault_policy {
-        let (vault_id, vault_name) = ctx.catalog.vault(&target.path.vault).await?;
-        policy
-            .check(&target.namespace, &vault_id, vault_name.as_deref())
-            .map_err(SyncError::VaultNotAllowed)?;
-    }
-    let resolution = ctx.catalog.resolve(&target.path).await?;
+    // The policy is checked on the resolved vault alone, before the vault's items are listed:
+    // a denied namespace learns nothing about what the vault holds.
+    let policy = ctx.config.vault_policy.as_deref();
+    let resolution = ctx
+        .catalog
+        .resolve_allowed(&target.path, |vault_id, vault_name| {
+            policy.map_or(Ok(()), |p| p.check(&target.namespace, vault_id, vault_name))
+        })
+        .await
+        .map_err(|e| match e {
+            ResolveError::Connect(e) => SyncError::Connect(e),
+            ResolveError::Refused(denied) => SyncError::VaultNotAllowed(denied),
+        })?;
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &target.namespace);
     let live = api.get_opt(&target.name).await?;
     if let Some(live) = &live {
