@@ -210,6 +210,7 @@ pub const ERROR_REASONS: &[&str] = &[
     "ItemNotFound",
     "ItemTooLarge",
     "KubernetesError",
+    "KubernetesForbidden",
     "NotFound",
     "RateLimited",
     "SecretConflict",
@@ -218,6 +219,7 @@ pub const ERROR_REASONS: &[&str] = &[
     "Unauthorized",
     "Unsupported",
     "VaultForbidden",
+    "VaultNotAllowed",
     "VaultNotFound",
 ];
 
@@ -646,6 +648,24 @@ mod tests {
         );
         assert!(text.contains("# UNIT onepassword_reconcile_duration_seconds seconds\n"));
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn every_reason_the_operator_reports_has_its_own_metric_label() {
+        // The reasons of SyncError::reason() and ConnectError::reason() (issue 13 replaces this
+        // list by one Reason enum).
+        for reason in [
+            "KubernetesForbidden",
+            "VaultNotAllowed",
+            "SecretConflict",
+            "Unauthorized",
+        ] {
+            assert_eq!(reason_label(reason), reason);
+        }
+        assert!(
+            ERROR_REASONS.windows(2).all(|w| w[0] < w[1]),
+            "sorted, no duplicates"
+        );
     }
 
     #[test]
