@@ -545,6 +545,85 @@ async fn an_annotated_deployment_gets_its_secret_until_its_annotations_or_itself
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_asked_for_on_the_pod_template_is_kept_whatever_else_the_deployment_is_annotated_with()
+ {
+    let password = secret_value("db-password");
+    let seed = Seed::new().vault(VaultSpec::new("E2E").item(login("db", &password)));
+    let mut env = TestEnv::new("template-request", seed).await;
+    env.start_operator(env.operator_config());
+    env.apply(&deployment_asking(
+        "web",
+        "vaults/E2E/items/db",
+        "web-db",
+        true,
+    ))
+    .await
+    .unwrap();
+    let want = map(&[("username", "app"), ("password", &password)]);
+    let made = env.wait_secret("web-db", "the item", has_data(&want)).await;
+    let kept = |what: &'static str| {
+        let uid = made.uid();
+        let env = &env;
+        async move {
+            tokio::time::sleep(QUIET).await;
+            let secret = env.secret("web-db").await;
+            assert_eq!(
+                secret.as_ref().and_then(|s| s.uid()),
+                uid,
+                "the Secret did not stay as it was after {what}"
+            );
+        }
+    };
+
+    // The documented auto-restart annotation on the metadata once deleted the Secret at once.
+    env.kubectl(&[
+        "annotate",
+        "deployment",
+        "web",
+        "operator.1password.io/auto-restart=true",
+    ])
+    .await
+    .unwrap();
+    kept("auto-restart on the metadata").await;
+
+    // Half a pair on the metadata is unclear: said in an event, and nothing is deleted.
+    env.kubectl(&[
+        "annotate",
+        "deployment",
+        "web",
+        "operator.1password.io/item-name=web-db",
+    ])
+    .await
+    .unwrap();
+    env.wait_event("Deployment", "web", "Warning", "Unsupported")
+        .await;
+    kept("half a pair on the metadata").await;
+    env.kubectl(&[
+        "annotate",
+        "deployment",
+        "web",
+        "operator.1password.io/item-name-",
+    ])
+    .await
+    .unwrap();
+    kept("the half pair removed").await;
+
+    // Asking for nothing at all, clearly, still releases it.
+    env.kubectl(&[
+        "patch",
+        "deployment",
+        "web",
+        "--type=json",
+        "-p",
+        r#"[{"op": "remove", "path": "/spec/template/metadata/annotations"}]"#,
+    ])
+    .await
+    .unwrap();
+    env.wait_secret_gone("web-db").await;
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deployment_rolls_exactly_once_per_change_of_a_secret_it_uses() {
     let (env, deployment) = deployment_using_db("rollout-once").await;
 
