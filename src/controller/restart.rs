@@ -7,6 +7,13 @@
 //! together end in one reconcile, hence one rollout. Namespace annotations are read with a GET
 //! (cached briefly), only when a change needs them: that asks for `get` on the watched
 //! namespaces only, not for a cluster-wide Namespace watch.
+//!
+//! A workload's first record is not simply the Secrets as they are when it is first looked at
+//! (seconds after it appears, the debounce included): the watches keep the revision at which
+//! each Secret got its recent digests and at which each workload got its pod template, so a
+//! change that came after the template's pods were made, but before the record, rolls it once.
+//! That memory is per process: a change made in that window just before the operator restarts
+//! is recorded without a rollout, as before.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
