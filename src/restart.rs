@@ -163,25 +163,28 @@ pub fn changed_secrets(recorded: &DigestMap, current: &DigestMap) -> Vec<String>
 }
 
 /// Decides what to write on a workload, given its recorded annotation (`None`: absent), the
-/// fingerprints of the managed Secrets it uses now, and whether auto-restart is on for a Secret.
-/// `enabled` is asked only about Secrets whose data changed.
-pub fn plan(recorded: Option<&str>, current: &DigestMap, enabled: impl Fn(&str) -> bool) -> Plan {
+/// fingerprints of the managed Secrets it uses now, what its pods started with for Secrets the
+/// record does not hold yet (see [`seen_by_pods`]), and whether auto-restart is on for a
+/// Secret. `enabled` is asked only about Secrets whose data changed.
+pub fn plan(
+    recorded: Option<&str>,
+    current: &DigestMap,
+    started_with: &DigestMap,
+    enabled: impl Fn(&str) -> bool,
+) -> Plan {
     let record = encode(current);
-    let Some(recorded) = recorded else {
-        return if current.is_empty() {
-            Plan::Nothing
-        } else {
-            Plan::Baseline(record)
-        };
+    let known = match recorded {
+        None if current.is_empty() => return Plan::Nothing,
+        None => DigestMap::new(),
+        // An unreadable record is replaced, never taken as a change: no restart on a guess.
+        Some(text) => match decode(text) {
+            Some(known) if &known == current => return Plan::Nothing,
+            Some(known) => known,
+            None => return Plan::Baseline(record),
+        },
     };
-    // An unreadable record is replaced, never taken as a change: no restart on a guess.
-    let Some(recorded) = decode(recorded) else {
-        return Plan::Baseline(record);
-    };
-    if &recorded == current {
-        return Plan::Nothing;
-    }
-    let secrets: Vec<String> = changed_secrets(&recorded, current)
+    let seen = seen_by_pods(&known, current, started_with);
+    let secrets: Vec<String> = changed_secrets(&seen, current)
         .into_iter()
         .filter(|name| enabled(name))
         .collect();
@@ -192,6 +195,80 @@ pub fn plan(recorded: Option<&str>, current: &DigestMap, enabled: impl Fn(&str) 
         restarted_for: restarted_for(current),
         record,
         secrets,
+    }
+}
+
+/// What the workload's pods hold, as far as is known: the record, and for a Secret it does not
+/// hold yet (first sight of the workload, or a Secret newly used), what the pods of the current
+/// pod template started with when that is known to differ from now (`started_with`). Without
+/// that, a change made between the workload's creation and its first record would be recorded
+/// as the baseline and never rolled out.
+pub fn seen_by_pods(known: &DigestMap, current: &DigestMap, started_with: &DigestMap) -> DigestMap {
+    let mut seen = known.clone();
+    for name in current.keys().filter(|name| !known.contains_key(*name)) {
+        if let Some(then) = started_with.get(name) {
+            seen.insert(name.clone(), then.clone());
+        }
+    }
+    seen
+}
+
+/// The fingerprint standing for data the pods started with that is no longer known: it
+/// differs from every real one, so it counts as a change.
+pub const UNKNOWN_FINGERPRINT: &str = "unknown";
+
+/// The last data digests of one Secret, each with the resourceVersion at which the Secret got
+/// it. resourceVersions are etcd revisions, ordered across objects of one API server, so they
+/// tell whether a workload's pod template (whose revision is known) came before or after the
+/// Secret's data changed. The first digest seen counts as there from the start: a Secret
+/// created after a workload's pods is one they waited for, and an operator starting up
+/// (re)records what is there without taking it for a change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct History {
+    /// `(since, digest)`, oldest first; never empty.
+    entries: Vec<(u64, String)>,
+}
+
+/// Digests kept per Secret: enough for changes that follow each other before a workload is
+/// first looked at (a few seconds).
+const HISTORY_LEN: usize = 4;
+
+impl History {
+    pub fn new(digest: &str) -> Self {
+        History {
+            entries: vec![(0, digest.to_string())],
+        }
+    }
+
+    pub fn current(&self) -> &str {
+        &self.entries[self.entries.len() - 1].1
+    }
+
+    /// Records the digest seen at `revision`; true when it differs from the current one. A
+    /// revision that is not a number cannot be ordered: the digest then starts a new history.
+    pub fn observe(&mut self, revision: Option<u64>, digest: &str) -> bool {
+        if self.current() == digest {
+            return false;
+        }
+        match revision {
+            Some(revision) => {
+                self.entries.push((revision, digest.to_string()));
+                if self.entries.len() > HISTORY_LEN {
+                    self.entries.remove(0);
+                }
+            }
+            None => *self = History::new(digest),
+        }
+        true
+    }
+
+    /// The digest the Secret held at `revision`; `None` when that is older than what is kept.
+    pub fn at(&self, revision: u64) -> Option<&str> {
+        self.entries
+            .iter()
+            .rev()
+            .find(|(since, _)| *since <= revision)
+            .map(|(_, digest)| digest.as_str())
     }
 }
 
@@ -330,6 +407,16 @@ mod tests {
         secrets_used(&template(yaml), &map(workload_annotations))
             .into_iter()
             .collect()
+    }
+
+    /// The plan for a workload whose pods hold what its record says (or, without a record,
+    /// what the Secrets hold now).
+    fn plan_from_record(
+        recorded: Option<&str>,
+        current: &DigestMap,
+        enabled: impl Fn(&str) -> bool,
+    ) -> Plan {
+        plan(recorded, current, &DigestMap::new(), enabled)
     }
 
     const ALWAYS: fn(&str) -> bool = |_| true;
@@ -511,25 +598,34 @@ spec:
     #[test]
     fn first_sight_is_a_baseline_without_restart() {
         let current = map(&[("db", "01")]);
-        assert_eq!(plan(None, &current, ALWAYS), Plan::Baseline("db=01".into()));
+        assert_eq!(
+            plan_from_record(None, &current, ALWAYS),
+            Plan::Baseline("db=01".into())
+        );
     }
 
     #[test]
     fn a_workload_using_no_managed_secret_and_without_record_is_left_alone() {
-        assert_eq!(plan(None, &DigestMap::new(), ALWAYS), Plan::Nothing);
+        assert_eq!(
+            plan_from_record(None, &DigestMap::new(), ALWAYS),
+            Plan::Nothing
+        );
     }
 
     #[test]
     fn a_resync_with_nothing_changed_is_nothing() {
         let current = map(&[("api", "0a"), ("db", "01")]);
-        assert_eq!(plan(Some("api=0a,db=01"), &current, ALWAYS), Plan::Nothing);
+        assert_eq!(
+            plan_from_record(Some("api=0a,db=01"), &current, ALWAYS),
+            Plan::Nothing
+        );
     }
 
     #[test]
     fn one_changed_secret_restarts_once() {
         let before = map(&[("db", "01")]);
         let after = map(&[("db", "02")]);
-        let first = plan(Some(&encode(&before)), &after, ALWAYS);
+        let first = plan_from_record(Some(&encode(&before)), &after, ALWAYS);
         let Plan::Restart {
             record,
             restarted_for: value,
@@ -542,14 +638,17 @@ spec:
         assert_eq!(value, restarted_for(&after));
         assert_eq!(secrets, ["db"]);
         // Once the record is written, the same state asks for nothing more.
-        assert_eq!(plan(Some(&record), &after, ALWAYS), Plan::Nothing);
+        assert_eq!(
+            plan_from_record(Some(&record), &after, ALWAYS),
+            Plan::Nothing
+        );
     }
 
     #[test]
     fn a_retry_of_the_same_state_yields_the_same_restarted_for() {
         let after = map(&[("db", "02")]);
-        let first = plan(Some("db=01"), &after, ALWAYS);
-        let retry = plan(Some("db=01"), &after, ALWAYS);
+        let first = plan_from_record(Some("db=01"), &after, ALWAYS);
+        let retry = plan_from_record(Some("db=01"), &after, ALWAYS);
         assert_eq!(first, retry);
         assert!(matches!(first, Plan::Restart { .. }));
     }
@@ -557,7 +656,7 @@ spec:
     #[test]
     fn two_secrets_changing_together_give_one_restart() {
         let current = map(&[("api", "0b"), ("db", "02"), ("same", "05")]);
-        let result = plan(Some("api=0a,db=01,same=05"), &current, ALWAYS);
+        let result = plan_from_record(Some("api=0a,db=01,same=05"), &current, ALWAYS);
         assert_eq!(
             result,
             Plan::Restart {
@@ -572,7 +671,7 @@ spec:
     fn an_added_secret_is_a_baseline() {
         let current = map(&[("api", "0a"), ("db", "01")]);
         assert_eq!(
-            plan(Some("db=01"), &current, ALWAYS),
+            plan_from_record(Some("db=01"), &current, ALWAYS),
             Plan::Baseline("api=0a,db=01".into())
         );
     }
@@ -581,7 +680,7 @@ spec:
     fn a_removed_secret_is_a_baseline() {
         let current = map(&[("db", "01")]);
         assert_eq!(
-            plan(Some("api=0a,db=01"), &current, ALWAYS),
+            plan_from_record(Some("api=0a,db=01"), &current, ALWAYS),
             Plan::Baseline("db=01".into())
         );
     }
@@ -589,7 +688,7 @@ spec:
     #[test]
     fn removing_the_last_secret_clears_the_record() {
         assert_eq!(
-            plan(Some("db=01"), &DigestMap::new(), ALWAYS),
+            plan_from_record(Some("db=01"), &DigestMap::new(), ALWAYS),
             Plan::Baseline(String::new())
         );
     }
@@ -598,7 +697,7 @@ spec:
     fn a_change_with_auto_restart_off_only_updates_the_record() {
         let current = map(&[("db", "02")]);
         assert_eq!(
-            plan(Some("db=01"), &current, NEVER),
+            plan_from_record(Some("db=01"), &current, NEVER),
             Plan::Baseline("db=02".into())
         );
     }
@@ -606,7 +705,7 @@ spec:
     #[test]
     fn only_secrets_with_auto_restart_on_are_named_as_the_cause() {
         let current = map(&[("api", "0b"), ("db", "02")]);
-        let result = plan(Some("api=0a,db=01"), &current, |name| name == "db");
+        let result = plan_from_record(Some("api=0a,db=01"), &current, |name| name == "db");
         assert!(
             matches!(&result, Plan::Restart { secrets, .. } if secrets == &["db"]),
             "{result:?}"
@@ -617,7 +716,7 @@ spec:
     fn auto_restart_is_asked_only_about_changed_secrets() {
         let current = map(&[("api", "0a"), ("db", "02"), ("new", "03")]);
         let asked = std::cell::RefCell::new(Vec::new());
-        plan(Some("api=0a,db=01"), &current, |name| {
+        plan_from_record(Some("api=0a,db=01"), &current, |name| {
             asked.borrow_mut().push(name.to_string());
             true
         });
@@ -627,7 +726,7 @@ spec:
     #[test]
     fn a_change_together_with_an_added_secret_restarts_and_records_both() {
         let current = map(&[("api", "0a"), ("db", "02")]);
-        let result = plan(Some("db=01"), &current, ALWAYS);
+        let result = plan_from_record(Some("db=01"), &current, ALWAYS);
         assert!(
             matches!(&result, Plan::Restart { record, .. } if record == "api=0a,db=02"),
             "{result:?}"
@@ -638,11 +737,11 @@ spec:
     fn a_mangled_record_is_replaced_without_restart() {
         let current = map(&[("db", "02")]);
         assert_eq!(
-            plan(Some("not a record"), &current, ALWAYS),
+            plan_from_record(Some("not a record"), &current, ALWAYS),
             Plan::Baseline("db=02".into())
         );
         assert_eq!(
-            plan(Some("not a record"), &DigestMap::new(), ALWAYS),
+            plan_from_record(Some("not a record"), &DigestMap::new(), ALWAYS),
             Plan::Baseline(String::new())
         );
     }
@@ -651,14 +750,104 @@ spec:
     fn a_change_back_to_an_earlier_state_restarts_with_that_states_value() {
         let a = map(&[("db", "01")]);
         let b = map(&[("db", "02")]);
-        let to_b = plan(Some(&encode(&a)), &b, ALWAYS);
-        let back_to_a = plan(Some(&encode(&b)), &a, ALWAYS);
+        let to_b = plan_from_record(Some(&encode(&a)), &b, ALWAYS);
+        let back_to_a = plan_from_record(Some(&encode(&b)), &a, ALWAYS);
         assert!(
             matches!(to_b, Plan::Restart { ref restarted_for, .. } if *restarted_for == super::restarted_for(&b))
         );
         assert!(
             matches!(back_to_a, Plan::Restart { ref restarted_for, .. } if *restarted_for == super::restarted_for(&a))
         );
+    }
+
+    #[test]
+    fn first_sight_restarts_when_the_pods_started_with_other_data() {
+        // The data changed after the pods were made and before the workload was first seen.
+        let current = map(&[("api", "0a"), ("db", "02")]);
+        let started_with = map(&[("db", "01")]);
+        assert_eq!(
+            plan(None, &current, &started_with, ALWAYS),
+            Plan::Restart {
+                record: "api=0a,db=02".into(),
+                restarted_for: restarted_for(&current),
+                secrets: vec!["db".into()],
+            }
+        );
+        // Once recorded, nothing more: exactly one rollout.
+        assert_eq!(
+            plan(Some("api=0a,db=02"), &current, &started_with, ALWAYS),
+            Plan::Nothing
+        );
+        // With auto-restart off, only the record.
+        assert_eq!(
+            plan(None, &current, &started_with, NEVER),
+            Plan::Baseline("api=0a,db=02".into())
+        );
+        // Pods that started with what is there now: a baseline.
+        assert_eq!(
+            plan(None, &current, &map(&[("db", "02")]), ALWAYS),
+            Plan::Baseline("api=0a,db=02".into())
+        );
+    }
+
+    #[test]
+    fn a_newly_used_secret_that_changed_after_the_pods_started_restarts() {
+        let current = map(&[("api", "0b"), ("db", "01")]);
+        let result = plan(Some("db=01"), &current, &map(&[("api", "0a")]), ALWAYS);
+        assert!(
+            matches!(&result, Plan::Restart { secrets, .. } if secrets == &["api"]),
+            "{result:?}"
+        );
+        // What the pods started with never overrides the record.
+        assert_eq!(
+            plan(
+                Some("api=0b,db=01"),
+                &current,
+                &map(&[("api", "0a"), ("db", "00")]),
+                ALWAYS
+            ),
+            Plan::Nothing
+        );
+        let unknown = map(&[("api", UNKNOWN_FINGERPRINT)]);
+        assert!(matches!(
+            plan(Some("db=01"), &current, &unknown, ALWAYS),
+            Plan::Restart { .. }
+        ));
+    }
+
+    // --- the digest history of a Secret ---
+
+    #[test]
+    fn the_first_digest_counts_from_the_start_and_changes_from_their_revision() {
+        let mut h = History::new("d1");
+        assert_eq!(h.at(0), Some("d1"));
+        assert!(!h.observe(Some(50), "d1"), "the same digest is no change");
+        assert!(h.observe(Some(100), "d2"));
+        assert!(h.observe(Some(120), "d3"));
+        assert_eq!(h.current(), "d3");
+        assert_eq!(h.at(99), Some("d1"));
+        assert_eq!(h.at(100), Some("d2"));
+        assert_eq!(h.at(119), Some("d2"));
+        assert_eq!(h.at(500), Some("d3"));
+    }
+
+    #[test]
+    fn the_history_is_bounded_and_says_when_it_no_longer_knows() {
+        let mut h = History::new("d0");
+        for i in 1..=10u64 {
+            h.observe(Some(i * 10), &format!("d{i}"));
+        }
+        assert_eq!(h.at(100), Some("d10"));
+        assert_eq!(h.at(75), Some("d7"));
+        assert_eq!(h.at(5), None, "older than what is kept");
+    }
+
+    #[test]
+    fn a_revision_that_is_not_a_number_starts_the_history_again() {
+        let mut h = History::new("d1");
+        h.observe(Some(100), "d2");
+        assert!(h.observe(None, "d3"));
+        assert_eq!(h.at(0), Some("d3"));
     }
 
     // --- auto-restart settings ---

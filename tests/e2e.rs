@@ -16,7 +16,9 @@ use k8s_openapi::api::{
 use kube::{Api, ResourceExt};
 use onepassword_secrets_operator::{
     controller::restart::Workload,
-    restart::{RESTARTED_FOR_ANNOTATION, SECRET_DIGESTS_ANNOTATION},
+    restart::{
+        self, DIGEST_ANNOTATION, DigestMap, RESTARTED_FOR_ANNOTATION, SECRET_DIGESTS_ANNOTATION,
+    },
     secret::{ITEM_PATH_ANNOTATION, ITEM_VERSION_ANNOTATION},
     sim::{Fault, ItemSpec, Seed, Simulator, TokenAccess, VaultSpec},
 };
@@ -545,6 +547,85 @@ async fn an_annotated_deployment_gets_its_secret_until_its_annotations_or_itself
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_asked_for_on_the_pod_template_is_kept_whatever_else_the_deployment_is_annotated_with()
+ {
+    let password = secret_value("db-password");
+    let seed = Seed::new().vault(VaultSpec::new("E2E").item(login("db", &password)));
+    let mut env = TestEnv::new("template-request", seed).await;
+    env.start_operator(env.operator_config());
+    env.apply(&deployment_asking(
+        "web",
+        "vaults/E2E/items/db",
+        "web-db",
+        true,
+    ))
+    .await
+    .unwrap();
+    let want = map(&[("username", "app"), ("password", &password)]);
+    let made = env.wait_secret("web-db", "the item", has_data(&want)).await;
+    let kept = |what: &'static str| {
+        let uid = made.uid();
+        let env = &env;
+        async move {
+            tokio::time::sleep(QUIET).await;
+            let secret = env.secret("web-db").await;
+            assert_eq!(
+                secret.as_ref().and_then(|s| s.uid()),
+                uid,
+                "the Secret did not stay as it was after {what}"
+            );
+        }
+    };
+
+    // The documented auto-restart annotation on the metadata once deleted the Secret at once.
+    env.kubectl(&[
+        "annotate",
+        "deployment",
+        "web",
+        "operator.1password.io/auto-restart=true",
+    ])
+    .await
+    .unwrap();
+    kept("auto-restart on the metadata").await;
+
+    // Half a pair on the metadata is unclear: said in an event, and nothing is deleted.
+    env.kubectl(&[
+        "annotate",
+        "deployment",
+        "web",
+        "operator.1password.io/item-name=web-db",
+    ])
+    .await
+    .unwrap();
+    env.wait_event("Deployment", "web", "Warning", "Unsupported")
+        .await;
+    kept("half a pair on the metadata").await;
+    env.kubectl(&[
+        "annotate",
+        "deployment",
+        "web",
+        "operator.1password.io/item-name-",
+    ])
+    .await
+    .unwrap();
+    kept("the half pair removed").await;
+
+    // Asking for nothing at all, clearly, still releases it.
+    env.kubectl(&[
+        "patch",
+        "deployment",
+        "web",
+        "--type=json",
+        "-p",
+        r#"[{"op": "remove", "path": "/spec/template/metadata/annotations"}]"#,
+    ])
+    .await
+    .unwrap();
+    env.wait_secret_gone("web-db").await;
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deployment_rolls_exactly_once_per_change_of_a_secret_it_uses() {
     let (env, deployment) = deployment_using_db("rollout-once").await;
 
@@ -570,6 +651,47 @@ async fn a_deployment_rolls_exactly_once_per_change_of_a_secret_it_uses() {
     assert_eq!(replica_set_count(&env, &deployment).await, 3);
     let last: Deployment = env.get("web").await;
     assert_ne!(restarted_for(&last).as_ref(), Some(&first_restart));
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_made_before_a_new_deployment_is_first_looked_at_rolls_it_once() {
+    let seed = Seed::new().vault(VaultSpec::new("E2E").item(login("db", &secret_value("db-v1"))));
+    let mut env = TestEnv::new("rollout-first-sight", seed).await;
+    let operator = env.start_operator(env.operator_config());
+    env.apply(&item_manifest("db", "vaults/E2E/items/db"))
+        .await
+        .unwrap();
+    env.wait_ready("db", "Synced").await;
+
+    // The operator is frozen (as one slow to look) while the Deployment appears, the
+    // controller-manager makes its first ReplicaSet (whose pods start with db-v1), and the
+    // item changes. It then writes the change and records the Deployment's baseline in the
+    // same few seconds: the pods must not be left with db-v1.
+    env.pause_operator(operator);
+    env.apply(&deployment_using("web", "db", None))
+        .await
+        .unwrap();
+    let deployment: Deployment = env.get("web").await;
+    wait_replica_sets(&env, &deployment, 1).await;
+    let v2 = secret_value("db-v2");
+    env.sim.set_field("E2E", "db", "password", &v2).unwrap();
+    env.resume_operator(operator);
+    wait_password(&env, "db", &v2).await;
+    wait_replica_sets(&env, &deployment, 2).await;
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(replica_set_count(&env, &deployment).await, 2);
+
+    // The pod template is the one for the data the Secret holds now.
+    let web: Deployment = env.get("web").await;
+    let secret = env.secret("db").await.expect("the Secret");
+    let digest = annotation(&secret, DIGEST_ANNOTATION).expect("a data digest");
+    let current = DigestMap::from([("db".to_string(), restart::fingerprint(digest))]);
+    assert_eq!(
+        annotation(&web, SECRET_DIGESTS_ANNOTATION),
+        Some(restart::encode(&current).as_str())
+    );
+    assert_eq!(restarted_for(&web), Some(restart::restarted_for(&current)));
     env.finish().await;
 }
 

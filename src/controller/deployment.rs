@@ -5,7 +5,8 @@
 //! owner references: it is garbage collected when the last of them is deleted, with no
 //! finalizer to hang a namespace deletion. Removing the annotations from a Deployment, or
 //! changing its `item-name`, removes its owner reference from the Secret it no longer asks for,
-//! and that Secret when no owner is left.
+//! and that Secret when no owner is left and no Deployment names it any more. A request that
+//! cannot be read for sure (half a pair) makes nothing and deletes nothing.
 
 use std::{collections::BTreeMap, future::Future, sync::Arc};
 
@@ -56,6 +57,12 @@ const WORKLOAD_ANNOTATIONS: &[&str] = &[
 pub enum Error {
     #[error("releasing the Secret failed: {0}")]
     Release(#[source] kube::Error),
+    #[error("reading the Deployment failed: {0}")]
+    Read(#[source] kube::Error),
+    #[error("the cache of Deployments stopped before it was filled")]
+    DeploymentCacheGone,
+    #[error("the Secret changed while it was being released; looking again")]
+    SecretChanged,
     #[error("the object has no namespace")]
     NoNamespace,
 }
@@ -66,40 +73,111 @@ struct DeploymentContext {
     secrets: Store<SecretMeta>,
 }
 
-/// The `operator.1password.io/*` annotations of a Deployment, read from its metadata or, when
-/// it has none there, from its pod template, as the official operator does.
-pub fn op_annotations(deployment: &Deployment) -> BTreeMap<String, String> {
-    let pick = |annotations: Option<&BTreeMap<String, String>>| -> BTreeMap<String, String> {
-        annotations
-            .into_iter()
-            .flatten()
-            .filter(|(k, _)| {
-                k.strip_prefix(ANNOTATION_PREFIX)
-                    .is_some_and(|rest| rest.starts_with('/'))
-                    && !WORKLOAD_ANNOTATIONS.contains(&k.as_str())
-            })
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
-    };
-    let own = pick(deployment.metadata.annotations.as_ref());
-    if !own.is_empty() {
-        return own;
-    }
-    pick(
-        deployment
-            .spec
-            .as_ref()
-            .and_then(|s| s.template.metadata.as_ref())
-            .and_then(|m| m.annotations.as_ref()),
-    )
+/// What a Deployment asks for through `item-path` and `item-name`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Request {
+    /// Neither annotation, on its metadata nor on its pod template.
+    Nothing,
+    /// Secret `name` (as written; not yet made a valid name) from item `path`, and the
+    /// `operator.1password.io/*` annotations found beside the pair, to copy to the Secret.
+    Secret {
+        path: String,
+        name: String,
+        annotations: BTreeMap<String, String>,
+    },
+    /// Half a pair, or an empty value: no Secret can be made, and none may be released on a
+    /// guess. `name` is the `item-name` given, if any.
+    Unclear { why: String, name: Option<String> },
 }
 
-/// `(item path, secret name)` a Deployment asks for, if it asks for one.
-fn request_of(deployment: &Deployment) -> Option<(String, String)> {
-    let ann = op_annotations(deployment);
-    let path = ann.get(ITEM_PATH_ANNOTATION)?.trim();
-    let name = ann.get(ITEM_NAME_ANNOTATION)?.trim();
-    (!path.is_empty() && !name.is_empty()).then(|| (path.to_string(), name.to_string()))
+impl Request {
+    /// The valid Secret name this request names, made or not.
+    fn names(&self) -> Option<String> {
+        let name = match self {
+            Request::Nothing => return None,
+            Request::Secret { name, .. } => name,
+            Request::Unclear { name, .. } => name.as_ref()?,
+        };
+        secret::secret_name(name).ok()
+    }
+}
+
+/// The `operator.1password.io/*` annotations of one annotation map, without those that
+/// describe the workload's restarts.
+fn op_annotations(annotations: Option<&BTreeMap<String, String>>) -> BTreeMap<String, String> {
+    annotations
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| {
+            k.strip_prefix(ANNOTATION_PREFIX)
+                .is_some_and(|rest| rest.starts_with('/'))
+                && !WORKLOAD_ANNOTATIONS.contains(&k.as_str())
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// What `deployment` asks for. Like the official operator, the request is read from the
+/// Deployment's metadata, or from its pod template when the metadata has none
+/// (`GetAnnotationsForDeployment` in `pkg/onepassword/annotations.go`, called by `Reconcile` in
+/// `internal/controller/deployment_controller.go`). Which place holds the request is decided
+/// by the pair itself: another `operator.1password.io/*` key on the metadata (`auto-restart`,
+/// one of ours, an unknown one) never hides a pair on the pod template, so adding one can
+/// neither drop nor delete a Secret. A pair with a part missing or empty is
+/// [`Request::Unclear`]: the official operator makes no Secret then, and deletes none.
+fn request_of(deployment: &Deployment) -> Request {
+    let on_metadata = deployment.metadata.annotations.as_ref();
+    let on_template = deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.annotations.as_ref());
+    let has_pair_key = |annotations: Option<&BTreeMap<String, String>>| {
+        annotations.is_some_and(|a| {
+            a.contains_key(ITEM_PATH_ANNOTATION) || a.contains_key(ITEM_NAME_ANNOTATION)
+        })
+    };
+    let (source, place) = if has_pair_key(on_metadata) {
+        (on_metadata, "metadata")
+    } else if has_pair_key(on_template) {
+        (on_template, "pod template")
+    } else {
+        return Request::Nothing;
+    };
+    let annotations = op_annotations(source);
+    let value = |key: &str| {
+        annotations
+            .get(key)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
+    match (value(ITEM_PATH_ANNOTATION), value(ITEM_NAME_ANNOTATION)) {
+        (Some(path), Some(name)) => Request::Secret {
+            path,
+            name,
+            annotations,
+        },
+        (path, name) => {
+            let what = match (&path, &name) {
+                (Some(_), _) => format!(
+                    "{ITEM_PATH_ANNOTATION} is set but {ITEM_NAME_ANNOTATION} is missing or empty"
+                ),
+                (None, Some(_)) => format!(
+                    "{ITEM_NAME_ANNOTATION} is set but {ITEM_PATH_ANNOTATION} is missing or empty"
+                ),
+                (None, None) => {
+                    format!("{ITEM_PATH_ANNOTATION} and {ITEM_NAME_ANNOTATION} are empty")
+                }
+            };
+            Request::Unclear {
+                why: format!(
+                    "on the Deployment's {place}, {what}: no Secret is made for it, and none is \
+                     deleted, until both are set or both are removed"
+                ),
+                name,
+            }
+        }
+    }
 }
 
 fn owner_reference(deployment: &Deployment) -> OwnerReference {
@@ -124,9 +202,11 @@ fn askers<'a>(
         .filter(|d| {
             d.namespace().as_deref() == Some(namespace) && d.meta().deletion_timestamp.is_none()
         })
-        .filter_map(|d| {
-            let (path, asked) = request_of(d)?;
-            (secret::secret_name(&asked).ok()? == name).then_some((d.as_ref(), path))
+        .filter_map(|d| match request_of(d) {
+            Request::Secret {
+                path, name: asked, ..
+            } => (secret::secret_name(&asked).ok()? == name).then_some((d.as_ref(), path)),
+            _ => None,
         })
         .collect();
     found.sort_by(|a, b| {
@@ -218,22 +298,55 @@ async fn reconcile(obj: Arc<Deployment>, dctx: Arc<DeploymentContext>) -> Result
         namespace: namespace.clone(),
         name: obj.name_any(),
     };
-    let request = request_of(&obj).filter(|_| obj.meta().deletion_timestamp.is_none());
-    let Some((path, asked_name)) = request else {
-        ctx.registry.forget(&key);
-        release(&dctx, &obj, &namespace, None).await?;
-        return Ok(Action::await_change());
+    let request = if obj.meta().deletion_timestamp.is_some() {
+        Request::Nothing
+    } else {
+        request_of(&obj)
+    };
+    let (path, asked_name, annotations) = match request {
+        Request::Nothing => {
+            ctx.registry.forget(&key);
+            release(&dctx, &obj, &namespace, None).await?;
+            return Ok(Action::await_change());
+        }
+        // Neither made nor released: the Secret it may have is kept as it is.
+        Request::Unclear { why, .. } => {
+            ctx.registry.forget(&key);
+            let outcome = Err(SyncError::Unsupported(why));
+            report(ctx, &obj, "", &outcome).await;
+            return Ok(Action::await_change());
+        }
+        Request::Secret {
+            path,
+            name,
+            annotations,
+        } => (path, name, annotations),
     };
     let timer = ctx.metrics.reconcile_started("deployment");
-    let outcome = sync_deployment(&dctx, &obj, &namespace, &path, &asked_name).await;
+    let outcome = sync_deployment(&dctx, &obj, &namespace, &path, &asked_name, annotations).await;
     ctx.track(key, &path, &outcome);
-    // A Deployment has no status of ours: events say what happened, once per change of reason.
-    let reason = match &outcome {
+    report(ctx, &obj, &asked_name, &outcome).await;
+    if outcome.is_ok() {
+        // After a change of item-name, the Secret of the old name is no longer asked for.
+        let kept = secret::secret_name(&asked_name).ok();
+        release(&dctx, &obj, &namespace, kept.as_deref()).await?;
+    }
+    Ok(ctx.after_sync("deployment", &key_of(&obj), &outcome, timer))
+}
+
+/// A Deployment has no status of ours: events say what happened, once per change of reason.
+async fn report(
+    ctx: &Context,
+    obj: &Deployment,
+    asked_name: &str,
+    outcome: &Result<sync::Synced, SyncError>,
+) {
+    let reason = match outcome {
         Ok(_) => "Synced",
         Err(e) => e.reason(),
     };
-    let changed_reason = ctx.note_reason(&key_of(&obj), reason);
-    let event = match &outcome {
+    let changed_reason = ctx.note_reason(&key_of(obj), reason);
+    let event = match outcome {
         Ok(s) if matches!(s.change, Change::Created | Change::Updated) => Some((
             EventType::Normal,
             "SecretSynced",
@@ -246,17 +359,9 @@ async fn reconcile(obj: Arc<Deployment>, dctx: Arc<DeploymentContext>) -> Result
         ctx.publish(&obj.object_ref(&()), type_, reason, &note)
             .await;
     }
-    match &outcome {
-        // After a change of item-name, the Secret of the old name is no longer asked for.
-        Ok(_) => {
-            let kept = secret::secret_name(&asked_name).ok();
-            release(&dctx, &obj, &namespace, kept.as_deref()).await?;
-        }
-        Err(e) => {
-            tracing::info!(reason = e.reason(), error = %e, "Secret for Deployment not synced")
-        }
+    if let Err(e) = outcome {
+        tracing::info!(reason = e.reason(), error = %e, "Secret for Deployment not synced");
     }
-    Ok(ctx.after_sync("deployment", &key_of(&obj), &outcome, timer))
 }
 
 async fn sync_deployment(
@@ -265,6 +370,7 @@ async fn sync_deployment(
     namespace: &str,
     path: &str,
     asked_name: &str,
+    annotations: BTreeMap<String, String>,
 ) -> Result<sync::Synced, SyncError> {
     let path = ItemPath::parse(path)?;
     let name = secret::secret_name(asked_name)?;
@@ -290,8 +396,7 @@ async fn sync_deployment(
     if owners.is_empty() {
         owners.push(owner_reference(obj));
     }
-    let ann = op_annotations(obj);
-    let annotations: BTreeMap<String, String> = ann
+    let annotations: BTreeMap<String, String> = annotations
         .into_iter()
         .filter(|(k, v)| k != AUTO_RESTART_ANNOTATION || super::parse_bool(v).is_some())
         .collect();
@@ -307,9 +412,38 @@ async fn sync_deployment(
     sync::sync(&dctx.ctx, &target).await
 }
 
+/// Why a Secret that only `uid`'s Deployment owns, and that its last reconcile found it no
+/// longer asks for, must be kept; `None` when it is proven that nothing asks for it: the
+/// Deployment as it is now (`live`, `None` when gone) clearly asks for nothing or for another
+/// Secret, and no other Deployment of the namespace names it (even in an unclear request).
+fn kept_because(
+    name: &str,
+    uid: &str,
+    live: Option<&Deployment>,
+    all: &[Arc<Deployment>],
+) -> Option<&'static str> {
+    let Some(live) = live.filter(|d| d.meta().deletion_timestamp.is_none()) else {
+        return Some("the Deployment is going: garbage collection removes the Secret after it");
+    };
+    match request_of(live) {
+        Request::Nothing => {}
+        request @ Request::Secret { .. } if request.names().as_deref() != Some(name) => {}
+        Request::Secret { .. } => return Some("the Deployment asks for it again"),
+        Request::Unclear { .. } => return Some("the Deployment's request is unclear"),
+    }
+    let namespace = live.namespace();
+    let named_by_another = all.iter().any(|d| {
+        d.uid().as_deref() != Some(uid)
+            && d.namespace() == namespace
+            && d.meta().deletion_timestamp.is_none()
+            && request_of(d).names().as_deref() == Some(name)
+    });
+    named_by_another.then_some("another Deployment names it")
+}
+
 /// The Deployment no longer asks for a Secret (annotations removed or renamed, or being
 /// deleted): drop its owner reference from the Secrets it owns but `keep`, and delete a Secret
-/// left with no owner.
+/// left with no owner once [`kept_because`] finds no reason to keep it.
 async fn release(
     dctx: &DeploymentContext,
     obj: &Deployment,
@@ -326,6 +460,8 @@ async fn release(
         .filter(|s| keep.is_none_or(|name| s.name_any() != name))
         .filter(|s| s.owner_references().iter().any(|o| o.uid == uid))
         .collect();
+    // Read once, when a deletion is considered: the Deployment as it is now, not as cached.
+    let mut live: Option<Option<Deployment>> = None;
     for secret in owned {
         let name = secret.name_any();
         let owners = secret.owner_references();
@@ -334,16 +470,40 @@ async fn release(
                 // Garbage collection removes it once the Deployment is gone.
                 continue;
             }
+            // Other Deployments are looked at only once all of them are known.
+            dctx.deployments
+                .wait_until_ready()
+                .await
+                .map_err(|_| Error::DeploymentCacheGone)?;
+            if live.is_none() {
+                let deployments: Api<Deployment> =
+                    Api::namespaced(dctx.ctx.client.clone(), namespace);
+                live = Some(
+                    deployments
+                        .get_opt(&obj.name_any())
+                        .await
+                        .map_err(Error::Read)?,
+                );
+            }
+            let live = live.as_ref().and_then(Option::as_ref);
+            let all = dctx.deployments.state();
+            if let Some(why) = kept_because(&name, &uid, live, &all) {
+                tracing::info!(secret = %name, why, "Secret kept");
+                continue;
+            }
+            // Only the Secret as we saw it: a change since (a new owner) makes this a 409.
             let params = DeleteParams {
                 preconditions: Some(Preconditions {
                     uid: secret.uid(),
-                    resource_version: None,
+                    resource_version: secret.resource_version(),
                 }),
                 ..Default::default()
             };
             match api.delete(&name, &params).await {
                 Ok(_) => tracing::info!(secret = %name, "deleted Secret no Deployment asks for"),
-                Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                // Looked at again with the Secret as it is now (our own writes wake nothing).
+                Err(kube::Error::Api(e)) if e.code == 409 => return Err(Error::SecretChanged),
                 Err(e) => return Err(Error::Release(e)),
             }
         } else if let Some(index) = owners.iter().position(|o| o.uid == uid) {
@@ -402,8 +562,20 @@ mod tests {
         }
     }
 
+    fn asks(path: &str, name: &str) -> (String, String) {
+        (path.to_string(), name.to_string())
+    }
+
+    /// `(path, name)` of a clear request, else what `request_of` said.
+    fn pair(d: &Deployment) -> Result<(String, String), Request> {
+        match request_of(d) {
+            Request::Secret { path, name, .. } => Ok((path, name)),
+            other => Err(other),
+        }
+    }
+
     #[test]
-    fn annotations_come_from_metadata_first_then_from_the_pod_template() {
+    fn the_request_comes_from_metadata_first_then_from_the_pod_template() {
         let d = deployment(
             "web",
             &[
@@ -413,10 +585,7 @@ mod tests {
             ],
             &[(ITEM_NAME_ANNOTATION, "ignored")],
         );
-        assert_eq!(
-            request_of(&d),
-            Some(("vaults/a/items/b".into(), "web-db".into()))
-        );
+        assert_eq!(pair(&d), Ok(asks("vaults/a/items/b", "web-db")));
         let t = deployment(
             "web",
             &[("other", "x")],
@@ -427,12 +596,125 @@ mod tests {
                 (SECRET_DIGESTS_ANNOTATION, "web-db=0123456789abcdef"),
             ],
         );
-        assert_eq!(request_of(&t).unwrap().1, "from-template");
-        assert!(!op_annotations(&t).contains_key(LAST_RESTARTED_ANNOTATION));
-        assert!(!op_annotations(&t).contains_key(SECRET_DIGESTS_ANNOTATION));
+        assert_eq!(pair(&t), Ok(asks("vaults/a/items/b", "from-template")));
+        let Request::Secret { annotations, .. } = request_of(&t) else {
+            panic!("a request");
+        };
+        assert!(!annotations.contains_key(LAST_RESTARTED_ANNOTATION));
+        assert!(!annotations.contains_key(SECRET_DIGESTS_ANNOTATION));
         assert_eq!(
-            request_of(&deployment("web", &[(ITEM_NAME_ANNOTATION, "x")], &[])),
-            None
+            request_of(&deployment("web", &[("other", "x")], &[])),
+            Request::Nothing
+        );
+    }
+
+    #[test]
+    fn another_operator_annotation_on_the_metadata_never_hides_a_request_on_the_pod_template() {
+        // `kubectl annotate deploy web operator.1password.io/auto-restart=true` once deleted
+        // the Secret of a request on the pod template.
+        let template = [
+            (ITEM_PATH_ANNOTATION, "vaults/a/items/b"),
+            (ITEM_NAME_ANNOTATION, "web-db"),
+        ];
+        for key in [
+            AUTO_RESTART_ANNOTATION,
+            SECRET_DIGESTS_ANNOTATION,
+            LAST_RESTARTED_ANNOTATION,
+            "operator.1password.io/something-new",
+        ] {
+            let d = deployment("web", &[(key, "true")], &template);
+            assert_eq!(
+                pair(&d),
+                Ok(asks("vaults/a/items/b", "web-db")),
+                "with {key}"
+            );
+        }
+    }
+
+    #[test]
+    fn half_a_pair_or_an_empty_value_is_unclear_not_nothing() {
+        let unclear = |meta: &[(&str, &str)], template: &[(&str, &str)]| match request_of(
+            &deployment("web", meta, template),
+        ) {
+            Request::Unclear { why, name } => (why, name),
+            other => panic!("{meta:?} {template:?}: {other:?}"),
+        };
+        let (why, name) = unclear(&[(ITEM_NAME_ANNOTATION, "web-db")], &[]);
+        assert_eq!(name.as_deref(), Some("web-db"));
+        assert!(why.contains("metadata"), "{why}");
+        assert!(
+            why.contains(&format!("{ITEM_PATH_ANNOTATION} is missing")),
+            "{why}"
+        );
+        let (why, name) = unclear(&[], &[(ITEM_PATH_ANNOTATION, "vaults/a/items/b")]);
+        assert_eq!(name, None);
+        assert!(why.contains("pod template"), "{why}");
+        // Half a pair on the metadata is not completed from the pod template.
+        unclear(
+            &[(ITEM_PATH_ANNOTATION, "vaults/a/items/b")],
+            &[(ITEM_NAME_ANNOTATION, "web-db")],
+        );
+        let (_, name) = unclear(
+            &[
+                (ITEM_PATH_ANNOTATION, " "),
+                (ITEM_NAME_ANNOTATION, "web-db"),
+            ],
+            &[],
+        );
+        assert_eq!(name.as_deref(), Some("web-db"));
+        unclear(
+            &[(ITEM_PATH_ANNOTATION, ""), (ITEM_NAME_ANNOTATION, "")],
+            &[],
+        );
+    }
+
+    #[test]
+    fn a_secret_is_released_only_when_nothing_asks_for_it() {
+        let path = "vaults/a/items/b";
+        let web = |meta: &[(&str, &str)]| deployment("web", meta, &[]);
+        let uid = "uid-web";
+        let nothing = web(&[]);
+        let other_name = web(&[
+            (ITEM_PATH_ANNOTATION, path),
+            (ITEM_NAME_ANNOTATION, "renamed"),
+        ]);
+        assert_eq!(kept_because("web-db", uid, Some(&nothing), &[]), None);
+        assert_eq!(kept_because("web-db", uid, Some(&other_name), &[]), None);
+
+        // The Deployment as it is now asks for it, is unclear, or is going.
+        let again = web(&[
+            (ITEM_PATH_ANNOTATION, path),
+            (ITEM_NAME_ANNOTATION, "Web-DB"),
+        ]);
+        assert!(kept_because("web-db", uid, Some(&again), &[]).is_some());
+        let unclear = web(&[(ITEM_PATH_ANNOTATION, path)]);
+        assert!(kept_because("web-db", uid, Some(&unclear), &[]).is_some());
+        assert!(kept_because("web-db", uid, None, &[]).is_some());
+        let mut going = nothing.clone();
+        going.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                "2026-01-01T00:00:00Z".parse().unwrap(),
+            ));
+        assert!(kept_because("web-db", uid, Some(&going), &[]).is_some());
+
+        // Another Deployment names it, even in an unclear request.
+        let worker = |meta: &[(&str, &str)]| Arc::new(deployment("worker", meta, &[]));
+        let asking = worker(&[
+            (ITEM_PATH_ANNOTATION, path),
+            (ITEM_NAME_ANNOTATION, "web-db"),
+        ]);
+        let half = worker(&[(ITEM_NAME_ANNOTATION, "web-db")]);
+        let elsewhere = worker(&[
+            (ITEM_PATH_ANNOTATION, path),
+            (ITEM_NAME_ANNOTATION, "worker-db"),
+        ]);
+        assert!(kept_because("web-db", uid, Some(&nothing), &[asking]).is_some());
+        assert!(kept_because("web-db", uid, Some(&nothing), &[half]).is_some());
+        let cached_self = Arc::new(again.clone());
+        assert_eq!(
+            kept_because("web-db", uid, Some(&nothing), &[elsewhere, cached_self]),
+            None,
+            "its own stale cache entry does not count as another Deployment"
         );
     }
 

@@ -7,6 +7,13 @@
 //! together end in one reconcile, hence one rollout. Namespace annotations are read with a GET
 //! (cached briefly), only when a change needs them: that asks for `get` on the watched
 //! namespaces only, not for a cluster-wide Namespace watch.
+//!
+//! A workload's first record is not simply the Secrets as they are when it is first looked at
+//! (seconds after it appears, the debounce included): the watches keep the revision at which
+//! each Secret got its recent digests and at which each workload got its pod template, so a
+//! change that came after the template's pods were made, but before the record, rolls it once.
+//! That memory is per process: a change made in that window just before the operator restarts
+//! is recorded without a rollout, as before.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -17,7 +24,7 @@ use std::{
 };
 
 use futures::{
-    FutureExt, StreamExt,
+    FutureExt, StreamExt, TryStreamExt,
     channel::mpsc,
     future::{BoxFuture, Shared},
 };
@@ -48,8 +55,8 @@ use super::{
     scoped_api,
 };
 use crate::restart::{
-    self, AUTO_RESTART_ANNOTATION, DIGEST_ANNOTATION, DigestMap, FIELD_MANAGER, Plan,
-    RESTARTED_FOR_ANNOTATION, SECRET_DIGESTS_ANNOTATION,
+    self, AUTO_RESTART_ANNOTATION, DIGEST_ANNOTATION, DigestMap, FIELD_MANAGER, History, Plan,
+    RESTARTED_FOR_ANNOTATION, SECRET_DIGESTS_ANNOTATION, UNKNOWN_FINGERPRINT,
 };
 
 /// Long enough for the Secrets of one sync pass to land together, short enough not to be noticed.
@@ -167,6 +174,10 @@ struct Ctx {
     common: Arc<Common>,
     /// Managed Secrets of this scope: metadata only (values are never fetched).
     secrets: Store<SecretMeta>,
+    /// The recent digests of each managed Secret of this scope, with their revisions.
+    digests: Mutex<DigestTracker>,
+    /// The revision at which each workload of this scope got its current pod template.
+    templates: Mutex<TemplateRevisions>,
 }
 
 /// Runs until `shutdown` resolves, then lets running reconciles finish.
@@ -211,6 +222,8 @@ async fn run_scope(common: Arc<Common>, scope: Option<String>, shutdown: Shutdow
     let ctx = Arc::new(Ctx {
         common: common.clone(),
         secrets,
+        digests: Mutex::default(),
+        templates: Mutex::default(),
     });
     let scope = scope.as_deref();
     let (deployments, notify_deployments) =
@@ -229,6 +242,7 @@ async fn run_scope(common: Arc<Common>, scope: Option<String>, shutdown: Shutdow
     let secrets = watch_secrets(
         events,
         writer,
+        ctx.clone(),
         vec![notify_deployments, notify_statefulsets, notify_daemonsets],
         shutdown,
     );
@@ -242,10 +256,18 @@ fn workload_controller<K: Workload>(
 ) -> (BoxFuture<'static, ()>, Notify) {
     let api: Api<K> = scoped_api(&ctx.common.client, scope);
     let (reader, writer) = reflector::store();
+    let templates = ctx.clone();
     // Status updates cannot change what we decide: only spec (generation) and annotations can.
     let stream = watcher(api, watcher::Config::default().any_semantic())
         .default_backoff()
         .modify(|w: &mut K| w.managed_fields_mut().clear())
+        .inspect_ok(move |event| {
+            templates
+                .templates
+                .lock()
+                .expect("templates lock")
+                .observe(K::KIND, event)
+        })
         .reflect(writer)
         .applied_objects()
         .predicate_filter(
@@ -290,11 +312,11 @@ fn uses<K: Workload>(workload: &K, secret: &str) -> bool {
 async fn watch_secrets(
     events: impl futures::Stream<Item = Result<watcher::Event<SecretMeta>, watcher::Error>>,
     writer: Writer<SecretMeta>,
+    ctx: Arc<Ctx>,
     notify: Vec<Notify>,
     shutdown: ShutdownSignal,
 ) {
     let stream = events.reflect(writer).take_until(shutdown);
-    let mut digests = DigestTracker::default();
     let wake = |(namespace, name): (String, String)| {
         tracing::debug!(%namespace, secret = %name, "managed Secret changed");
         for n in &notify {
@@ -304,17 +326,20 @@ async fn watch_secrets(
     futures::pin_mut!(stream);
     while let Some(event) = stream.next().await {
         match event {
-            Ok(event) => digests.observe(&event).into_iter().for_each(wake),
+            Ok(event) => {
+                let woken = ctx.digests.lock().expect("digests lock").observe(&event);
+                woken.into_iter().for_each(wake);
+            }
             Err(e) => super::log_watch_error("restart (managed Secrets)", &e),
         }
     }
 }
 
-/// Which Secrets' digests changed, from the watch events.
+/// Which Secrets' digests changed, from the watch events, and when.
 #[derive(Default)]
 struct DigestTracker {
-    /// (namespace, name) -> digest, as last seen.
-    seen: HashMap<(String, String), String>,
+    /// (namespace, name) -> its last digests.
+    seen: HashMap<(String, String), History>,
     listed_once: bool,
     /// During a (re)listing: what was listed, and what changed (reported at its end, once the
     /// store holds the new state).
@@ -382,9 +407,80 @@ impl DigestTracker {
         let digest = s
             .annotations()
             .get(DIGEST_ANNOTATION)
-            .cloned()
+            .map(String::as_str)
             .unwrap_or_default();
-        self.seen.insert(key, digest.clone()).as_ref() != Some(&digest)
+        match self.seen.get_mut(&key) {
+            Some(history) => history.observe(revision(s), digest),
+            None => {
+                self.seen.insert(key, History::new(digest));
+                true
+            }
+        }
+    }
+
+    /// The digest Secret `(namespace, name)` held at `revision`: `Some(None)` when that is
+    /// older than what is kept, `None` when the Secret is not known.
+    fn digest_at(&self, key: &(String, String), revision: u64) -> Option<Option<&str>> {
+        self.seen.get(key).map(|history| history.at(revision))
+    }
+}
+
+/// An object's resourceVersion as the etcd revision it is (`None` if it is not a number).
+fn revision(obj: &impl Resource) -> Option<u64> {
+    obj.meta().resource_version.as_deref()?.parse().ok()
+}
+
+/// The revision at which each workload got the pod template it has, from the watch events: the
+/// first event with a new `generation` is the change that made it, when the watch was there to
+/// see it; otherwise (at start, after a watch gap) the revision of the listing, which is later.
+#[derive(Default)]
+struct TemplateRevisions {
+    /// (kind, uid) -> (generation, revision).
+    seen: HashMap<(&'static str, String), (i64, u64)>,
+    /// (kind, uid) listed by the listing under way.
+    listing: HashSet<(&'static str, String)>,
+}
+
+impl TemplateRevisions {
+    fn observe<K: Resource>(&mut self, kind: &'static str, event: &watcher::Event<K>) {
+        let entry = |w: &K| {
+            let uid = w.meta().uid.clone()?;
+            Some(((kind, uid), w.meta().generation?, revision(w)?))
+        };
+        match event {
+            watcher::Event::Init => self.listing.retain(|(k, _)| *k != kind),
+            watcher::Event::InitApply(w) | watcher::Event::Apply(w) => {
+                let Some((key, generation, revision)) = entry(w) else {
+                    return;
+                };
+                if matches!(event, watcher::Event::InitApply(_)) {
+                    self.listing.insert(key.clone());
+                }
+                let known = self.seen.get(&key).is_some_and(|(g, _)| *g == generation);
+                if !known {
+                    self.seen.insert(key, (generation, revision));
+                }
+            }
+            watcher::Event::InitDone => {
+                let listing = &self.listing;
+                self.seen
+                    .retain(|key, _| key.0 != kind || listing.contains(key));
+                self.listing.retain(|(k, _)| *k != kind);
+            }
+            watcher::Event::Delete(w) => {
+                if let Some(uid) = w.meta().uid.clone() {
+                    self.seen.remove(&(kind, uid));
+                }
+            }
+        }
+    }
+
+    /// The revision at which `workload`'s current pod template came, if known.
+    fn of<K: Workload>(&self, workload: &K) -> Option<u64> {
+        let uid = workload.meta().uid.clone()?;
+        let generation = workload.meta().generation?;
+        let (seen_generation, revision) = self.seen.get(&(K::KIND, uid))?;
+        (*seen_generation == generation).then_some(*revision)
     }
 }
 
@@ -535,12 +631,15 @@ async fn decide<K: Workload>(
         .annotations()
         .get(SECRET_DIGESTS_ANNOTATION)
         .map(String::as_str);
+    // An unreadable record knows nothing (the plan replaces it, without a restart).
+    let known = recorded.and_then(restart::decode).unwrap_or_default();
+    let started_with = started_with(obj, namespace, ctx, &known, &current);
     let secret_setting = |name: &str| setting(secrets.get(name).map(|s| s.annotations()));
     let workload = workload_setting(obj);
-    let changed = recorded
-        .and_then(restart::decode)
-        .map(|recorded| restart::changed_secrets(&recorded, &current))
-        .unwrap_or_default();
+    let changed = restart::changed_secrets(
+        &restart::seen_by_pods(&known, &current, &started_with),
+        &current,
+    );
     let needs_namespace =
         workload.is_none() && changed.iter().any(|name| secret_setting(name).is_none());
     let namespace_value = if needs_namespace {
@@ -548,7 +647,7 @@ async fn decide<K: Workload>(
     } else {
         None
     };
-    Ok(restart::plan(recorded, &current, |name| {
+    Ok(restart::plan(recorded, &current, &started_with, |name| {
         let decision = restart::auto_restart(
             secret_setting(name),
             workload,
@@ -566,6 +665,44 @@ async fn decide<K: Workload>(
         }
         decision.enabled
     }))
+}
+
+/// For each Secret in `current` that the record (`known`) does not hold, the fingerprint of
+/// the data the workload's pods started with, when it differs from now: the data the Secret
+/// held at the revision of the current pod template (pods are made after it), or
+/// [`UNKNOWN_FINGERPRINT`] when that is older than the history kept. Without the revision of
+/// the template (not seen by this process's watch), the workload's own resourceVersion stands
+/// for it: it is later, so at worst a change made in between counts as seen by the pods, and
+/// is not rolled out (as before this existed).
+fn started_with<K: Workload>(
+    obj: &K,
+    namespace: &str,
+    ctx: &Ctx,
+    known: &DigestMap,
+    current: &DigestMap,
+) -> DigestMap {
+    let template_revision = ctx
+        .templates
+        .lock()
+        .expect("templates lock")
+        .of(obj)
+        .or_else(|| revision(obj));
+    let Some(template_revision) = template_revision else {
+        return DigestMap::new();
+    };
+    let digests = ctx.digests.lock().expect("digests lock");
+    current
+        .iter()
+        .filter(|(name, _)| !known.contains_key(*name))
+        .filter_map(|(name, now)| {
+            let key = (namespace.to_string(), name.clone());
+            let then = match digests.digest_at(&key, template_revision)? {
+                Some(digest) => restart::fingerprint(digest),
+                None => UNKNOWN_FINGERPRINT.to_string(),
+            };
+            (then != *now).then(|| (name.clone(), then))
+        })
+        .collect()
 }
 
 /// The `auto-restart` annotation value in `annotations`, when set and not empty.
@@ -762,6 +899,72 @@ mod tests {
         assert_eq!(t.observe(&watcher::Event::InitDone), [k("a", "db")]);
     }
 
+    fn at_revision(mut s: SecretMeta, revision: &str) -> SecretMeta {
+        s.metadata.resource_version = Some(revision.into());
+        s
+    }
+
+    #[test]
+    fn the_digest_history_tells_what_a_secret_held_at_a_revision() {
+        let mut t = DigestTracker::default();
+        t.observe(&watcher::Event::InitApply(at_revision(
+            secret("a", "db", Some("1")),
+            "40",
+        )));
+        t.observe(&watcher::Event::InitDone);
+        t.observe(&watcher::Event::Apply(at_revision(
+            secret("a", "db", Some("2")),
+            "60",
+        )));
+        // Listed first: there from the start, whatever its resourceVersion.
+        assert_eq!(t.digest_at(&k("a", "db"), 10), Some(Some("1")));
+        assert_eq!(t.digest_at(&k("a", "db"), 59), Some(Some("1")));
+        assert_eq!(t.digest_at(&k("a", "db"), 60), Some(Some("2")));
+        assert_eq!(t.digest_at(&k("a", "other"), 60), None);
+        t.observe(&watcher::Event::Delete(secret("a", "db", Some("2"))));
+        assert_eq!(t.digest_at(&k("a", "db"), 60), None);
+    }
+
+    fn workload_at(uid: &str, generation: i64, revision: &str) -> Deployment {
+        let mut d = deployment("metadata: { name: web }");
+        d.metadata.uid = Some(uid.into());
+        d.metadata.generation = Some(generation);
+        d.metadata.resource_version = Some(revision.into());
+        d
+    }
+
+    #[test]
+    fn a_pod_template_counts_from_the_first_event_of_its_generation() {
+        let mut t = TemplateRevisions::default();
+        let kind = "Deployment";
+        t.observe(kind, &watcher::Event::Init::<Deployment>);
+        t.observe(
+            kind,
+            &watcher::Event::InitApply(workload_at("u1", 1, "100")),
+        );
+        t.observe(kind, &watcher::Event::InitDone::<Deployment>);
+        t.observe(kind, &watcher::Event::Apply(workload_at("u2", 1, "120")));
+        // Status updates (same generation) do not move it; a new template does.
+        t.observe(kind, &watcher::Event::Apply(workload_at("u2", 1, "125")));
+        assert_eq!(t.of(&workload_at("u2", 1, "125")), Some(120));
+        t.observe(kind, &watcher::Event::Apply(workload_at("u2", 2, "130")));
+        assert_eq!(t.of(&workload_at("u2", 2, "131")), Some(130));
+        assert_eq!(t.of(&workload_at("u2", 3, "140")), None, "not seen yet");
+        assert_eq!(t.of(&workload_at("u1", 1, "100")), Some(100));
+
+        // A relisting keeps what it knew, and forgets what it no longer lists.
+        t.observe(kind, &watcher::Event::Init::<Deployment>);
+        t.observe(
+            kind,
+            &watcher::Event::InitApply(workload_at("u2", 2, "150")),
+        );
+        t.observe(kind, &watcher::Event::InitDone::<Deployment>);
+        assert_eq!(t.of(&workload_at("u2", 2, "150")), Some(130));
+        assert_eq!(t.of(&workload_at("u1", 1, "100")), None);
+        t.observe(kind, &watcher::Event::Delete(workload_at("u2", 2, "160")));
+        assert_eq!(t.of(&workload_at("u2", 2, "150")), None);
+    }
+
     #[test]
     fn backoff_doubles_from_one_second_up_to_five_minutes() {
         let secs: Vec<u64> = [1, 2, 3, 4, 9, 10, 100]
@@ -949,6 +1152,8 @@ spec:
                 ctx: Ctx {
                     common: Arc::new(common),
                     secrets: store,
+                    digests: Mutex::default(),
+                    templates: Mutex::default(),
                 },
                 handle,
                 restarts,
@@ -1123,6 +1328,56 @@ spec:
                     }
                 })
             );
+            assert_eq!(restarts, 0);
+        }
+
+        /// The digests the Secret watch saw: `db` listed with `v1:s:db1` and changed to
+        /// `v1:s:db2` at revision 9.
+        fn db_changed_at_revision_9(h: &Harness) {
+            let mut digests = h.ctx.digests.lock().unwrap();
+            let db = |digest: &str, revision: &str| {
+                let mut s = managed("db", digest, Some("true"));
+                s.metadata.resource_version = Some(revision.into());
+                s
+            };
+            digests.observe(&watcher::Event::InitApply(db("v1:s:db1", "3")));
+            digests.observe(&watcher::Event::InitDone);
+            digests.observe(&watcher::Event::Apply(db("v1:s:db2", "9")));
+        }
+
+        #[tokio::test]
+        async fn a_change_after_the_pods_were_made_and_before_the_first_record_restarts() {
+            // `web` (resourceVersion 7) was made before `db` changed (9): its pods hold db1.
+            let obj = web(None, None);
+            let h = harness(vec![managed("db", "v1:s:db2", Some("true"))], false);
+            db_changed_at_revision_9(&h);
+            let fresh = serde_json::to_value(&obj).unwrap();
+            let script = vec![get(DEPLOYMENT, fresh), apply(), event()];
+            let (result, seen, restarts) = reconcile_with(h, &obj, script).await;
+            result.unwrap();
+            let new = record(&[("db", "v1:s:db2")]);
+            assert_eq!(
+                seen[1].2["metadata"]["annotations"][SECRET_DIGESTS_ANNOTATION],
+                new
+            );
+            assert_eq!(
+                seen[1].2["spec"]["template"]["metadata"]["annotations"][RESTARTED_FOR_ANNOTATION],
+                restart::restarted_for(&restart::decode(&new).unwrap())
+            );
+            assert_eq!(restarts, 1);
+        }
+
+        #[tokio::test]
+        async fn a_workload_made_after_the_change_only_records_it() {
+            let mut obj = web(None, None);
+            obj.metadata.resource_version = Some("10".into());
+            let h = harness(vec![managed("db", "v1:s:db2", Some("true"))], false);
+            db_changed_at_revision_9(&h);
+            let fresh = serde_json::to_value(&obj).unwrap();
+            let (result, seen, restarts) =
+                reconcile_with(h, &obj, vec![get(DEPLOYMENT, fresh), apply()]).await;
+            result.unwrap();
+            assert!(seen[1].2.get("spec").is_none(), "only the record");
             assert_eq!(restarts, 0);
         }
 

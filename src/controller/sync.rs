@@ -69,10 +69,14 @@ pub enum SyncError {
     #[error(transparent)]
     Build(#[from] BuildError),
     #[error(
-        "a Secret named {name:?} already exists and is not managed by this OnePasswordItem; \
+        "a Secret named {name:?} already exists and is not managed by this {asker}; \
          it is left as it is (delete or rename it to let the operator create its own)"
     )]
-    Conflict { name: String },
+    Conflict {
+        name: String,
+        /// The kind that asked for the Secret (`OnePasswordItem`, `Deployment`).
+        asker: String,
+    },
     #[error(
         "the Secret {name:?} has type {live:?} but {wanted:?} is wanted; a Secret's type cannot \
          change: delete the Secret and the operator will create it again"
@@ -140,6 +144,15 @@ pub fn is_ours(live: &Secret, target: &SyncTarget) -> bool {
     let labelled = live.labels().get(MANAGED_LABEL).map(String::as_str) == Some(MANAGED_VALUE);
     let kinds: BTreeSet<&str> = target.owners.iter().map(|o| o.kind.as_str()).collect();
     labelled && owners.iter().all(|o| kinds.contains(o.kind.as_str()))
+}
+
+/// The Secret of `target` exists and is someone else's: the message names the kind that asked.
+fn conflict(target: &SyncTarget) -> SyncError {
+    let asker = target.owners.first().map_or("object", |o| o.kind.as_str());
+    SyncError::Conflict {
+        name: target.name.clone(),
+        asker: asker.to_string(),
+    }
 }
 
 /// Fields of `f:data` owned by a manager other than ours: someone edited the data by hand.
@@ -267,9 +280,7 @@ pub async fn sync(ctx: &Context, target: &SyncTarget) -> Result<Synced, SyncErro
     let live = api.get_opt(&target.name).await?;
     if let Some(live) = &live {
         if !is_ours(live, target) {
-            return Err(SyncError::Conflict {
-                name: target.name.clone(),
-            });
+            return Err(conflict(target));
         }
         let live_type = live.type_.as_deref().unwrap_or("Opaque");
         if live_type != wanted_type(target) {
@@ -576,6 +587,20 @@ mod tests {
         ));
         // Ours by label, but owned by an annotated Deployment: the two flows do not fight.
         assert!(!is_ours(&secret(vec![owner("Deployment", "d1")], true), &t));
+    }
+
+    #[test]
+    fn a_conflict_names_the_kind_that_asked_for_the_secret() {
+        let for_deployment = conflict(&target(vec![owner("Deployment", "d1")])).to_string();
+        assert!(
+            for_deployment.contains("is not managed by this Deployment;"),
+            "{for_deployment}"
+        );
+        let for_item = conflict(&target(vec![owner("OnePasswordItem", "i1")])).to_string();
+        assert!(
+            for_item.contains("is not managed by this OnePasswordItem;"),
+            "{for_item}"
+        );
     }
 
     #[test]
