@@ -6,6 +6,7 @@ pub mod config;
 pub mod connect;
 pub mod controller;
 pub mod crd;
+pub mod digest;
 pub mod http;
 pub mod leader;
 pub mod policy;

@@ -41,6 +41,14 @@ pub const ITEM_PATH_ANNOTATION: &str = "operator.1password.io/item-path";
 pub const ITEM_VERSION_ANNOTATION: &str = "operator.1password.io/item-version";
 /// Kubernetes refuses a Secret whose values add up to more than this (`MaxSecretSize`).
 pub const MAX_SECRET_DATA_BYTES: usize = 1024 * 1024;
+/// etcd's default `--max-request-bytes` (1.5 MiB): the API server cannot store a larger object
+/// and answers `rpc error: ... larger than max` instead.
+const ETCD_MAX_REQUEST_BYTES: usize = 1536 * 1024;
+/// Kept free under [`ETCD_MAX_REQUEST_BYTES`] for what the API server and other writers add to a
+/// Secret we write: uid, timestamps, their `managedFields` entries, labels and annotations.
+const STORAGE_HEADROOM_BYTES: usize = 64 * 1024;
+/// The largest Secret, as stored (see [`stored_size`]), that we send.
+pub const MAX_STORED_SECRET_BYTES: usize = ETCD_MAX_REQUEST_BYTES - STORAGE_HEADROOM_BYTES;
 
 /// Longest Secret name and longest data key Kubernetes accepts.
 const MAX_NAME_LEN: usize = 253;
@@ -146,6 +154,13 @@ pub enum BuildError {
          a Secret can hold"
     )]
     TooLarge { bytes: usize },
+    #[error(
+        "the Secret would take about {bytes} bytes to store, more than the \
+         {MAX_STORED_SECRET_BYTES} bytes the API server can store: its {keys} keys are counted \
+         with their values, and again in the record of who owns each key; use fewer or shorter \
+         labels, or split the item"
+    )]
+    StoredTooLarge { bytes: usize, keys: usize },
 }
 
 impl BuildError {
@@ -154,7 +169,7 @@ impl BuildError {
         match self {
             BuildError::InvalidName { .. } => "InvalidSecretName",
             BuildError::InvalidType { .. } => "InvalidSecretType",
-            BuildError::TooLarge { .. } => "SecretTooLarge",
+            BuildError::TooLarge { .. } | BuildError::StoredTooLarge { .. } => "SecretTooLarge",
         }
     }
 }
@@ -263,6 +278,53 @@ pub fn secret_type(cr_type: Option<&str>) -> Result<String, BuildError> {
             secret_type: t.to_owned(),
         })
     }
+}
+
+/// About how many bytes a Secret takes once stored, as etcd's request limit counts them: the
+/// object with its values as raw bytes (etcd holds them unencoded; the request carries them in
+/// base64, but its body limit, 3 MiB, is never the one reached first), plus the `managedFields`
+/// entry of our server-side apply, which names every data key, label, annotation and owner a
+/// second time. With thousands of long keys the names alone can pass the limit while the values
+/// are far under [`MAX_SECRET_DATA_BYTES`].
+pub fn stored_size(secret: &Secret) -> usize {
+    /// `"f:<key>":{},` per name in `managedFields`, and its entry's fixed part (manager,
+    /// operation, apiVersion, time, `f:type`, the `f:metadata` wrappers).
+    const PER_NAME: usize = 7;
+    const ENTRY: usize = 256;
+    /// Per data entry: the protobuf tags and lengths around a key and its value.
+    const PER_ENTRY: usize = 8;
+    let metadata = Secret {
+        data: None,
+        ..secret.clone()
+    };
+    let object = serde_json::to_vec(&metadata).map_or(usize::MAX, |body| body.len());
+    let data = secret.data.iter().flatten();
+    let values: usize = data
+        .clone()
+        .map(|(k, v)| k.len() + v.0.len() + PER_ENTRY)
+        .sum();
+    let meta = &secret.metadata;
+    let names: usize = data
+        .map(|(k, _)| k)
+        .chain(meta.labels.iter().flatten().map(|(k, _)| k))
+        .chain(meta.annotations.iter().flatten().map(|(k, _)| k))
+        .chain(meta.owner_references.iter().flatten().map(|o| &o.uid))
+        .map(|k| k.len() + PER_NAME + 2)
+        .sum();
+    object.saturating_add(values).saturating_add(names) + ENTRY
+}
+
+/// Refuses, before anything is sent, a Secret the API server could not store (see
+/// [`stored_size`]).
+pub fn check_stored_size(secret: &Secret) -> Result<(), BuildError> {
+    let bytes = stored_size(secret);
+    if bytes > MAX_STORED_SECRET_BYTES {
+        return Err(BuildError::StoredTooLarge {
+            bytes,
+            keys: secret.data.as_ref().map_or(0, BTreeMap::len),
+        });
+    }
+    Ok(())
 }
 
 /// The value of [`ITEM_PATH_ANNOTATION`]: ids, never titles.
@@ -1071,6 +1133,52 @@ mod tests {
 
         item.item.fields.pop();
         assert!(build_secret(&desired(&item)).is_ok(), "exactly 1 MiB fits");
+    }
+
+    #[test]
+    fn thousands_of_long_keys_are_too_large_to_store_though_their_values_are_small() {
+        let mut item = with_files(fixture("document"));
+        item.files.clear();
+        // 5,000 keys of 250 characters, one byte each: 5 kB of values, 1.25 MB of names, and the
+        // names once more in managedFields.
+        item.item.fields = (0..5000)
+            .map(|i| crate::connect::model::Field {
+                label: format!("{i:0>250}"),
+                value: Some("v".into()),
+                ..Default::default()
+            })
+            .collect();
+        let (secret, _) = build_secret(&desired(&item)).expect("the values are small");
+        let err = check_stored_size(&secret).unwrap_err();
+        assert_eq!(err.reason(), "SecretTooLarge");
+        let BuildError::StoredTooLarge { bytes, keys } = err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(keys, 5000);
+        assert!(bytes > 2 * 5000 * 250, "{bytes}");
+
+        // Half as many fit.
+        item.item.fields.truncate(2500);
+        let (secret, _) = build_secret(&desired(&item)).unwrap();
+        assert_eq!(check_stored_size(&secret), Ok(()));
+    }
+
+    #[test]
+    fn one_mib_of_values_under_a_few_keys_can_be_stored() {
+        let mut item = with_files(fixture("document"));
+        item.files[0].content = vec![b'z'; MAX_SECRET_DATA_BYTES];
+        let (secret, _) = build_secret(&desired(&item)).unwrap();
+        assert_eq!(check_stored_size(&secret), Ok(()));
+        let size = stored_size(&secret);
+        assert!(
+            (MAX_SECRET_DATA_BYTES..MAX_SECRET_DATA_BYTES + 4096).contains(&size),
+            "{size}"
+        );
+        let err = BuildError::StoredTooLarge {
+            bytes: size,
+            keys: 1,
+        };
+        assert!(!err.to_string().contains("zzz"));
     }
 
     #[test]

@@ -216,11 +216,13 @@ pub const ERROR_REASONS: &[&str] = &[
     "SecretConflict",
     "SecretTooLarge",
     "SecretTypeImmutable",
+    "StaleItemVersion",
     "Unauthorized",
     "Unsupported",
     "VaultForbidden",
     "VaultNotAllowed",
     "VaultNotFound",
+    "WriteConflict",
 ];
 
 /// The label for reasons outside [`ERROR_REASONS`] and Connect statuses outside the known set.
@@ -659,6 +661,8 @@ mod tests {
             "VaultNotAllowed",
             "SecretConflict",
             "Unauthorized",
+            "StaleItemVersion",
+            "WriteConflict",
         ] {
             assert_eq!(reason_label(reason), reason);
         }

@@ -3,6 +3,8 @@
 //! a user would check it with kubectl. Run them with `bash tests/run`, which starts the control
 //! plane and sets `OPSYNC_E2E_STATE_DIR`; without it they fail.
 
+#[path = "e2e/safety.rs"]
+mod safety;
 #[path = "e2e/support.rs"]
 mod support;
 
@@ -420,12 +422,18 @@ async fn a_secret_edited_or_deleted_by_hand_is_repaired_and_goes_with_its_item()
     env.wait_secret("db", "the password put back", has_data(&want))
         .await;
 
-    // A key added by hand is removed.
+    // A key added by hand is not ours: it stays (another writer's keys are never fought over),
+    // and ours are kept as the item says.
     let patch = format!(r#"{{"data":{{"added":"{}"}}}}"#, b64("by hand"));
     env.kubectl(&["patch", "secret", "db", "--type=merge", "-p", &patch])
         .await
         .unwrap();
-    env.wait_secret("db", "the added key removed", has_data(&want))
+    let mut with_added = want.clone();
+    with_added.insert("added".into(), "by hand".into());
+    env.wait_secret("db", "the added key kept", has_data(&with_added))
+        .await;
+    tokio::time::sleep(2 * POLL).await;
+    env.wait_secret("db", "the added key still there", has_data(&with_added))
         .await;
 
     // A Secret deleted by hand comes back.
@@ -440,7 +448,9 @@ async fn a_secret_edited_or_deleted_by_hand_is_repaired_and_goes_with_its_item()
         .await;
     assert_eq!(again.owner_references()[0].kind, "OnePasswordItem");
 
-    // An item deleted and at once created again ends with a Secret owned by the new one.
+    // An item deleted and at once created again ends with a Secret owned by the new one: the
+    // garbage collector removes the old item's Secret (the new item does not adopt it: no
+    // owner reference to the new uid), then the new item makes its own.
     env.kubectl(&["delete", "onepassworditem", "db", "--wait=false"])
         .await
         .unwrap();
@@ -459,8 +469,16 @@ async fn a_secret_edited_or_deleted_by_hand_is_repaired_and_goes_with_its_item()
             .then_some(())
             .ok_or(format!("owners {owners:?}"))
     };
-    env.wait_secret("db", "owned by the new item", owned_by_new)
-        .await;
+    wait_for(
+        "Secret db: owned by the new item",
+        support::GC_TIMEOUT,
+        async || {
+            let s = env.secret("db").await.ok_or("no such Secret")?;
+            owned_by_new(&s)
+        },
+    )
+    .await;
+    env.wait_ready("db", "Synced").await;
     tokio::time::sleep(2 * POLL).await;
     env.wait_secret("db", "still owned by the new item", owned_by_new)
         .await;
@@ -1272,13 +1290,33 @@ async fn an_item_deleted_ignored_or_revoked_in_1password_leaves_its_secret_as_it
     env.wait_ready("db", "ItemNotFound").await;
     env.wait_ready("cache", "Ignored").await;
     env.wait_ready("api", "VaultForbidden").await;
+    // As with the official operator (pkg/onepassword/secret_update_handler.go), an ignored
+    // item's Secret keeps its data but its item-version annotation follows the item.
+    let cache_version = env.sim.item("E2E", "cache").unwrap().version.to_string();
+    let moved = env
+        .wait_secret("cache", "the new item version", |s| {
+            (annotation(s, ITEM_VERSION_ANNOTATION) == Some(cache_version.as_str()))
+                .then_some(())
+                .ok_or(format!(
+                    "item-version {:?}",
+                    annotation(s, ITEM_VERSION_ANNOTATION)
+                ))
+        })
+        .await;
     tokio::time::sleep(2 * POLL).await;
     for kept in kept {
         let now = env
             .secret(&kept.name_any())
             .await
             .expect("the Secret is kept");
-        assert_eq!(now.resource_version(), kept.resource_version());
+        if kept.name_any() == "cache" {
+            assert_eq!(data_of(&now), data_of(&kept));
+            assert_eq!(now.resource_version(), moved.resource_version());
+            let digest = "operator.1password.io/data-digest";
+            assert_eq!(annotation(&now, digest), annotation(&kept, digest));
+        } else {
+            assert_eq!(now.resource_version(), kept.resource_version());
+        }
     }
     let cache_item = env.item("cache").await.unwrap();
     assert_eq!(

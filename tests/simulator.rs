@@ -634,6 +634,61 @@ async fn a_malformed_json_fault_sends_a_200_that_does_not_parse() {
 }
 
 #[tokio::test]
+async fn a_lagging_fault_serves_items_as_they_were_one_change_ago() {
+    let ctx = Ctx::new();
+    let files = ctx.sim.item("Team Vault", "files").unwrap();
+    let db = ctx.item_id("Team Vault", "db");
+    ctx.sim
+        .set_field("Team Vault", &db, "password", "rotated")
+        .unwrap();
+    ctx.sim
+        .set_file("Team Vault", "files", "small.txt", "changed")
+        .unwrap();
+    let item_path = format!("/v1/vaults/{}/items/{db}", ctx.team);
+    let listing_path = format!("/v1/vaults/{}/items", ctx.team);
+    let password = |item: &FullItem| {
+        item.fields
+            .iter()
+            .find(|f| f.label == "password")
+            .and_then(|f| f.value.clone())
+    };
+
+    ctx.sim.inject(Fault::lagging().times(4));
+    let served: FullItem = serde_json::from_value(ctx.json("team", &item_path).await).unwrap();
+    assert_eq!(served.version, 1);
+    assert_eq!(password(&served).as_deref(), Some("s3cret"));
+    let listing: Vec<ItemSummary> =
+        serde_json::from_value(ctx.json("team", &listing_path).await).unwrap();
+    let version_of = |id: &str| listing.iter().find(|i| i.id == id).unwrap().version;
+    assert_eq!((version_of(&db), version_of(&files.id)), (1, 1));
+    let small = files.files.iter().find(|f| f.name == "small.txt").unwrap();
+    let content = ctx.get(Some("team"), &small.content_path).await;
+    assert_eq!(content.text().await.unwrap(), "hello");
+    // An item that never changed is served as it is.
+    let private = ctx.sim.item("Private", "secret").unwrap();
+    let never_changed: FullItem = serde_json::from_value(
+        ctx.json(
+            "all",
+            &format!("/v1/vaults/{}/items/{}", ctx.private, private.id),
+        )
+        .await,
+    )
+    .unwrap();
+    assert_eq!(never_changed.version, 1);
+
+    // Once the fault is used up, the current versions again.
+    let served: FullItem = serde_json::from_value(ctx.json("team", &item_path).await).unwrap();
+    assert_eq!(served.version, 2);
+    assert_eq!(password(&served).as_deref(), Some("rotated"));
+    let response = ctx
+        .admin("faults", json!({"kind": "lagging", "times": 1}))
+        .await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    let served: FullItem = serde_json::from_value(ctx.json("team", &item_path).await).unwrap();
+    assert_eq!(served.version, 1);
+}
+
+#[tokio::test]
 async fn going_down_refuses_connections_until_resumed_on_the_same_port() {
     let ctx = Ctx::new();
     let url = ctx.sim.url();

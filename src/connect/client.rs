@@ -518,6 +518,13 @@ impl ConnectClient {
         }
     }
 
+    /// HMAC-SHA256 of `message` keyed by the token in use: a value only a holder of the token
+    /// can compute, stable while the token is (the digest salt of a new Secret). The token
+    /// itself never leaves the client.
+    pub fn token_mac(&self, message: &[u8]) -> [u8; 32] {
+        crate::digest::hmac_sha256(self.current_token().expose().as_bytes(), message)
+    }
+
     fn current_token(&self) -> Token {
         self.token.read().expect("token lock").clone()
     }

@@ -5,6 +5,7 @@
 //! - [`poller`]: the poll loop that finds changed items and wakes the two above.
 //! - [`restart`]: rolls workloads whose Secrets' data changed.
 //! - [`sync`]: the fetch -> build -> apply pipeline the first two share.
+//! - [`write_rate`]: notices a Secret we keep writing again (another writer fights us).
 
 pub mod deployment;
 pub mod events;
@@ -12,6 +13,7 @@ pub mod item;
 pub mod poller;
 pub mod restart;
 pub mod sync;
+pub mod write_rate;
 
 use std::{collections::HashMap, sync::Mutex, time::Duration};
 
@@ -105,6 +107,8 @@ pub struct Context {
     pub registry: poller::Registry,
     /// The Secrets as we last wrote them, to skip the watch events of our own writes.
     pub own_writes: OwnWrites,
+    /// How often each Secret was written again with the same version (a fight with a writer).
+    pub write_rate: write_rate::WriteRate,
     failures: Mutex<HashMap<String, u32>>,
     reasons: Mutex<HashMap<String, &'static str>>,
     /// Whether each OnePasswordItem is Ready, for the `ready_items` gauge.
@@ -121,6 +125,7 @@ impl Context {
             config,
             registry: poller::Registry::default(),
             own_writes: OwnWrites::default(),
+            write_rate: write_rate::WriteRate::default(),
             failures: Mutex::new(HashMap::new()),
             reasons: Mutex::new(HashMap::new()),
             ready: Mutex::new(HashMap::new()),

@@ -1,22 +1,33 @@
 //! The one pipeline both reconcilers use to keep a Secret equal to a 1Password item:
 //! resolve (catalog) -> look at the live Secret -> fetch the item only if needed -> build (pure)
-//! -> server-side apply -> drop keys someone else added.
+//! -> server-side apply.
 //!
-//! Nothing here ever deletes or blanks a Secret: every failure returns before the write.
+//! Nothing here ever deletes or blanks a Secret: every failure returns before the write. It
+//! writes only a Secret that names the asking object as an owner (by uid), never an older
+//! version of the item than the Secret holds, never keys it does not own (someone else's keys
+//! stay), and it stops writing a Secret that another writer keeps changing back
+//! ([`super::write_rate`]).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Instant,
+};
 
-use k8s_openapi::{api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::OwnerReference};
+use k8s_openapi::{
+    ByteString,
+    api::core::v1::Secret,
+    apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
+};
 use kube::{
     Api, ResourceExt,
     api::{Patch, PatchParams},
 };
-use serde_json::json;
 
-use super::{Context, FIELD_MANAGER};
+use super::{Context, FIELD_MANAGER, write_rate::Paused};
 use crate::{
     catalog::{IGNORE_TAG, Resolution, ResolveError},
     connect::{ConnectError, ItemPath, model::ItemWithFiles},
+    digest::{hex, hmac_sha256},
     restart::{DIGEST_ANNOTATION, MANAGED_LABEL, MANAGED_VALUE},
     secret::{self, BuildError, DesiredSecret, ITEM_PATH_ANNOTATION, ITEM_VERSION_ANNOTATION},
 };
@@ -42,7 +53,7 @@ pub enum Change {
     Unchanged,
     /// Only labels, annotations or owners were written; the data is the same.
     MetadataOnly,
-    /// The item carries the ignore tag; the existing Secret was left alone.
+    /// The item carries the ignore tag; the existing Secret's data was left alone.
     Ignored,
 }
 
@@ -69,8 +80,9 @@ pub enum SyncError {
     #[error(transparent)]
     Build(#[from] BuildError),
     #[error(
-        "a Secret named {name:?} already exists and is not managed by this {asker}; \
-         it is left as it is (delete or rename it to let the operator create its own)"
+        "a Secret named {name:?} already exists and has no owner reference to this {asker}; it \
+         is left as it is (delete or rename it to let the operator create its own; a Secret of an \
+         earlier object of the same name is removed by the garbage collector shortly)"
     )]
     Conflict {
         name: String,
@@ -88,6 +100,26 @@ pub enum SyncError {
     },
     #[error("{0}")]
     VaultNotAllowed(crate::policy::Denied),
+    #[error(
+        "Connect served version {served} of the item, older than version {held} that Secret \
+         {name:?} holds (a Connect replica that lags behind?); the Secret keeps version {held} \
+         and the item is read again later"
+    )]
+    StaleItem {
+        name: String,
+        held: u64,
+        served: u64,
+    },
+    #[error(
+        "the Secret {name:?} was written {rewrites} times in a row for the same item version: \
+         someone else keeps changing or deleting it (see its managedFields); not to fight \
+         another writer, the operator leaves it alone for {}s", paused.as_secs()
+    )]
+    WriteConflict {
+        name: String,
+        rewrites: usize,
+        paused: std::time::Duration,
+    },
     #[error("Kubernetes API error: {0}")]
     Kube(#[from] kube::Error),
 }
@@ -103,6 +135,8 @@ impl SyncError {
             SyncError::Conflict { .. } => "SecretConflict",
             SyncError::TypeChanged { .. } => "SecretTypeImmutable",
             SyncError::VaultNotAllowed(_) => "VaultNotAllowed",
+            SyncError::StaleItem { .. } => "StaleItemVersion",
+            SyncError::WriteConflict { .. } => "WriteConflict",
             SyncError::Kube(kube::Error::Api(status)) if status.code == 403 => {
                 "KubernetesForbidden"
             }
@@ -115,7 +149,9 @@ impl SyncError {
     pub fn is_transient(&self) -> bool {
         match self {
             SyncError::Connect(e) => e.is_transient(),
-            SyncError::Kube(_) => true,
+            SyncError::Kube(_) | SyncError::StaleItem { .. } | SyncError::WriteConflict { .. } => {
+                true
+            }
             _ => false,
         }
     }
@@ -129,21 +165,18 @@ impl SyncError {
     }
 }
 
-/// Is this live Secret one that `target` may write? Ours when one of its owners is one of the
-/// target's owners, or when it carries our label and every owner is of the same kind as the
-/// target's (a OnePasswordItem that was deleted and created again). Anything else belongs to
-/// someone else and is never overwritten.
+/// Is this live Secret one that `target` may write? Only when its owner references name one of
+/// the target's owners by uid. Our label proves nothing (anyone who may create a Secret can set
+/// it), so a Secret without such an owner reference is never written, and so never deleted with
+/// the object either. A OnePasswordItem deleted and created again has a new uid: the garbage
+/// collector removes the old one's Secret, and the new one then makes its own.
 pub fn is_ours(live: &Secret, target: &SyncTarget) -> bool {
-    let owners = live.owner_references();
-    if owners
-        .iter()
-        .any(|o| target.owners.iter().any(|t| t.uid == o.uid))
-    {
-        return true;
-    }
-    let labelled = live.labels().get(MANAGED_LABEL).map(String::as_str) == Some(MANAGED_VALUE);
-    let kinds: BTreeSet<&str> = target.owners.iter().map(|o| o.kind.as_str()).collect();
-    labelled && owners.iter().all(|o| kinds.contains(o.kind.as_str()))
+    live.owner_references().iter().any(|o| {
+        target
+            .owners
+            .iter()
+            .any(|t| !t.uid.is_empty() && t.uid == o.uid)
+    })
 }
 
 /// The Secret of `target` exists and is someone else's: the message names the kind that asked.
@@ -155,33 +188,49 @@ fn conflict(target: &SyncTarget) -> SyncError {
     }
 }
 
-/// Fields of `f:data` owned by a manager other than ours: someone edited the data by hand.
-fn data_touched_by_others(live: &Secret) -> bool {
-    live.metadata
-        .managed_fields
-        .iter()
-        .flatten()
-        .filter(|m| m.manager.as_deref() != Some(FIELD_MANAGER))
-        .filter_map(|m| m.fields_v1.as_ref())
-        .any(|f| {
-            f.0.get("f:data")
-                .and_then(|d| d.as_object())
-                .is_some_and(|d| d.keys().any(|k| k.starts_with("f:")))
-        })
-}
-
-/// The keys of a `f:metadata.f:<section>` our manager owns.
-fn our_metadata_keys(live: &Secret, section: &str) -> BTreeSet<String> {
+/// The keys under `path` (e.g. `f:metadata`, `f:labels`) of the fields our manager owns.
+fn owned_keys(live: &Secret, path: &[&str]) -> BTreeSet<String> {
     live.metadata
         .managed_fields
         .iter()
         .flatten()
         .filter(|m| m.manager.as_deref() == Some(FIELD_MANAGER))
         .filter_map(|m| m.fields_v1.as_ref())
-        .filter_map(|f| f.0.get("f:metadata")?.get(section)?.as_object().cloned())
+        .filter_map(|f| {
+            path.iter()
+                .try_fold(&f.0, |node, step| node.get(step))?
+                .as_object()
+                .cloned()
+        })
         .flat_map(|o| o.into_iter().map(|(k, _)| k))
         .filter_map(|k| k.strip_prefix("f:").map(str::to_string))
         .collect()
+}
+
+/// The data of the keys our manager owns, as the live Secret holds it.
+fn our_data(live: &Secret) -> BTreeMap<String, ByteString> {
+    let ours = owned_keys(live, &["f:data"]);
+    live.data
+        .iter()
+        .flatten()
+        .filter(|(k, _)| ours.contains(*k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// Whether the keys we own still hold what our last write put there: their HMAC equals the
+/// digest we wrote with them. A value of ours changed by someone else (the field then belongs
+/// to them) or a key of ours removed fails it; keys someone else added are theirs and do not
+/// count.
+fn our_data_intact(live: &Secret) -> bool {
+    let Some(digest) = live.annotations().get(DIGEST_ANNOTATION) else {
+        return false;
+    };
+    let Some(salt) = digest_salt(digest) else {
+        return false;
+    };
+    let data = our_data(live).into_iter().map(|(k, v)| (k, v.0)).collect();
+    data_digest(&salt, &data) == *digest
 }
 
 /// The labels and annotations we write besides those that depend on the data.
@@ -207,8 +256,8 @@ fn wanted_type(target: &SyncTarget) -> &str {
 }
 
 /// Why the live Secret cannot stay as it is without looking at the item's values, or `None`
-/// when it can: it holds the listed version of the same item, its data was written only by us,
-/// and its metadata, type and owners are what we would write.
+/// when it can: it holds the listed version of the same item, the keys we wrote are as we
+/// wrote them, and its metadata, type and owners are what we would write.
 fn stale_because(
     live: &Secret,
     target: &SyncTarget,
@@ -225,14 +274,14 @@ fn stale_because(
     if !ann.contains_key(DIGEST_ANNOTATION) {
         return Some("it has no data digest of ours");
     }
-    if data_touched_by_others(live) {
-        return Some("its data was edited by someone else");
+    if !our_data_intact(live) {
+        return Some("the data we wrote was changed by someone else");
     }
     let (labels, annotations) = desired_metadata(target);
     let matches = |want: &BTreeMap<String, String>, have: &BTreeMap<String, String>, section| {
         want.iter().all(|(k, v)| have.get(k) == Some(v))
             // Nothing we wrote earlier is left over (a label removed from the item).
-            && our_metadata_keys(live, section)
+            && owned_keys(live, &["f:metadata", section])
                 .iter()
                 .all(|k| want.contains_key(k) || is_data_annotation(k))
     };
@@ -259,6 +308,36 @@ fn stale_because(
 
 fn is_data_annotation(key: &str) -> bool {
     key == ITEM_PATH_ANNOTATION || key == ITEM_VERSION_ANNOTATION || key == DIGEST_ANNOTATION
+}
+
+/// The version of item `vault_id`/`item_id` the live Secret holds, by its annotations; `None`
+/// when it holds another item, or says nothing.
+fn held_version(live: &Secret, vault_id: &str, item_id: &str) -> Option<u64> {
+    let ann = live.annotations();
+    if ann.get(ITEM_PATH_ANNOTATION)? != &secret::item_path(vault_id, item_id) {
+        return None;
+    }
+    ann.get(ITEM_VERSION_ANNOTATION)?.parse().ok()
+}
+
+/// Refuses to go back: item versions only grow, so a version older than the one the Secret
+/// holds comes from a Connect server that lags behind (one replica of several behind a load
+/// balancer), and writing it would roll the Secret, and its workloads, back.
+fn refuse_older(
+    live: &Secret,
+    target: &SyncTarget,
+    vault_id: &str,
+    item_id: &str,
+    served: u64,
+) -> Result<(), SyncError> {
+    match held_version(live, vault_id, item_id) {
+        Some(held) if served < held => Err(SyncError::StaleItem {
+            name: target.name.clone(),
+            held,
+            served,
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Brings the Secret of `target` in line with its item.
@@ -290,8 +369,11 @@ pub async fn sync(ctx: &Context, target: &SyncTarget) -> Result<Synced, SyncErro
                 wanted: wanted_type(target).into(),
             });
         }
+        let (vault_id, item_id) = (&resolution.vault_id, &resolution.item_id);
+        refuse_older(live, target, vault_id, item_id, resolution.version)?;
         if resolution.ignored {
-            return Ok(ignored(live, resolution, None));
+            let held = (vault_id.clone(), item_id.clone(), resolution.version);
+            return keep_ignored(ctx, &api, live, target, resolution, held, None).await;
         }
         let stale = stale_because(live, target, &resolution);
         if let Some(why) = stale {
@@ -307,6 +389,9 @@ pub async fn sync(ctx: &Context, target: &SyncTarget) -> Result<Synced, SyncErro
         }
     }
 
+    // A Secret we keep writing back is left alone for a while: nothing is fetched or written.
+    let listed_path = secret::item_path(&resolution.vault_id, &resolution.item_id);
+    admit(ctx, target, &listed_path, resolution.version)?;
     let item = ctx
         .catalog
         .client()
@@ -314,26 +399,26 @@ pub async fn sync(ctx: &Context, target: &SyncTarget) -> Result<Synced, SyncErro
         .await?;
     let version = item.item.version;
     let updated_at = item.item.updated_at.clone();
-    if let Some(live) = &live
-        && item.item.tags.iter().any(|t| t == IGNORE_TAG)
-    {
-        return Ok(ignored(live, resolution, updated_at));
+    if let Some(live) = &live {
+        refuse_older(live, target, &item.item.vault.id, &item.item.id, version)?;
+        if item.item.tags.iter().any(|t| t == IGNORE_TAG) {
+            let held = (item.item.vault.id.clone(), item.item.id.clone(), version);
+            return keep_ignored(ctx, &api, live, target, resolution, held, updated_at).await;
+        }
     }
 
     let salt = live
         .as_ref()
         .and_then(|s| s.annotations().get(DIGEST_ANNOTATION))
         .and_then(|d| digest_salt(d))
-        .unwrap_or_else(new_salt);
+        .unwrap_or_else(|| {
+            let key = |message: &[u8]| ctx.catalog.client().token_mac(message);
+            derived_salt(key, &target.namespace, &target.name)
+        });
     let (secret, warnings) = build(target, &item, &salt, ctx.config.allow_empty_values)?;
-    let data_changed = live.as_ref().is_none_or(|l| l.data != secret.data);
-    let params = PatchParams::apply(FIELD_MANAGER).force();
-    let applied = api
-        .patch(&target.name, &params, &Patch::Apply(&secret))
-        .await?;
-    let written = drop_foreign_keys(&api, &applied, &secret).await?;
-    ctx.own_writes
-        .record(&target.namespace, &target.name, written);
+    let data_changed = live.as_ref().is_none_or(|l| data_differs(l, &secret));
+    let item_path = secret::item_path(&item.item.vault.id, &item.item.id);
+    apply(ctx, &api, target, &secret, &item_path, version).await?;
 
     let change = match (&live, data_changed) {
         (None, _) => Change::Created,
@@ -351,25 +436,129 @@ pub async fn sync(ctx: &Context, target: &SyncTarget) -> Result<Synced, SyncErro
     })
 }
 
-/// The item carries the ignore tag and its Secret exists: the Secret keeps what it holds.
-fn ignored(live: &Secret, resolution: Resolution, updated_at: Option<String>) -> Synced {
-    let held = live
-        .annotations()
-        .get(ITEM_VERSION_ANNOTATION)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(resolution.version);
-    Synced {
+/// Whether writing version `version` of `item_path` to the target's Secret may go ahead, or the
+/// Secret is being fought over and is left alone for a while.
+fn admit(
+    ctx: &Context,
+    target: &SyncTarget,
+    item_path: &str,
+    version: u64,
+) -> Result<(), SyncError> {
+    let (namespace, name) = (&target.namespace, &target.name);
+    ctx.write_rate
+        .admit(namespace, name, item_path, version, Instant::now())
+        .map_err(
+            |Paused {
+                 remaining,
+                 rewrites,
+             }| {
+                tracing::warn!(
+                    secret = %name,
+                    rewrites,
+                    paused_s = remaining.as_secs(),
+                    "Secret written again and again for the same item version: another writer \
+                     changes it back; leaving it alone for a while"
+                );
+                SyncError::WriteConflict {
+                    name: name.clone(),
+                    rewrites,
+                    paused: remaining,
+                }
+            },
+        )
+}
+
+/// Server-side apply of `secret` (with force: the fields we own hold what we say, whoever
+/// changed them; fields others own, such as keys they added, stay theirs and stay as they are).
+async fn apply(
+    ctx: &Context,
+    api: &Api<Secret>,
+    target: &SyncTarget,
+    secret: &Secret,
+    item_path: &str,
+    version: u64,
+) -> Result<(), SyncError> {
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let applied = api
+        .patch(&target.name, &params, &Patch::Apply(secret))
+        .await?;
+    let (namespace, name) = (&target.namespace, &target.name);
+    ctx.own_writes
+        .record(namespace, name, applied.resource_version());
+    ctx.write_rate
+        .record(namespace, name, item_path, version, Instant::now());
+    Ok(())
+}
+
+/// Whether writing `desired` changes the data: a value of ours differs, or a key we own goes.
+fn data_differs(live: &Secret, desired: &Secret) -> bool {
+    let live_data = live.data.as_ref();
+    let wanted = desired.data.iter().flatten();
+    let changed = wanted
+        .clone()
+        .any(|(k, v)| live_data.and_then(|d| d.get(k)) != Some(v));
+    let wanted: BTreeSet<&String> = wanted.map(|(k, _)| k).collect();
+    changed || our_data(live).keys().any(|k| !wanted.contains(k))
+}
+
+/// The item carries the ignore tag and its Secret exists: the data stays as it is. As the
+/// official operator does (`pkg/onepassword/secret_update_handler.go`: with the tag it still
+/// updates the Secret's `item-version` and `item-path` annotations), the annotations move to
+/// `held` (vault id, item id, version). The data, and so its digest, do not change: nothing
+/// rolls.
+async fn keep_ignored(
+    ctx: &Context,
+    api: &Api<Secret>,
+    live: &Secret,
+    target: &SyncTarget,
+    resolution: Resolution,
+    held: (String, String, u64),
+    updated_at: Option<String>,
+) -> Result<Synced, SyncError> {
+    let (vault_id, item_id, version) = held;
+    let item_path = secret::item_path(&vault_id, &item_id);
+    if held_version(live, &vault_id, &item_id) != Some(version) {
+        admit(ctx, target, &item_path, version)?;
+        let secret = annotations_moved(live, target, &item_path, version);
+        apply(ctx, api, target, &secret, &item_path, version).await?;
+    }
+    Ok(Synced {
         resolution,
-        version: held,
+        version,
         change: Change::Ignored,
         warnings: vec![format!(
             "the item is tagged {IGNORE_TAG}: its changes are not synced"
         )],
         updated_at,
+    })
+}
+
+/// What we apply to an ignored item's Secret: everything we own as it is (the data of our keys
+/// included, with its digest), our labels and annotations, and the item path and version moved.
+fn annotations_moved(live: &Secret, target: &SyncTarget, item_path: &str, version: u64) -> Secret {
+    let (labels, mut annotations) = desired_metadata(target);
+    annotations.insert(ITEM_PATH_ANNOTATION.into(), item_path.into());
+    annotations.insert(ITEM_VERSION_ANNOTATION.into(), version.to_string());
+    if let Some(digest) = live.annotations().get(DIGEST_ANNOTATION) {
+        annotations.insert(DIGEST_ANNOTATION.into(), digest.clone());
+    }
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(target.name.clone()),
+            namespace: Some(target.namespace.clone()),
+            labels: Some(labels),
+            annotations: Some(annotations),
+            owner_references: Some(target.owners.clone()),
+            ..Default::default()
+        },
+        type_: live.type_.clone(),
+        data: Some(our_data(live)),
+        ..Default::default()
     }
 }
 
-/// The desired Secret: the item's data plus our label and annotations.
+/// The desired Secret: the item's data plus our label and annotations, refused before anything
+/// is sent when the API server could not store it.
 fn build(
     target: &SyncTarget,
     item: &ItemWithFiles,
@@ -400,54 +589,12 @@ fn build(
         .annotations
         .get_or_insert_with(Default::default)
         .insert(DIGEST_ANNOTATION.into(), data_digest(salt, &data));
+    secret::check_stored_size(&secret)?;
     let warnings = warnings.iter().map(ToString::to_string).collect();
     Ok((secret, warnings))
 }
 
-/// Keys in the live Secret that we did not write (someone added them by hand, or another
-/// writer owns them): server-side apply leaves them, so they are removed here.
-/// Returns the resourceVersion of the Secret as finally written.
-async fn drop_foreign_keys(
-    api: &Api<Secret>,
-    applied: &Secret,
-    desired: &Secret,
-) -> Result<Option<String>, kube::Error> {
-    let wanted: BTreeSet<&String> = desired.data.iter().flatten().map(|(k, _)| k).collect();
-    let extra: Vec<&String> = applied
-        .data
-        .iter()
-        .flatten()
-        .map(|(k, _)| k)
-        .filter(|k| !wanted.contains(k))
-        .collect();
-    if extra.is_empty() {
-        return Ok(applied.resource_version());
-    }
-    let mut ops = vec![json!({
-        "op": "test",
-        "path": "/metadata/resourceVersion",
-        "value": applied.resource_version(),
-    })];
-    for key in extra {
-        ops.push(json!({"op": "remove", "path": format!("/data/{}", pointer_escape(key))}));
-    }
-    let patch: json_patch::Patch =
-        serde_json::from_value(serde_json::Value::Array(ops)).expect("valid JSON patch");
-    let patched = api
-        .patch(
-            &applied.name_any(),
-            &PatchParams::default(),
-            &Patch::<()>::Json(patch),
-        )
-        .await?;
-    Ok(patched.resource_version())
-}
-
-fn pointer_escape(key: &str) -> String {
-    key.replace('~', "~0").replace('/', "~1")
-}
-
-/// `v1:<salt>:<hmac>`: an HMAC-SHA256 of the data keyed by a random per-Secret salt. It changes
+/// `v1:<salt>:<hmac>`: an HMAC-SHA256 of the data keyed by a secret per-Secret salt. It changes
 /// exactly when the data changes, and, unlike a plain hash, it cannot be used to guess a weak
 /// password by someone who sees it without seeing the salt (the restart annotation on pod
 /// templates is derived from it).
@@ -471,51 +618,23 @@ fn digest_salt(digest: &str) -> Option<String> {
     }
 }
 
-fn new_salt() -> String {
-    let bytes: [u8; 16] = rand::random();
-    hex(&bytes)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
-    use sha2::{Digest, Sha256};
-    const BLOCK: usize = 64;
-    let mut k = [0u8; BLOCK];
-    if key.len() > BLOCK {
-        k[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        k[..key.len()].copy_from_slice(key);
-    }
-    let pad = |byte: u8| k.map(|b| b ^ byte);
-    let inner = Sha256::new()
-        .chain_update(pad(0x36))
-        .chain_update(message)
-        .finalize();
-    Sha256::new()
-        .chain_update(pad(0x5c))
-        .chain_update(inner)
-        .finalize()
-        .into()
+/// The salt of a Secret that has none yet (a new one, or one made again after it was deleted):
+/// `key("opsync-digest-salt/<namespace>/<name>")`, where `key` is an HMAC keyed by the Connect
+/// token. The same Secret gets the same salt each time it is made, so the same data gets the
+/// same digest and its workloads do not roll; and the salt stays secret, so a digest seen on a
+/// workload cannot be used to test guesses of a password. A Secret keeps the salt it has: a new
+/// token changes only the salt of Secrets made after the change (one rollout if such a Secret
+/// was deleted and made again across a token rotation).
+pub fn derived_salt(key: impl Fn(&[u8]) -> [u8; 32], namespace: &str, name: &str) -> String {
+    let mac = key(format!("opsync-digest-salt/{namespace}/{name}").as_bytes());
+    hex(&mac[..16])
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
-        FieldsV1, ManagedFieldsEntry, ObjectMeta,
-    };
-
-    #[test]
-    fn hmac_matches_rfc_4231_test_case_2() {
-        let mac = hmac_sha256(b"Jefe", b"what do ya want for nothing?");
-        assert_eq!(
-            hex(&mac),
-            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
-        );
-    }
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
+    use serde_json::json;
 
     #[test]
     fn digest_changes_with_data_and_salt_only() {
@@ -539,6 +658,26 @@ mod tests {
         with_empty.insert("alias".into(), Vec::new());
         assert_ne!(data_digest(salt, &data), data_digest(salt, &with_empty));
         assert_ne!(data_digest(salt, &BTreeMap::new()), data_digest(salt, &ab));
+    }
+
+    #[test]
+    fn the_salt_of_a_new_secret_is_the_same_each_time_and_secret_to_the_token() {
+        let token = |t: &'static [u8]| move |m: &[u8]| hmac_sha256(t, m);
+        let salt = derived_salt(token(b"tok"), "ns", "db");
+        // A Secret deleted and made again, by this process or the next one: the same salt, so
+        // the same data gives the same digest.
+        assert_eq!(salt, derived_salt(token(b"tok"), "ns", "db"));
+        assert_eq!(salt.len(), 32);
+        assert!(digest_salt(&format!("v1:{salt}:00")).is_some());
+        // Another Secret, another namespace or another token: another salt.
+        assert_ne!(salt, derived_salt(token(b"tok"), "ns", "db2"));
+        assert_ne!(salt, derived_salt(token(b"tok"), "ns2", "db"));
+        assert_ne!(salt, derived_salt(token(b"tok2"), "ns", "db"));
+        // "a/b" + "c" and "a" + "b/c" are different Secrets.
+        assert_ne!(
+            derived_salt(token(b"tok"), "a", "b-c"),
+            derived_salt(token(b"tok"), "a-b", "c")
+        );
     }
 
     fn owner(kind: &str, uid: &str) -> OwnerReference {
@@ -578,73 +717,75 @@ mod tests {
     }
 
     #[test]
-    fn a_foreign_secret_is_never_ours() {
+    fn a_foreign_secret_is_never_ours_whatever_its_labels_say() {
         let t = target(vec![owner("OnePasswordItem", "u1")]);
         assert!(!is_ours(&secret(vec![], false), &t));
         assert!(!is_ours(
             &secret(vec![owner("Deployment", "d1")], false),
             &t
         ));
+        // Our label is no proof: anyone who may create a Secret can set it.
+        assert!(!is_ours(&secret(vec![], true), &t));
         // Ours by label, but owned by an annotated Deployment: the two flows do not fight.
         assert!(!is_ours(&secret(vec![owner("Deployment", "d1")], true), &t));
+        // Owned by an earlier item of the same name: the garbage collector removes it.
+        assert!(!is_ours(
+            &secret(vec![owner("OnePasswordItem", "u0")], true),
+            &t
+        ));
+        // A target without a uid owns nothing.
+        let no_uid = target(vec![owner("OnePasswordItem", "")]);
+        assert!(!is_ours(
+            &secret(vec![owner("OnePasswordItem", "")], true),
+            &no_uid
+        ));
     }
 
     #[test]
     fn a_conflict_names_the_kind_that_asked_for_the_secret() {
         let for_deployment = conflict(&target(vec![owner("Deployment", "d1")])).to_string();
         assert!(
-            for_deployment.contains("is not managed by this Deployment;"),
+            for_deployment.contains("has no owner reference to this Deployment;"),
             "{for_deployment}"
         );
         let for_item = conflict(&target(vec![owner("OnePasswordItem", "i1")])).to_string();
         assert!(
-            for_item.contains("is not managed by this OnePasswordItem;"),
+            for_item.contains("has no owner reference to this OnePasswordItem;"),
             "{for_item}"
         );
     }
 
     #[test]
-    fn a_secret_owned_by_the_target_or_labelled_by_a_recreated_item_is_ours() {
+    fn a_secret_with_an_owner_reference_to_the_target_by_uid_is_ours() {
         let t = target(vec![owner("OnePasswordItem", "u1")]);
         // Created by the official operator: it owns the Secret through the same item.
         assert!(is_ours(
             &secret(vec![owner("OnePasswordItem", "u1")], false),
             &t
         ));
-        // The item was deleted and created again: a new uid, the same kind, our label.
+        // A Secret shared by Deployments: any one of them is enough.
+        let shared = target(vec![owner("Deployment", "d1"), owner("Deployment", "d2")]);
         assert!(is_ours(
-            &secret(vec![owner("OnePasswordItem", "u0")], true),
-            &t
+            &secret(vec![owner("Deployment", "d2")], true),
+            &shared
         ));
     }
 
-    #[test]
-    fn data_edited_by_kubectl_is_detected_from_managed_fields() {
-        let mut s = secret(vec![], true);
-        let entry = |manager: &str, fields: serde_json::Value| ManagedFieldsEntry {
+    const SALT: &str = "00112233445566778899aabbccddeeff";
+
+    fn entry(manager: &str, fields: serde_json::Value) -> ManagedFieldsEntry {
+        ManagedFieldsEntry {
             manager: Some(manager.into()),
+            operation: Some("Apply".into()),
             fields_v1: Some(FieldsV1(fields)),
             ..Default::default()
-        };
-        s.metadata.managed_fields = Some(vec![entry(
-            FIELD_MANAGER,
-            json!({"f:data": {"f:password": {}}, "f:metadata": {"f:labels": {"f:a": {}}}}),
-        )]);
-        assert!(!data_touched_by_others(&s));
-        assert_eq!(
-            our_metadata_keys(&s, "f:labels"),
-            BTreeSet::from(["a".to_string()])
-        );
-        s.metadata
-            .managed_fields
-            .as_mut()
-            .unwrap()
-            .push(entry("kubectl-edit", json!({"f:data": {"f:password": {}}})));
-        assert!(data_touched_by_others(&s));
+        }
     }
 
-    /// A Secret as our apply leaves it: our labels, annotations and data, owned by our manager.
+    /// A Secret as our apply leaves it: our labels, annotations and data (`password`), owned by
+    /// our manager.
     fn written_by_us(target: &SyncTarget, resolution: &Resolution) -> Secret {
+        let data = BTreeMap::from([("password".to_string(), b"pw".to_vec())]);
         let mut annotations: BTreeMap<String, String> = desired_metadata(target).1;
         annotations.insert(
             ITEM_PATH_ANNOTATION.into(),
@@ -654,17 +795,17 @@ mod tests {
             ITEM_VERSION_ANNOTATION.into(),
             resolution.version.to_string(),
         );
-        annotations.insert(
-            DIGEST_ANNOTATION.into(),
-            "v1:00112233445566778899aabbccddeeff:ab".into(),
-        );
+        annotations.insert(DIGEST_ANNOTATION.into(), data_digest(SALT, &data));
         let (labels, _) = desired_metadata(target);
-        let key_set = |m: &BTreeMap<String, String>| {
-            serde_json::Value::Object(m.keys().map(|k| (format!("f:{k}"), json!({}))).collect())
+        let key_set = |m: &mut dyn Iterator<Item = &String>| {
+            serde_json::Value::Object(m.map(|k| (format!("f:{k}"), json!({}))).collect())
         };
         let fields = json!({
-            "f:data": {"f:password": {}},
-            "f:metadata": {"f:labels": key_set(&labels), "f:annotations": key_set(&annotations)},
+            "f:data": key_set(&mut data.keys()),
+            "f:metadata": {
+                "f:labels": key_set(&mut labels.keys()),
+                "f:annotations": key_set(&mut annotations.keys()),
+            },
         });
         Secret {
             metadata: ObjectMeta {
@@ -672,15 +813,11 @@ mod tests {
                 labels: Some(labels),
                 annotations: Some(annotations),
                 owner_references: Some(target.owners.clone()),
-                managed_fields: Some(vec![ManagedFieldsEntry {
-                    manager: Some(FIELD_MANAGER.into()),
-                    operation: Some("Apply".into()),
-                    fields_v1: Some(FieldsV1(fields)),
-                    ..Default::default()
-                }]),
+                managed_fields: Some(vec![entry(FIELD_MANAGER, fields)]),
                 ..Default::default()
             },
             type_: Some("Opaque".into()),
+            data: Some(data.into_iter().map(|(k, v)| (k, ByteString(v))).collect()),
             ..Default::default()
         }
     }
@@ -693,6 +830,64 @@ mod tests {
             note: None,
             ignored: false,
         }
+    }
+
+    #[test]
+    fn keys_another_writer_added_are_theirs_and_leave_our_secret_as_it_is() {
+        let t = target(vec![owner("OnePasswordItem", "u1")]);
+        let r = resolution(4);
+        let mut live = written_by_us(&t, &r);
+        // The token controller fills in a service-account-token Secret.
+        for key in ["token", "ca.crt", "namespace"] {
+            live.data
+                .as_mut()
+                .unwrap()
+                .insert(key.into(), ByteString(b"theirs".to_vec()));
+        }
+        live.metadata.managed_fields.as_mut().unwrap().push(entry(
+            "kube-controller-manager",
+            json!({"f:data": {"f:token": {}, "f:ca.crt": {}, "f:namespace": {}}}),
+        ));
+        assert!(our_data_intact(&live));
+        assert_eq!(stale_because(&live, &t, &r), None);
+        // Writing our data again would change nothing of it, and their keys are not ours.
+        let mut desired = written_by_us(&t, &r);
+        desired.metadata.managed_fields = None;
+        assert!(!data_differs(&live, &desired));
+    }
+
+    #[test]
+    fn a_value_of_ours_changed_or_removed_by_hand_is_seen_as_drift() {
+        let t = target(vec![owner("OnePasswordItem", "u1")]);
+        let r = resolution(4);
+        // `kubectl edit` of our key: the value changes and its field moves to kubectl.
+        let mut edited = written_by_us(&t, &r);
+        edited
+            .data
+            .as_mut()
+            .unwrap()
+            .insert("password".into(), ByteString(b"by hand".to_vec()));
+        let fields = edited.metadata.managed_fields.as_mut().unwrap();
+        fields[0].fields_v1.as_mut().unwrap().0["f:data"] = json!({});
+        fields.push(entry("kubectl-edit", json!({"f:data": {"f:password": {}}})));
+        assert!(!our_data_intact(&edited));
+        assert_eq!(
+            stale_because(&edited, &t, &r),
+            Some("the data we wrote was changed by someone else")
+        );
+        let desired = written_by_us(&t, &r);
+        assert!(data_differs(&edited, &desired));
+        // The key removed by hand.
+        let mut removed = written_by_us(&t, &r);
+        removed.data = Some(BTreeMap::new());
+        assert!(!our_data_intact(&removed));
+        assert!(data_differs(&removed, &desired));
+        // A digest that is not ours to trust.
+        let mut forged = written_by_us(&t, &r);
+        forged
+            .annotations_mut()
+            .insert(DIGEST_ANNOTATION.into(), "v1:short:00".into());
+        assert!(!our_data_intact(&forged));
     }
 
     #[test]
@@ -734,7 +929,56 @@ mod tests {
     }
 
     #[test]
-    fn json_pointer_escapes_slash_and_tilde() {
-        assert_eq!(pointer_escape("a/b~c"), "a~1b~0c");
+    fn an_older_version_of_the_same_item_is_refused_but_not_a_newer_one_or_another_item() {
+        let t = target(vec![owner("OnePasswordItem", "u1")]);
+        let r = resolution(4);
+        let live = written_by_us(&t, &r);
+        let refuse = |vault: &str, item: &str, served| refuse_older(&live, &t, vault, item, served);
+        let err = refuse(&r.vault_id, &r.item_id, 3).unwrap_err();
+        assert_eq!(err.reason(), "StaleItemVersion");
+        assert!(
+            err.is_transient(),
+            "retried, never a wait for a spec change"
+        );
+        assert!(err.to_string().contains("version 3"), "{err}");
+        assert!(refuse(&r.vault_id, &r.item_id, 4).is_ok());
+        assert!(refuse(&r.vault_id, &r.item_id, 5).is_ok());
+        // Another item (the item path changed): its versions are its own.
+        assert!(refuse(&r.vault_id, "jjjjjjjjjjjjjjjjjjjjjjjjjj", 1).is_ok());
+        // A Secret that says nothing about its version refuses nothing.
+        let mut unannotated = live.clone();
+        unannotated
+            .annotations_mut()
+            .remove(ITEM_VERSION_ANNOTATION);
+        assert_eq!(held_version(&unannotated, &r.vault_id, &r.item_id), None);
+    }
+
+    #[test]
+    fn an_ignored_items_secret_keeps_its_data_and_digest_and_moves_its_item_version() {
+        let t = target(vec![owner("OnePasswordItem", "u1")]);
+        let r = resolution(4);
+        let mut live = written_by_us(&t, &r);
+        // A key someone else added is not ours to apply.
+        live.data
+            .as_mut()
+            .unwrap()
+            .insert("added".into(), ByteString(b"x".to_vec()));
+        let path = secret::item_path(&r.vault_id, &r.item_id);
+        let moved = annotations_moved(&live, &t, &path, 6);
+        assert_eq!(moved.data, Some(our_data(&live)));
+        assert_eq!(
+            moved.data.as_ref().unwrap().keys().collect::<Vec<_>>(),
+            ["password"]
+        );
+        let ann = moved.annotations();
+        assert_eq!(ann[ITEM_VERSION_ANNOTATION], "6");
+        assert_eq!(ann[ITEM_PATH_ANNOTATION], path);
+        assert_eq!(
+            ann[DIGEST_ANNOTATION],
+            live.annotations()[DIGEST_ANNOTATION]
+        );
+        assert_eq!(moved.labels()[MANAGED_LABEL], MANAGED_VALUE);
+        assert_eq!(moved.owner_references(), t.owners.as_slice());
+        assert_eq!(moved.type_.as_deref(), Some("Opaque"));
     }
 }

@@ -7,7 +7,7 @@
 //! | `GET /__sim/counts` | | `{"total": 12, "endpoints": {"get_item": 3, …}}` |
 //! | `POST /__sim/counts/reset` | | 204 |
 //! | `GET /__sim/faults` | | the active faults |
-//! | `POST /__sim/faults` | a fault, e.g. `{"kind": "status", "status": 500, "times": 2, "endpoint": "get_item", "path_prefix": "/v1/vaults/…"}` (kinds: `status`, `too_many_requests` + `retry_after_secs`, `timeout`, `delay` + `millis`, `drop_connection`, `malformed_json`) | 204 |
+//! | `POST /__sim/faults` | a fault, e.g. `{"kind": "status", "status": 500, "times": 2, "endpoint": "get_item", "path_prefix": "/v1/vaults/…"}` (kinds: `status`, `too_many_requests` + `retry_after_secs`, `timeout`, `delay` + `millis`, `drop_connection`, `malformed_json`, `lagging`: items as they were one change ago) | 204 |
 //! | `POST /__sim/faults/clear` | | 204 |
 //! | `POST /__sim/down` | `{"for_millis": 2000}` | 202, then stops accepting (and cuts open connections) about 100 ms later, for that long |
 //! | `GET /__sim/vaults` | | every vault, whatever the tokens |

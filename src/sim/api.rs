@@ -5,7 +5,7 @@ use base64::Engine;
 use http::Method;
 use serde::Serialize;
 
-use super::store::{Access, MAX_INLINE_FILE_BYTES, SimError, Store};
+use super::store::{Access, MAX_INLINE_FILE_BYTES, SimError, Store, View};
 use crate::connect::model::{ErrorBody, File, FullItem, Health, ServiceDependency, is_valid_id};
 
 /// The version Connect reports in `1Password-Connect-Version` and `/health`.
@@ -274,14 +274,28 @@ pub fn health() -> Health {
     }
 }
 
-/// Answers one API request. `token` is the bearer token, if the request had one. Metrics are
-/// answered by the server, which holds the counters.
+/// [`respond_seen`] from the current items.
+#[cfg(test)]
 pub fn respond(
     store: &mut Store,
     token: Option<&str>,
     route: &Route,
     query: &Query,
     body: &[u8],
+) -> Reply {
+    respond_seen(store, token, route, query, body, View::Current)
+}
+
+/// Answers one API request, reads from `view` (a lagging replica serves older items). `token`
+/// is the bearer token, if the request had one. Metrics are answered by the server, which holds
+/// the counters.
+pub fn respond_seen(
+    store: &mut Store,
+    token: Option<&str>,
+    route: &Route,
+    query: &Query,
+    body: &[u8],
+    view: View,
 ) -> Reply {
     match route {
         Route::Heartbeat => {
@@ -302,6 +316,7 @@ pub fn respond(
     let mut api = Api {
         store,
         access: &access,
+        view,
     };
     match api.answer(route, query, body) {
         Ok(reply) | Err(reply) => reply,
@@ -311,6 +326,7 @@ pub fn respond(
 struct Api<'a> {
     store: &'a mut Store,
     access: &'a Access,
+    view: View,
 }
 
 impl Api<'_> {
@@ -339,7 +355,10 @@ impl Api<'_> {
                 check_id(item, "Item")?;
                 check_id(file, "File")?;
                 self.item(vault, item)?;
-                let (meta, content) = self.store.file(vault, item, file).map_err(sim_error)?;
+                let (meta, content) = self
+                    .store
+                    .file_seen(vault, item, file, self.view)
+                    .map_err(sim_error)?;
                 Reply::File {
                     name: meta.name.clone(),
                     content: content.to_vec(),
@@ -404,7 +423,7 @@ impl Api<'_> {
         };
         let items: Vec<_> = self
             .store
-            .items_by_vault_id(vault)
+            .items_seen(vault, self.view)
             .into_iter()
             .flatten()
             .filter(|i| keep(i))
@@ -428,7 +447,7 @@ impl Api<'_> {
         check_id(item, "Item")?;
         self.vault(vault)?;
         self.store
-            .item_by_ids(vault, item)
+            .item_seen(vault, item, self.view)
             .ok_or_else(|| Reply::error(404, format!("item {item} not found")))
     }
 
@@ -440,7 +459,7 @@ impl Api<'_> {
     ) -> Result<Vec<File>, Reply> {
         let files = self
             .store
-            .files(&item.vault.id, &item.id)
+            .files_seen(&item.vault.id, &item.id, self.view)
             .unwrap_or_default();
         let mut out = Vec::new();
         for (file, content) in files.into_iter().filter(|(f, _)| keep(f)) {

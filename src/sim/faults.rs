@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 /// What a fault does to a request. In JSON (admin endpoint) it is the `kind` member with its
 /// parameters: `{"kind": "status", "status": 503}`, `{"kind": "too_many_requests",
 /// "retry_after_secs": 2}`, `{"kind": "timeout"}`, `{"kind": "delay", "millis": 500}`,
-/// `{"kind": "drop_connection"}`, `{"kind": "malformed_json"}`.
+/// `{"kind": "drop_connection"}`, `{"kind": "malformed_json"}`, `{"kind": "lagging"}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum FaultKind {
@@ -28,6 +28,9 @@ pub enum FaultKind {
     DropConnection,
     /// Answer 200 with the real body cut in half, so it is not valid JSON.
     MalformedJson,
+    /// Answer as a Connect replica one change behind would (behind a load balancer, one replica
+    /// lags): every item as it was before its last change ([`View::Lagging`](super::View)).
+    Lagging,
 }
 
 fn internal_error() -> u16 {
@@ -94,6 +97,11 @@ impl Fault {
 
     pub fn malformed_json() -> Self {
         Self::new(FaultKind::MalformedJson)
+    }
+
+    /// Items served as they were one change ago.
+    pub fn lagging() -> Self {
+        Self::new(FaultKind::Lagging)
     }
 
     /// Only for the next `n` matching requests.
@@ -269,6 +277,9 @@ mod tests {
             serde_json::from_str(&serde_json::to_string(&Fault::drop_connection()).unwrap())
                 .unwrap();
         assert_eq!(back, Fault::drop_connection());
+        let fault: Fault =
+            serde_json::from_str(r#"{"kind":"lagging","endpoint":"get_item"}"#).unwrap();
+        assert_eq!(fault, Fault::lagging().on("get_item"));
     }
 
     #[test]

@@ -46,7 +46,7 @@ pub use api::CONNECT_VERSION;
 pub use faults::{Fault, FaultKind};
 pub use seed::{FieldSpec, FileSpec, ItemSpec, SectionSpec, Seed, SeedError, UrlSpec, VaultSpec};
 pub use store::{
-    Access, MAX_INLINE_FILE_BYTES, SimError, Store, TokenAccess, content_path, new_id,
+    Access, MAX_INLINE_FILE_BYTES, SimError, Store, TokenAccess, View, content_path, new_id,
 };
 
 use crate::connect::model::{FullItem, ItemSummary, Vault};

@@ -38,7 +38,7 @@ use super::{
     admin,
     api::{self, CONNECT_VERSION, Query, Reply, Route},
     faults::{Counts, FaultKind, Faults},
-    store::Store,
+    store::{Store, View},
 };
 
 /// Largest request body read (item writes, admin calls).
@@ -566,8 +566,23 @@ async fn handle(
             return response;
         }
         Some(FaultKind::Timeout) => Reply::error(408, default_message(408)),
+        Some(FaultKind::Lagging) => answer(
+            &shared,
+            &route,
+            &parts.headers,
+            parts.uri.query(),
+            &body,
+            View::Lagging,
+        ),
         Some(FaultKind::Delay { .. }) | Some(FaultKind::MalformedJson) | None => {
-            let reply = answer(&shared, &route, &parts.headers, parts.uri.query(), &body);
+            let reply = answer(
+                &shared,
+                &route,
+                &parts.headers,
+                parts.uri.query(),
+                &body,
+                View::Current,
+            );
             if plan.action == Some(FaultKind::MalformedJson) {
                 truncate(reply)
             } else {
@@ -585,6 +600,7 @@ fn answer(
     headers: &http::HeaderMap,
     query: Option<&str>,
     body: &Bytes,
+    view: View,
 ) -> Reply {
     if *route == Route::Metrics {
         return Reply::Text {
@@ -599,12 +615,13 @@ fn answer(
             let (scheme, token) = v.trim().split_once(' ')?;
             scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
         });
-    api::respond(
+    api::respond_seen(
         &mut lock(&shared.store),
         token,
         route,
         &Query::parse(query),
         body,
+        view,
     )
 }
 

@@ -106,6 +106,28 @@ struct ItemState {
     item: FullItem,
     /// The content of `item.files[i]`.
     contents: Vec<Vec<u8>>,
+    /// The item as it was before its last change, for [`View::Lagging`].
+    previous: Option<Box<ItemState>>,
+}
+
+impl ItemState {
+    fn seen(&self, view: View) -> &ItemState {
+        match (view, &self.previous) {
+            (View::Lagging, Some(previous)) => previous,
+            _ => self,
+        }
+    }
+}
+
+/// Which state of the items a request is answered from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum View {
+    #[default]
+    Current,
+    /// What a Connect replica one change behind serves (behind a load balancer, a replica
+    /// that lags): every item as it was before its last change; an item never changed since
+    /// it was created is served as it is.
+    Lagging,
 }
 
 /// All vaults, items and tokens. Vaults and items keep their creation order, which is also the
@@ -199,10 +221,19 @@ impl Store {
 
     /// The items of a vault (by id), in creation order; `None` if there is no such vault.
     pub fn items_by_vault_id(&self, vault_id: &str) -> Option<impl Iterator<Item = &FullItem>> {
+        self.items_seen(vault_id, View::Current)
+    }
+
+    /// [`Store::items_by_vault_id`] as `view` sees them.
+    pub fn items_seen(
+        &self,
+        vault_id: &str,
+        view: View,
+    ) -> Option<impl Iterator<Item = &FullItem>> {
         self.vaults
             .iter()
             .find(|v| v.vault.id == vault_id)
-            .map(|v| v.items.iter().map(|i| &i.item))
+            .map(move |v| v.items.iter().map(move |i| &i.seen(view).item))
     }
 
     /// The listing view of a vault's items.
@@ -222,7 +253,30 @@ impl Store {
     }
 
     pub fn item_by_ids(&self, vault_id: &str, item_id: &str) -> Option<&FullItem> {
-        self.items_by_vault_id(vault_id)?.find(|i| i.id == item_id)
+        self.item_seen(vault_id, item_id, View::Current)
+    }
+
+    /// [`Store::item_by_ids`] as `view` sees it.
+    pub fn item_seen(&self, vault_id: &str, item_id: &str, view: View) -> Option<&FullItem> {
+        self.items_seen(vault_id, view)?.find(|i| i.id == item_id)
+    }
+
+    fn item_state(
+        &self,
+        vault_id: &str,
+        item_id: &str,
+        view: View,
+    ) -> Result<&ItemState, SimError> {
+        Ok(self
+            .vaults
+            .iter()
+            .find(|v| v.vault.id == vault_id)
+            .ok_or_else(|| SimError::VaultNotFound(vault_id.to_string()))?
+            .items
+            .iter()
+            .find(|i| i.item.id == item_id)
+            .ok_or_else(|| SimError::ItemNotFound(item_id.to_string()))?
+            .seen(view))
     }
 
     /// A file and its content; ids only, as the API takes them.
@@ -232,15 +286,18 @@ impl Store {
         item_id: &str,
         file_id: &str,
     ) -> Result<(&File, &[u8]), SimError> {
-        let state = self
-            .vaults
-            .iter()
-            .find(|v| v.vault.id == vault_id)
-            .ok_or_else(|| SimError::VaultNotFound(vault_id.to_string()))?
-            .items
-            .iter()
-            .find(|i| i.item.id == item_id)
-            .ok_or_else(|| SimError::ItemNotFound(item_id.to_string()))?;
+        self.file_seen(vault_id, item_id, file_id, View::Current)
+    }
+
+    /// [`Store::file`] as `view` sees it.
+    pub fn file_seen(
+        &self,
+        vault_id: &str,
+        item_id: &str,
+        file_id: &str,
+        view: View,
+    ) -> Result<(&File, &[u8]), SimError> {
+        let state = self.item_state(vault_id, item_id, view)?;
         let at = state
             .item
             .files
@@ -252,13 +309,17 @@ impl Store {
 
     /// The files of an item with their contents.
     pub fn files(&self, vault_id: &str, item_id: &str) -> Option<Vec<(&File, &[u8])>> {
-        let state = self
-            .vaults
-            .iter()
-            .find(|v| v.vault.id == vault_id)?
-            .items
-            .iter()
-            .find(|i| i.item.id == item_id)?;
+        self.files_seen(vault_id, item_id, View::Current)
+    }
+
+    /// [`Store::files`] as `view` sees them.
+    pub fn files_seen(
+        &self,
+        vault_id: &str,
+        item_id: &str,
+        view: View,
+    ) -> Option<Vec<(&File, &[u8])>> {
+        let state = self.item_state(vault_id, item_id, view).ok()?;
         Some(
             state
                 .item
@@ -351,10 +412,16 @@ impl Store {
         let state = ItemState {
             item: item.clone(),
             contents,
+            previous: None,
         };
         let vault = &mut self.vaults[v];
         match existing {
-            Some(pos) => vault.items[pos] = state,
+            Some(pos) => {
+                // One version of history is enough for a replica one change behind.
+                let mut old = std::mem::replace(&mut vault.items[pos], state);
+                old.previous = None;
+                vault.items[pos].previous = Some(Box::new(old));
+            }
             None => vault.items.push(state),
         }
         Self::bump_vault(vault, at);
