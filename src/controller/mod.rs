@@ -5,13 +5,17 @@
 //! - [`poller`]: the poll loop that finds changed items and wakes the two above.
 //! - [`restart`]: rolls workloads whose Secrets' data changed.
 //! - [`sync`]: the fetch -> build -> apply pipeline the first two share.
+//! - [`crd_probe`]: which status fields the installed CRD declares (ours or the official one).
+//! - [`takeover`]: what the official operator leaves on objects (its finalizer), removed.
 
+pub mod crd_probe;
 pub mod deployment;
 pub mod events;
 pub mod item;
 pub mod poller;
 pub mod restart;
 pub mod sync;
+pub mod takeover;
 
 use std::{collections::HashMap, sync::Mutex, time::Duration};
 
@@ -105,6 +109,8 @@ pub struct Context {
     pub registry: poller::Registry,
     /// The Secrets as we last wrote them, to skip the watch events of our own writes.
     pub own_writes: OwnWrites,
+    /// The status fields the installed OnePasswordItem CRD declares.
+    pub status_schema: std::sync::Arc<crd_probe::StatusSchema>,
     failures: Mutex<HashMap<String, u32>>,
     reasons: Mutex<HashMap<String, &'static str>>,
     /// Whether each OnePasswordItem is Ready, for the `ready_items` gauge.
@@ -121,6 +127,7 @@ impl Context {
             config,
             registry: poller::Registry::default(),
             own_writes: OwnWrites::default(),
+            status_schema: Default::default(),
             failures: Mutex::new(HashMap::new()),
             reasons: Mutex::new(HashMap::new()),
             ready: Mutex::new(HashMap::new()),
@@ -609,18 +616,14 @@ mod watch_filter_tests {
 }
 
 #[cfg(test)]
-mod forget_tests {
+pub(crate) mod testing {
     use super::*;
     use crate::connect::{ConnectClient, ConnectConfig};
-    use futures::StreamExt;
-    use k8s_openapi::{api::core::v1::ConfigMap, apimachinery::pkg::apis::meta::v1::ObjectMeta};
     use std::sync::Arc;
 
-    fn context() -> Arc<Context> {
-        let (service, _handle) = tower_test::mock::pair::<
-            http::Request<kube::client::Body>,
-            http::Response<kube::client::Body>,
-        >();
+    /// A context on `client` (a mock API server, usually), with a Connect client that is never
+    /// called.
+    pub(crate) fn context(client: Client) -> Arc<Context> {
         let connect = ConnectClient::new(
             ConnectConfig::from_env(|k| match k {
                 "OP_CONNECT_HOST" => Some("http://127.0.0.1:9".into()),
@@ -631,7 +634,7 @@ mod forget_tests {
         )
         .unwrap();
         Arc::new(Context::new(
-            Client::new(service, "default"),
+            client,
             Catalog::new(connect),
             Metrics::new(),
             Settings {
@@ -645,6 +648,22 @@ mod forget_tests {
                 vault_policy: None,
             },
         ))
+    }
+}
+
+#[cfg(test)]
+mod forget_tests {
+    use super::*;
+    use futures::StreamExt;
+    use k8s_openapi::{api::core::v1::ConfigMap, apimachinery::pkg::apis::meta::v1::ObjectMeta};
+    use std::sync::Arc;
+
+    fn context() -> Arc<Context> {
+        let (service, _handle) = tower_test::mock::pair::<
+            http::Request<kube::client::Body>,
+            http::Response<kube::client::Body>,
+        >();
+        testing::context(Client::new(service, "default"))
     }
 
     fn obj(ns: &str, name: &str) -> ConfigMap {
