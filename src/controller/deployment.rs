@@ -32,6 +32,7 @@ use super::{
     poller::{TargetKey, TargetKind},
     scoped_api,
     sync::{self, Change, SyncError, SyncTarget},
+    takeover,
 };
 use crate::{
     connect::ItemPath,
@@ -56,6 +57,8 @@ const WORKLOAD_ANNOTATIONS: &[&str] = &[
 pub enum Error {
     #[error("releasing the Secret failed: {0}")]
     Release(#[source] kube::Error),
+    #[error("removing the official operator's finalizer failed: {0}")]
+    Finalizer(#[source] kube::Error),
     #[error("the object has no namespace")]
     NoNamespace,
 }
@@ -218,6 +221,12 @@ async fn reconcile(obj: Arc<Deployment>, dctx: Arc<DeploymentContext>) -> Result
         namespace: namespace.clone(),
         name: obj.name_any(),
     };
+    // A Deployment the official operator handled carries its finalizer, which nothing else
+    // would remove: its deletion would hang.
+    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
+    takeover::take_over(&api, obj.as_ref())
+        .await
+        .map_err(Error::Finalizer)?;
     let request = request_of(&obj).filter(|_| obj.meta().deletion_timestamp.is_none());
     let Some((path, asked_name)) = request else {
         ctx.registry.forget(&key);
