@@ -9,7 +9,7 @@ use std::{collections::BTreeMap, path::Path, process::Command};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::{Api, ResourceExt};
 use onepassword_secrets_operator::{
-
+    controller::takeover::OFFICIAL_FINALIZER,
     crd::OnePasswordItem,
     sim::{Seed, VaultSpec},
 };
@@ -25,7 +25,6 @@ const OFFICIAL_CRD: &str = concat!(
 );
 const OUR_CRD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/onepassworditem.yaml");
 const VAULT: &str = "Migration";
-const OFFICIAL_FINALIZER: &str = "onepassword.com/finalizer.secret";
 /// What our operator logs, once, when it can write only the official operator's status.
 const OFFICIAL_SHAPE_LOG: &str = "writing only the official operator's status";
 
