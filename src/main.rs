@@ -164,6 +164,11 @@ async fn run(args: Args) -> Result<(), String> {
             shutdown(),
         ));
     }
+    tasks.spawn(controller::crd_probe::run(
+        client.clone(),
+        ctx.status_schema.clone(),
+        shutdown(),
+    ));
     tasks.spawn(controller::poller::run(ctx.clone(), triggers, shutdown()));
     let restart = controller::restart::RestartConfig {
         auto_restart_default: args.auto_restart,

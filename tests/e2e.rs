@@ -8,6 +8,9 @@ mod safety;
 #[path = "e2e/support.rs"]
 mod support;
 
+#[path = "e2e/migration.rs"]
+mod migration;
+
 use std::time::{Duration, Instant};
 
 use base64::Engine;

@@ -804,7 +804,25 @@ fn chart_lints_and_renders_for_each_kind_of_install() {
         rule_set(&cluster_role["rules"]),
         [
             ("", "namespaces", "get", "apps"),
-            ("", "namespaces", "get", "jobs")
+            ("", "namespaces", "get", "jobs"),
+            (
+                "apiextensions.k8s.io",
+                "customresourcedefinitions",
+                "get",
+                CRD_NAME
+            ),
+            (
+                "apiextensions.k8s.io",
+                "customresourcedefinitions",
+                "list",
+                CRD_NAME
+            ),
+            (
+                "apiextensions.k8s.io",
+                "customresourcedefinitions",
+                "watch",
+                CRD_NAME
+            ),
         ]
         .map(|(g, r, v, n)| (g.into(), r.into(), v.into(), n.into()))
         .into()
@@ -812,7 +830,7 @@ fn chart_lints_and_renders_for_each_kind_of_install() {
     for ns in ["apps", "jobs"] {
         let role = find_in(&docs, "Role", "rel-onepassword-secrets-operator", ns);
         let mut namespaced = rules.clone();
-        namespaced.retain(|(_, r, _, _)| r != "namespaces");
+        namespaced.retain(|(_, r, _, _)| r != "namespaces" && r != "customresourcedefinitions");
         assert_eq!(rule_set(&role["rules"]), namespaced, "Role in {ns}");
         let binding = find_in(&docs, "RoleBinding", "rel-onepassword-secrets-operator", ns);
         assert_eq!(
@@ -1043,14 +1061,25 @@ fn chart_installs_upgrades_and_uninstalls_cluster_wide() {
                 "--all-namespaces",
             ],
             &["patch", "deployments.apps", "-n", "default"],
+            &["patch", "onepassworditems.onepassword.com", "-n", "default"],
             &["get", "namespaces/default"],
+            &[
+                "watch",
+                "customresourcedefinitions.apiextensions.k8s.io/onepassworditems.onepassword.com",
+            ],
         ],
         &[
             &["list", "namespaces"],
             &["list", "configmaps", "--all-namespaces"],
             &["update", "secrets", "-n", "default"],
             &["create", "clusterroles.rbac.authorization.k8s.io"],
-            &["patch", "onepassworditems.onepassword.com", "-n", "default"],
+            &[
+                "update",
+                "onepassworditems.onepassword.com",
+                "-n",
+                "default",
+            ],
+            &["list", "customresourcedefinitions.apiextensions.k8s.io"],
         ],
     );
 
@@ -1254,12 +1283,15 @@ fn chart_rbac_lets_the_operator_work_in_its_namespaces_and_nowhere_else() {
     // And nothing beyond what it needs.
     let items = "onepassworditems.onepassword.com";
     let apps_namespace = format!("namespaces/{apps}");
+    let crd = format!("customresourcedefinitions.apiextensions.k8s.io/{CRD_NAME}");
     assert_can(
         &ns,
         &sa,
         &[
             &["watch", items, "-n", &apps],
             &["patch", items, "--subresource=status", "-n", &apps],
+            &["patch", items, "-n", &apps],
+            &["watch", &crd],
             &["list", "secrets", "-n", &apps],
             &["create", "secrets", "-n", &apps],
             &["patch", "secrets", "-n", &apps],
@@ -1281,8 +1313,9 @@ fn chart_rbac_lets_the_operator_work_in_its_namespaces_and_nowhere_else() {
             &["list", "configmaps", "-n", &apps],
             &["create", "pods", "-n", &apps],
             &["update", "secrets", "-n", &apps],
-            &["patch", items, "-n", &apps],
             &["delete", "deployments.apps", "-n", &apps],
+            &["list", "customresourcedefinitions.apiextensions.k8s.io"],
+            &["update", &crd],
             &["get", "secrets", "-n", "kube-system"],
             &["get", "secrets", "-n", &ns],
             &["list", "secrets", "--all-namespaces"],

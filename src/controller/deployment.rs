@@ -33,6 +33,7 @@ use super::{
     poller::{TargetKey, TargetKind},
     scoped_api,
     sync::{self, Change, SyncError, SyncTarget},
+    takeover,
 };
 use crate::{
     connect::ItemPath,
@@ -63,6 +64,8 @@ pub enum Error {
     DeploymentCacheGone,
     #[error("the Secret changed while it was being released; looking again")]
     SecretChanged,
+    #[error("removing the official operator's finalizer failed: {0}")]
+    Finalizer(#[source] kube::Error),
     #[error("the object has no namespace")]
     NoNamespace,
 }
@@ -298,6 +301,12 @@ async fn reconcile(obj: Arc<Deployment>, dctx: Arc<DeploymentContext>) -> Result
         namespace: namespace.clone(),
         name: obj.name_any(),
     };
+    // A Deployment the official operator handled carries its finalizer, which nothing else
+    // would remove: its deletion would hang.
+    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
+    takeover::take_over(&api, obj.as_ref())
+        .await
+        .map_err(Error::Finalizer)?;
     let request = if obj.meta().deletion_timestamp.is_some() {
         Request::Nothing
     } else {

@@ -23,10 +23,11 @@ use serde_json::json;
 
 use super::{
     Context, FIELD_MANAGER,
+    crd_probe::{self, StatusFields},
     poller::{TargetKey, TargetKind},
     scoped_api,
     sync::{self, Change, SyncError, SyncTarget, Synced},
-    truncate,
+    takeover, truncate,
 };
 use crate::{
     connect::ItemPath,
@@ -44,6 +45,8 @@ const ANNOTATIONS_NOT_COPIED: &[&str] = &["kubectl.kubernetes.io/last-applied-co
 pub enum Error {
     #[error("writing the status failed: {0}")]
     Status(#[source] kube::Error),
+    #[error("removing the official operator's finalizer failed: {0}")]
+    Finalizer(#[source] kube::Error),
     #[error("the object has no namespace")]
     NoNamespace,
 }
@@ -78,6 +81,8 @@ pub async fn run(
     Controller::for_stream(items, store)
         .owns_stream(secrets)
         .reconcile_on(trigger)
+        // The installed CRD changed what status we can write: write every status again.
+        .reconcile_all_on(ctx.status_schema.changes())
         .with_config(controller::Config::default().concurrency(ctx.config.concurrency))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
@@ -110,6 +115,12 @@ async fn reconcile(obj: Arc<OnePasswordItem>, ctx: Arc<Context>) -> Result<Actio
         namespace: namespace.clone(),
         name: obj.name_any(),
     };
+    // An item the official operator handled carries its finalizer, which nothing else would
+    // remove: its deletion would hang.
+    let api: Api<OnePasswordItem> = Api::namespaced(ctx.client.clone(), &namespace);
+    takeover::take_over(&api, obj.as_ref())
+        .await
+        .map_err(Error::Finalizer)?;
     if obj.meta().deletion_timestamp.is_some() {
         // The Secret goes with it through its owner reference; nothing to clean up here.
         ctx.registry.forget(&key);
@@ -126,7 +137,7 @@ async fn reconcile(obj: Arc<OnePasswordItem>, ctx: Arc<Context>) -> Result<Actio
     );
 
     let status = desired_status(&obj, &outcome, Timestamp::now());
-    if obj.status.as_ref() != Some(&status) {
+    if obj.status.as_ref() != Some(&ctx.status_schema.fields().project(&status)) {
         write_status(&ctx, &obj, &namespace, &status).await?;
     }
     publish_events(&ctx, &obj, &outcome).await;
@@ -283,6 +294,9 @@ pub fn desired_status(
     }
 }
 
+/// Writes `status`, or as much of it as the installed CRD declares. A refusal for fields the
+/// CRD does not declare (a CRD we could not read) makes every later write use the official
+/// operator's shape, and this one is tried once more in it; never more.
 async fn write_status(
     ctx: &Context,
     obj: &OnePasswordItem,
@@ -290,24 +304,40 @@ async fn write_status(
     status: &OnePasswordItemStatus,
 ) -> Result<(), Error> {
     let api: Api<OnePasswordItem> = Api::namespaced(ctx.client.clone(), namespace);
-    let body = json!({
-        "apiVersion": OnePasswordItem::api_version(&()),
-        "kind": OnePasswordItem::kind(&()),
-        "status": status,
-    });
-    api.patch_status(
-        &obj.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&body),
-    )
-    .await
-    .map_err(Error::Status)?;
+    for _ in 0..2 {
+        let fields = ctx.status_schema.fields();
+        let body = json!({
+            "apiVersion": OnePasswordItem::api_version(&()),
+            "kind": OnePasswordItem::kind(&()),
+            "status": fields.project(status),
+        });
+        let written = api
+            .patch_status(
+                &obj.name_any(),
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&body),
+            )
+            .await;
+        match written {
+            Ok(_) => return Ok(()),
+            Err(e) if crd_probe::is_schema_rejection(&e) => {
+                if !ctx.status_schema.reject() && fields == StatusFields::official() {
+                    break;
+                }
+            }
+            Err(e) => return Err(Error::Status(e)),
+        }
+    }
+    // Retrying cannot help: the status is left as it is until the next reconcile.
+    tracing::warn!(
+        "the API server refuses even the official operator's status shape; the status is not written"
+    );
     Ok(())
 }
 
 /// Events only on transitions: a change of the Ready reason, or a Secret written.
 async fn publish_events(ctx: &Context, obj: &OnePasswordItem, outcome: &Result<Synced, SyncError>) {
-    let old_reason = obj.ready_condition().and_then(|c| c.reason.clone());
+    let old_reason = obj.ready_condition().and_then(crd_probe::reason_of);
     let event = match outcome {
         Ok(s) => match s.change {
             Change::Created => Some((
@@ -454,6 +484,82 @@ mod tests {
         assert_eq!(ready.reason.as_deref(), Some("ConnectUnavailable"));
         assert_eq!(ready.last_transition_time, Some(Time(t1)));
         assert_eq!(status.item_version, Some(3));
+    }
+
+    mod api_server {
+        use super::*;
+        use http::{Request, Response};
+        use kube::client::Body;
+        use serde_json::Value;
+
+        type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+        /// Answers one status apply of item `db` with `code` and `message`; returns its body.
+        async fn answer_status_apply(handle: &mut Handle, code: u16, message: &str) -> Value {
+            let (request, respond) = handle.next_request().await.expect("a status apply");
+            assert_eq!(request.method(), http::Method::PATCH);
+            assert_eq!(
+                request.uri().path(),
+                "/apis/onepassword.com/v1/namespaces/apps/onepassworditems/db/status"
+            );
+            let bytes = request.into_body().collect_bytes().await.unwrap();
+            let body: Value = serde_json::from_slice(&bytes).unwrap();
+            let answer = if code == 200 {
+                json!({"apiVersion": "onepassword.com/v1", "kind": "OnePasswordItem",
+                       "metadata": {"name": "db", "namespace": "apps"}, "status": body["status"]})
+            } else {
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                       "message": message, "reason": "InternalError", "code": code})
+            };
+            respond.send_response(
+                Response::builder()
+                    .status(code)
+                    .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+                    .unwrap(),
+            );
+            body
+        }
+
+        #[tokio::test]
+        async fn a_status_refused_for_undeclared_fields_is_written_in_the_official_shape_and_never_retried_in_ours()
+         {
+            let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+            let ctx = crate::controller::testing::context(kube::Client::new(service, "default"));
+            let obj = item("vaults/Prod/items/db");
+            let t0: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+            let status = desired_status(&obj, &Ok(synced(3)), t0);
+            let server = tokio::spawn(async move {
+                // The official CRD: the full status is refused with a 500.
+                let first = answer_status_apply(
+                    &mut handle,
+                    500,
+                    "failed to create typed patch object: .status.itemId: field not declared in schema",
+                )
+                .await;
+                assert_eq!(first["status"]["itemId"], "i");
+                // Tried once more, in the official shape, and taken.
+                let second = answer_status_apply(&mut handle, 200, "").await;
+                // A later write goes straight to the official shape.
+                let third = answer_status_apply(&mut handle, 200, "").await;
+                (second, third, handle)
+            });
+            write_status(&ctx, &obj, "apps", &status).await.unwrap();
+            write_status(&ctx, &obj, "apps", &status).await.unwrap();
+            let (second, third, mut handle) = server.await.unwrap();
+            let official = json!({"conditions": [{
+                "type": "Ready",
+                "status": "True",
+                "lastTransitionTime": "2026-01-01T00:00:00Z",
+                "message": "Synced: Secret \"db\" holds version 3 of item i in vault v",
+            }]});
+            assert_eq!(second["status"], official);
+            assert_eq!(third["status"], official);
+            use futures::FutureExt;
+            assert!(
+                handle.next_request().now_or_never().is_none(),
+                "no further request"
+            );
+        }
     }
 
     #[test]

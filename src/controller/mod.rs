@@ -6,7 +6,10 @@
 //! - [`restart`]: rolls workloads whose Secrets' data changed.
 //! - [`sync`]: the fetch -> build -> apply pipeline the first two share.
 //! - [`write_rate`]: notices a Secret we keep writing again (another writer fights us).
+//! - [`crd_probe`]: which status fields the installed CRD declares (ours or the official one).
+//! - [`takeover`]: what the official operator leaves on objects (its finalizer), removed.
 
+pub mod crd_probe;
 pub mod deployment;
 pub mod events;
 pub mod item;
@@ -14,6 +17,7 @@ pub mod poller;
 pub mod restart;
 pub mod sync;
 pub mod write_rate;
+pub mod takeover;
 
 use std::{collections::HashMap, sync::Mutex, time::Duration};
 
@@ -109,6 +113,8 @@ pub struct Context {
     pub own_writes: OwnWrites,
     /// How often each Secret was written again with the same version (a fight with a writer).
     pub write_rate: write_rate::WriteRate,
+    /// The status fields the installed OnePasswordItem CRD declares.
+    pub status_schema: std::sync::Arc<crd_probe::StatusSchema>,
     failures: Mutex<HashMap<String, u32>>,
     reasons: Mutex<HashMap<String, &'static str>>,
     /// Whether each OnePasswordItem is Ready, for the `ready_items` gauge.
@@ -126,6 +132,7 @@ impl Context {
             registry: poller::Registry::default(),
             own_writes: OwnWrites::default(),
             write_rate: write_rate::WriteRate::default(),
+            status_schema: Default::default(),
             failures: Mutex::new(HashMap::new()),
             reasons: Mutex::new(HashMap::new()),
             ready: Mutex::new(HashMap::new()),
@@ -614,18 +621,14 @@ mod watch_filter_tests {
 }
 
 #[cfg(test)]
-mod forget_tests {
+pub(crate) mod testing {
     use super::*;
     use crate::connect::{ConnectClient, ConnectConfig};
-    use futures::StreamExt;
-    use k8s_openapi::{api::core::v1::ConfigMap, apimachinery::pkg::apis::meta::v1::ObjectMeta};
     use std::sync::Arc;
 
-    fn context() -> Arc<Context> {
-        let (service, _handle) = tower_test::mock::pair::<
-            http::Request<kube::client::Body>,
-            http::Response<kube::client::Body>,
-        >();
+    /// A context on `client` (a mock API server, usually), with a Connect client that is never
+    /// called.
+    pub(crate) fn context(client: Client) -> Arc<Context> {
         let connect = ConnectClient::new(
             ConnectConfig::from_env(|k| match k {
                 "OP_CONNECT_HOST" => Some("http://127.0.0.1:9".into()),
@@ -636,7 +639,7 @@ mod forget_tests {
         )
         .unwrap();
         Arc::new(Context::new(
-            Client::new(service, "default"),
+            client,
             Catalog::new(connect),
             Metrics::new(),
             Settings {
@@ -650,6 +653,22 @@ mod forget_tests {
                 vault_policy: None,
             },
         ))
+    }
+}
+
+#[cfg(test)]
+mod forget_tests {
+    use super::*;
+    use futures::StreamExt;
+    use k8s_openapi::{api::core::v1::ConfigMap, apimachinery::pkg::apis::meta::v1::ObjectMeta};
+    use std::sync::Arc;
+
+    fn context() -> Arc<Context> {
+        let (service, _handle) = tower_test::mock::pair::<
+            http::Request<kube::client::Body>,
+            http::Response<kube::client::Body>,
+        >();
+        testing::context(Client::new(service, "default"))
     }
 
     fn obj(ns: &str, name: &str) -> ConfigMap {

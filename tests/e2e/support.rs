@@ -3,7 +3,8 @@
 //! a user would type, a `kube::Client` for the checks, and bounded polling.
 //!
 //! Every test holds the API server lock: shared, or exclusive for the test that restarts the API
-//! server. Operators are stopped (SIGTERM, then SIGKILL) when their test ends, pass or fail; a
+//! server; a test that changes what is cluster-wide (a CRD) starts a control plane of its own
+//! ([`TestEnv::with_own_control_plane`]). Operators are stopped (SIGTERM, then SIGKILL) when their test ends, pass or fail; a
 //! failing test prints the operators' logs and the objects of its namespace.
 
 use std::{
@@ -77,6 +78,8 @@ struct Cluster {
     state_dir: PathBuf,
     kubeconfig: PathBuf,
     kubectl: PathBuf,
+    /// Started by one test for itself, and stopped when it ends.
+    own: bool,
 }
 
 static CLUSTER: OnceLock<Result<Cluster, String>> = OnceLock::new();
@@ -105,6 +108,61 @@ impl Cluster {
                  plane that `bash tests/run` starts. Run `bash tests/run` (or start one with \
                  `tests/envtest/start <dir>` and set OPSYNC_E2E_STATE_DIR=<dir>).",
             )?;
+        Cluster::in_state_dir(state_dir)
+    }
+
+    /// A control plane of the caller's own, started with `tests/envtest/start` (a few seconds,
+    /// the binaries being those `bash tests/run` built) in a fresh directory under
+    /// `target/tmp`. [`Cluster::stop`] stops it.
+    fn start_own(name: &str) -> Result<Cluster, String> {
+        let parent = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-control-planes");
+        fs::create_dir_all(&parent).map_err(|e| format!("create {}: {e}", parent.display()))?;
+        let state_dir = parent.join(format!("{name}-{:08x}", rand::random::<u32>()));
+        let start = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/envtest/start");
+        let out = Command::new(&start)
+            .arg(&state_dir)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", start.display()))?;
+        if !out.status.success() {
+            let _ = Command::new(start.with_file_name("stop"))
+                .arg(&state_dir)
+                .output();
+            return Err(format!(
+                "tests/envtest/start {} failed ({}): {}",
+                state_dir.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let mut cluster = Cluster::in_state_dir(state_dir)?;
+        cluster.own = true;
+        Ok(cluster)
+    }
+
+    /// Stops a control plane of [`Cluster::start_own`] and removes its state, logs included
+    /// unless the test failed.
+    fn stop(&self) {
+        assert!(self.own, "only a test's own control plane is stopped");
+        let stop = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/envtest/stop");
+        let stopped = Command::new(&stop)
+            .arg(&self.state_dir)
+            .stdin(Stdio::null())
+            .output();
+        match stopped {
+            Ok(out) if out.status.success() => {
+                if !std::thread::panicking() {
+                    let _ = fs::remove_dir_all(&self.state_dir);
+                }
+            }
+            other => eprintln!(
+                "stopping the control plane in {} failed: {other:?}",
+                self.state_dir.display()
+            ),
+        }
+    }
+
+    fn in_state_dir(state_dir: PathBuf) -> Result<Cluster, String> {
         let env_file = state_dir.join("env");
         let env = fs::read_to_string(&env_file).map_err(|e| {
             format!(
@@ -129,11 +187,18 @@ impl Cluster {
             state_dir,
             kubeconfig,
             kubectl,
+            own: false,
         })
     }
 
     fn install_crd(&self) -> Result<(), String> {
-        self.kubectl(None, &["apply", "--server-side", "-f", CRD_FILE], None)
+        self.install_crd_with(&["apply", "--server-side", "-f", CRD_FILE])
+    }
+
+    /// Installs a OnePasswordItem CRD (ours, or another one) with `kubectl <args>` and waits
+    /// until it is served.
+    fn install_crd_with(&self, args: &[&str]) -> Result<(), String> {
+        self.kubectl(None, args, None)
             .map_err(|e| format!("installing the CRD failed: {e}"))?;
         self.kubectl(
             None,
@@ -246,6 +311,8 @@ pub struct OperatorConfig {
     pub token: String,
     /// More environment variables (they win over the defaults).
     pub env: Vec<(String, String)>,
+    /// Another program to run instead of this operator (the official one), with its arguments.
+    pub command: Option<Vec<String>>,
 }
 
 impl OperatorConfig {
@@ -263,11 +330,15 @@ struct Operator {
 }
 
 impl Operator {
-    fn spawn(config: OperatorConfig, log: PathBuf) -> Operator {
-        let cluster = cluster();
+    fn spawn(config: OperatorConfig, log: PathBuf, cluster: &Cluster) -> Operator {
         let file = fs::File::create(&log)
             .unwrap_or_else(|e| panic!("cannot create {}: {e}", log.display()));
-        let mut cmd = Command::new(OPERATOR_BIN);
+        let (program, args) = match &config.command {
+            Some(command) => (command[0].as_str(), &command[1..]),
+            None => (OPERATOR_BIN, &[][..]),
+        };
+        let mut cmd = Command::new(program);
+        cmd.args(args);
         // Nothing from the test's environment (KUBECONFIG, in-cluster variables, RUST_LOG, ...).
         cmd.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -286,7 +357,7 @@ impl Operator {
             .stderr(file);
         let child = cmd
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {OPERATOR_BIN}: {e}"));
+            .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
         Operator {
             config,
             child: Some(child),
@@ -326,6 +397,8 @@ impl Drop for Operator {
 enum ApiServerLock {
     Shared(#[allow(dead_code)] RwLockReadGuard<'static, ()>),
     Exclusive(#[allow(dead_code)] RwLockWriteGuard<'static, ()>),
+    /// The test's own control plane: no other test uses it.
+    Own,
 }
 
 /// One test's world: its namespace(s), its simulator, its operators.
@@ -335,6 +408,7 @@ pub struct TestEnv {
     pub ns: String,
     pub client: Client,
     pub sim: Simulator,
+    cluster: &'static Cluster,
     namespaces: Vec<String>,
     operators: Vec<Operator>,
     log_dir: PathBuf,
@@ -357,11 +431,33 @@ impl TestEnv {
         Self::create(name, seed, lock).await
     }
 
+    /// A test with a control plane of its own (started here, stopped when the test ends), with
+    /// no CRD installed: for a test that changes what is cluster-wide, such as the CRD.
+    pub async fn with_own_control_plane(name: &str, seed: Seed) -> TestEnv {
+        let name_owned = name.to_string();
+        let cluster = tokio::task::spawn_blocking(move || Cluster::start_own(&name_owned))
+            .await
+            .expect("control plane task")
+            .unwrap_or_else(|e| panic!("{e}"));
+        // Lives as long as the test process, as the shared one does (a few hundred bytes).
+        let cluster: &'static Cluster = Box::leak(Box::new(cluster));
+        Self::create_on(name, seed, ApiServerLock::Own, cluster).await
+    }
+
     async fn create(name: &str, seed: Seed, lock: ApiServerLock) -> TestEnv {
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let cluster = tokio::task::spawn_blocking(cluster)
             .await
             .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        Self::create_on(name, seed, lock, cluster).await
+    }
+
+    async fn create_on(
+        name: &str,
+        seed: Seed,
+        lock: ApiServerLock,
+        cluster: &'static Cluster,
+    ) -> TestEnv {
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let kubeconfig = Kubeconfig::read_from(&cluster.kubeconfig).expect("read the kubeconfig");
         let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
             .await
@@ -379,6 +475,7 @@ impl TestEnv {
             ns: String::new(),
             client,
             sim,
+            cluster,
             namespaces: Vec::new(),
             operators: Vec::new(),
             log_dir,
@@ -431,13 +528,15 @@ impl TestEnv {
             connect_host: self.sim.url(),
             token: TOKEN.into(),
             env: Vec::new(),
+            command: None,
         }
     }
 
     pub fn start_operator(&mut self, config: OperatorConfig) -> OperatorId {
         let id = OperatorId(self.operators.len());
         let log = self.log_dir.join(format!("operator-{}.log", id.0));
-        self.operators.push(Operator::spawn(config, log));
+        self.operators
+            .push(Operator::spawn(config, log, self.cluster));
         id
     }
 
@@ -519,7 +618,7 @@ impl TestEnv {
     /// A kubeconfig with the admin's credentials that acts as `user` (impersonation), so the
     /// operator gets exactly the RBAC bound to that user.
     pub fn kubeconfig_as(&self, user: &str) -> PathBuf {
-        let admin = fs::read_to_string(&cluster().kubeconfig).expect("read the kubeconfig");
+        let admin = fs::read_to_string(&self.cluster.kubeconfig).expect("read the kubeconfig");
         let mut config: serde_yaml::Value = serde_yaml::from_str(&admin).expect("kubeconfig YAML");
         for entry in config["users"].as_sequence_mut().expect("kubeconfig users") {
             entry["user"]
@@ -604,10 +703,31 @@ impl TestEnv {
         }
     }
 
+    /// Removes the test's namespaces, or its own control plane with everything in it.
     fn delete_namespaces(&self) {
-        for ns in &self.namespaces {
-            let _ = cluster().kubectl(None, &["delete", "namespace", ns, "--wait=false"], None);
+        if self.cluster.own {
+            self.cluster.stop();
+            return;
         }
+        for ns in &self.namespaces {
+            let _ = self
+                .cluster
+                .kubectl(None, &["delete", "namespace", ns, "--wait=false"], None);
+        }
+    }
+
+    /// `kubectl apply -f <file>` of a OnePasswordItem CRD (absolute path), as a user would, on
+    /// the test's own control plane, and waits until it is served.
+    pub async fn install_crd(&self, file: &str) {
+        assert!(
+            self.cluster.own,
+            "the CRD is changed only on a test's own control plane"
+        );
+        let (cluster, file) = (self.cluster, file.to_string());
+        tokio::task::spawn_blocking(move || cluster.install_crd_with(&["apply", "-f", &file]))
+            .await
+            .expect("kubectl task")
+            .unwrap_or_else(|e| panic!("{e}"));
     }
 
     // ---- kubectl ----
@@ -635,9 +755,10 @@ impl TestEnv {
         let ns = ns.to_string();
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         let stdin = stdin.map(str::to_string);
+        let cluster = self.cluster;
         tokio::task::spawn_blocking(move || {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            cluster().kubectl(Some(&ns), &args, stdin.as_deref())
+            cluster.kubectl(Some(&ns), &args, stdin.as_deref())
         })
         .await
         .expect("kubectl task")
@@ -648,7 +769,7 @@ impl TestEnv {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/envtest")
             .join(script);
-        let state = cluster().state_dir.clone();
+        let state = self.cluster.state_dir.clone();
         let out = tokio::task::spawn_blocking(move || Command::new(&path).arg(&state).output())
             .await
             .expect("envtest task")
@@ -835,7 +956,8 @@ impl TestEnv {
     fn report(&self) -> String {
         let mut out = String::new();
         for ns in &self.namespaces {
-            let objects = cluster()
+            let objects = self
+                .cluster
                 .kubectl(
                     Some(ns),
                     &[
@@ -848,7 +970,8 @@ impl TestEnv {
                     None,
                 )
                 .unwrap_or_else(|e| e);
-            let events = cluster()
+            let events = self
+                .cluster
                 .kubectl(
                     Some(ns),
                     &["get", "events", "--sort-by=.lastTimestamp"],
