@@ -16,8 +16,8 @@ pub mod item;
 pub mod poller;
 pub mod restart;
 pub mod sync;
-pub mod write_rate;
 pub mod takeover;
+pub mod write_rate;
 
 use std::{collections::HashMap, sync::Mutex, time::Duration};
 

@@ -416,9 +416,17 @@ pub async fn sync(ctx: &Context, target: &SyncTarget) -> Result<Synced, SyncErro
             derived_salt(key, &target.namespace, &target.name)
         });
     let (secret, warnings) = build(target, &item, &salt, ctx.config.allow_empty_values)?;
-    let data_changed = live.as_ref().is_none_or(|l| data_differs(l, &secret));
+    let leftovers = live
+        .as_ref()
+        .map(|l| leftovers_at_takeover(l, &secret))
+        .unwrap_or_default();
+    let data_changed =
+        !leftovers.is_empty() || live.as_ref().is_none_or(|l| data_differs(l, &secret));
     let item_path = secret::item_path(&item.item.vault.id, &item.item.id);
-    apply(ctx, &api, target, &secret, &item_path, version).await?;
+    let applied = apply(ctx, &api, target, &secret, &item_path, version).await?;
+    if !leftovers.is_empty() {
+        remove_leftovers(ctx, &api, target, &applied, &leftovers).await?;
+    }
 
     let change = match (&live, data_changed) {
         (None, _) => Change::Created,
@@ -477,7 +485,7 @@ async fn apply(
     secret: &Secret,
     item_path: &str,
     version: u64,
-) -> Result<(), SyncError> {
+) -> Result<Secret, SyncError> {
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let applied = api
         .patch(&target.name, &params, &Patch::Apply(secret))
@@ -487,7 +495,75 @@ async fn apply(
         .record(namespace, name, applied.resource_version());
     ctx.write_rate
         .record(namespace, name, item_path, version, Instant::now());
-    Ok(())
+    Ok(applied)
+}
+
+/// The keys of a Secret we take over that the item no longer has. A Secret of ours (by owner
+/// reference) without our digest was last written by another operator: the official one,
+/// which replaces the data whole on every change (`pkg/kubernetessecrets/kubernetes_secrets_builder.go`,
+/// `CreateKubernetesSecretFromItem` updates `Data` as built). Its keys are not ours by
+/// `managedFields`, so an apply would leave them for ever; they are removed once, as that
+/// operator would have removed them. Once our digest is there, keys others add stay theirs.
+fn leftovers_at_takeover(live: &Secret, desired: &Secret) -> Vec<String> {
+    if live.annotations().contains_key(DIGEST_ANNOTATION) {
+        return Vec::new();
+    }
+    let wanted = desired.data.as_ref();
+    live.data
+        .iter()
+        .flatten()
+        .map(|(k, _)| k)
+        .filter(|k| wanted.is_none_or(|w| !w.contains_key(*k)))
+        .cloned()
+        .collect()
+}
+
+/// A JSON patch that removes `keys` from the data of the Secret as it was at
+/// `resource_version`, and fails (test op) if it changed meanwhile.
+fn leftover_removal(resource_version: &str, keys: &[String]) -> json_patch::Patch {
+    // Secret keys hold no `~` nor `/`, but a JSON pointer escapes them all the same.
+    let pointer = |k: &str| format!("/data/{}", k.replace('~', "~0").replace('/', "~1"));
+    let mut ops = vec![serde_json::json!(
+        {"op": "test", "path": "/metadata/resourceVersion", "value": resource_version}
+    )];
+    ops.extend(
+        keys.iter()
+            .map(|k| serde_json::json!({"op": "remove", "path": pointer(k)})),
+    );
+    serde_json::from_value(serde_json::Value::Array(ops)).expect("a valid JSON patch")
+}
+
+/// Removes what [`leftovers_at_takeover`] found, right after our first apply. If the Secret
+/// changed in between (someone else wrote it), the keys are left: our digest is there by then,
+/// so they count as that writer's.
+async fn remove_leftovers(
+    ctx: &Context,
+    api: &Api<Secret>,
+    target: &SyncTarget,
+    applied: &Secret,
+    keys: &[String],
+) -> Result<(), SyncError> {
+    let Some(rv) = applied.resource_version() else {
+        return Ok(());
+    };
+    let patch = leftover_removal(&rv, keys);
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    };
+    match api
+        .patch(&target.name, &params, &Patch::<()>::Json(patch))
+        .await
+    {
+        Ok(done) => {
+            tracing::info!(secret = %target.name, keys = ?keys, "removed keys the item no longer has from a Secret taken over from another operator");
+            ctx.own_writes
+                .record(&target.namespace, &target.name, done.resource_version());
+            Ok(())
+        }
+        Err(kube::Error::Api(e)) if e.code == 409 || e.code == 422 || e.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Whether writing `desired` changes the data: a value of ours differs, or a key we own goes.
@@ -980,5 +1056,48 @@ mod tests {
         assert_eq!(moved.labels()[MANAGED_LABEL], MANAGED_VALUE);
         assert_eq!(moved.owner_references(), t.owners.as_slice());
         assert_eq!(moved.type_.as_deref(), Some("Opaque"));
+    }
+
+    fn with_data(keys: &[&str], digest: Option<&str>) -> Secret {
+        Secret {
+            metadata: ObjectMeta {
+                annotations: digest
+                    .map(|d| BTreeMap::from([(DIGEST_ANNOTATION.to_string(), d.to_string())])),
+                ..Default::default()
+            },
+            data: Some(
+                keys.iter()
+                    .map(|k| (k.to_string(), ByteString(b"v".to_vec())))
+                    .collect(),
+            ),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn keys_another_operator_left_are_removed_once_at_takeover_only() {
+        let desired = with_data(&["password"], None);
+        // Written by the official operator: no digest of ours. Its `username` goes.
+        let theirs = with_data(&["password", "username"], None);
+        assert_eq!(leftovers_at_takeover(&theirs, &desired), ["username"]);
+        // Once ours, a key someone added is theirs and stays.
+        let ours = with_data(&["password", "username"], Some("v1:salt:digest"));
+        assert!(leftovers_at_takeover(&ours, &desired).is_empty());
+        // Nothing left over: nothing to remove.
+        assert!(leftovers_at_takeover(&with_data(&["password"], None), &desired).is_empty());
+    }
+
+    #[test]
+    fn leftovers_are_removed_only_from_the_secret_as_applied() {
+        let patch =
+            serde_json::to_value(leftover_removal("42", &["a".into(), "b~c".into()])).unwrap();
+        assert_eq!(
+            patch,
+            serde_json::json!([
+                {"op": "test", "path": "/metadata/resourceVersion", "value": "42"},
+                {"op": "remove", "path": "/data/a"},
+                {"op": "remove", "path": "/data/b~0c"},
+            ])
+        );
     }
 }
