@@ -213,6 +213,7 @@ pub const ERROR_REASONS: &[&str] = &[
     "NotFound",
     "RateLimited",
     "SecretConflict",
+    "SecretRejected",
     "SecretTooLarge",
     "SecretTypeImmutable",
     "Unauthorized",
