@@ -191,6 +191,7 @@ impl Context {
             return outcome;
         };
         let ids = |r: &Resolution| (r.vault_id.clone(), r.item_id.clone());
+        let mut outage = matches!(&outcome, Err(SyncError::Connect(e)) if is_outage(e));
         let (outcome, resolved, version) = match outcome {
             Ok(synced) => {
                 let resolved = Some(ids(&synced.resolution));
@@ -204,7 +205,12 @@ impl Context {
                         .await
                 };
                 match failure {
-                    Some(e) => (Err(SyncError::Connect(e)), resolved, version),
+                    Some(e) => {
+                        // Whatever the poll's failure was: the poller wakes it again when the
+                        // poll works, not on every failed poll.
+                        outage = true;
+                        (Err(SyncError::Connect(e)), resolved, version)
+                    }
                     None => (Ok(synced), resolved, version),
                 }
             }
@@ -218,7 +224,6 @@ impl Context {
                 (_, None) => (Err(e), None, None),
             },
         };
-        let outage = matches!(&outcome, Err(SyncError::Connect(e)) if is_outage(e));
         self.registry.track(
             key,
             Tracked {
@@ -671,12 +676,16 @@ mod forget_tests {
     use std::sync::Arc;
 
     fn context() -> Arc<Context> {
+        context_on("http://127.0.0.1:9")
+    }
+
+    fn context_on(connect_host: &str) -> Arc<Context> {
         let (service, _handle) = tower_test::mock::pair::<
             http::Request<kube::client::Body>,
             http::Response<kube::client::Body>,
         >();
         let mut config = ConnectConfig::from_env(|k| match k {
-            "OP_CONNECT_HOST" => Some("http://127.0.0.1:9".into()),
+            "OP_CONNECT_HOST" => Some(connect_host.into()),
             "OP_CONNECT_TOKEN" => Some("token".into()),
             _ => None,
         })
@@ -767,6 +776,31 @@ mod forget_tests {
                 .is_ok()
         );
         assert!(!tracked(&ctx, &key).outage);
+    }
+
+    #[tokio::test]
+    async fn a_poll_refused_for_any_reason_is_reported_once_not_on_every_poll() {
+        use crate::sim::{Fault, Seed, Simulator};
+        let sim = Simulator::start(Seed::new()).unwrap();
+        let ctx = context_on(&sim.url());
+        let key = TargetKey {
+            kind: TargetKind::Item,
+            namespace: "a".into(),
+            name: "db".into(),
+        };
+        // Not an outage by its kind (Connect answered), but the poll could not say whether
+        // the Secret is current all the same.
+        sim.inject(Fault::status(403).on("list_vaults"));
+        let in_use = ["v".to_string()].into();
+        ctx.catalog.refresh(&in_use, false).await.unwrap_err();
+        let outcome = ctx
+            .settle(key.clone(), "vaults/v/items/i", None, Ok(unchanged("v")))
+            .await;
+        let reason = outcome.expect_err("not Synced").reason();
+        assert_eq!(reason, "VaultForbidden");
+        let t = tracked(&ctx, &key);
+        assert!(t.outage, "woken again when the poll works, not on every poll");
+        assert!(!poller::is_due_after(&t, true, None));
     }
 
     fn obj(ns: &str, name: &str) -> ConfigMap {

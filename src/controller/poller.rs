@@ -48,7 +48,8 @@ pub struct Tracked {
     pub resolved: Option<(String, String)>,
     /// The listed version the reconcile looked at.
     pub version: Option<u64>,
-    /// Its reconcile reported that Connect could not be asked (down, or the token refused).
+    /// Its reconcile reported that Connect could not be asked (down, or the token refused), or
+    /// that the last poll could not refresh its vault.
     pub outage: bool,
 }
 
