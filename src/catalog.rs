@@ -73,15 +73,22 @@ enum Fetch {
 struct State {
     vaults: Option<(Arc<Vec<Vault>>, Instant)>,
     listings: HashMap<String, Listing>,
+    /// Why the last poll could not list the vaults; `None` when it could.
+    vaults_failure: Option<ConnectError>,
+    /// Why the last poll could not list these vaults' items (their old listings are kept).
+    listing_failures: HashMap<String, ConnectError>,
 }
 
 /// How a refresh went, for logs and metrics.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RefreshReport {
-    /// Vaults whose item listing was fetched again.
+    /// Vaults whose item listing was fetched again (or tried: see `failed`).
     pub listed: Vec<String>,
     /// Vaults skipped because their `contentVersion` did not move.
     pub unchanged: usize,
+    /// Vaults whose listing failed for a reason other than the vault being gone or revoked
+    /// (Connect down, token refused): their items cannot be told to be current.
+    pub failed: Vec<String>,
 }
 
 pub struct Catalog {
@@ -194,16 +201,38 @@ impl Catalog {
         )
     }
 
+    /// Why the last poll could not tell whether what is cached for `vault_id` is current: the
+    /// vault list or this vault's item listing failed. `None` when the last poll saw it (or
+    /// there was no poll yet).
+    pub async fn refresh_failure(&self, vault_id: &str) -> Option<ConnectError> {
+        let state = self.state.lock().await;
+        state
+            .vaults_failure
+            .clone()
+            .or_else(|| state.listing_failures.get(vault_id).cloned())
+    }
+
     /// One poll: lists vaults, then lists the items of each vault in `in_use` whose
     /// `contentVersion` changed since its last listing (or every one, with `full`). A server
-    /// that leaves `contentVersion` at 0 gets a listing every time.
+    /// that leaves `contentVersion` at 0 gets a listing every time. A vault list that fails is
+    /// the error; a listing that fails keeps the vault's old listing, is named in
+    /// `failed`, and the other vaults are listed all the same. Both are remembered until the
+    /// next poll (see [`Catalog::refresh_failure`]).
     pub async fn refresh(
         &self,
         in_use: &HashSet<String>,
         full: bool,
     ) -> Result<RefreshReport, ConnectError> {
         let mut state = self.state.lock().await;
-        let vaults = self.vaults(&mut state, Fetch::Always).await?;
+        let vaults = match self.vaults(&mut state, Fetch::Always).await {
+            Ok(vaults) => vaults,
+            Err(e) => {
+                state.vaults_failure = Some(e.clone());
+                return Err(e);
+            }
+        };
+        state.vaults_failure = None;
+        let mut failures = HashMap::new();
         let mut report = RefreshReport::default();
         let mut ids: Vec<&String> = in_use.iter().collect();
         ids.sort();
@@ -231,9 +260,14 @@ impl Catalog {
                     state.listings.remove(vault_id);
                     report.listed.push(vault_id.clone());
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    report.listed.push(vault_id.clone());
+                    report.failed.push(vault_id.clone());
+                    failures.insert(vault_id.clone(), e);
+                }
             }
         }
+        state.listing_failures = failures;
         // Listings of vaults no longer in use are dropped to keep memory to what is needed.
         state.listings.retain(|id, _| in_use.contains(id));
         Ok(report)

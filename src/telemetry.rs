@@ -214,6 +214,7 @@ pub const ERROR_REASONS: &[&str] = &[
     "NotFound",
     "RateLimited",
     "SecretConflict",
+    "SecretRejected",
     "SecretTooLarge",
     "SecretTypeImmutable",
     "StaleItemVersion",

@@ -385,6 +385,74 @@ async fn an_idle_poll_costs_one_request_and_a_change_one_listing_more() {
 }
 
 #[tokio::test]
+async fn a_poll_that_cannot_list_a_vault_is_remembered_for_that_vault_until_one_can() {
+    let sim = Simulator::start(seed()).unwrap();
+    let catalog = Catalog::new(client(&sim, TOKEN));
+    let prod = catalog
+        .resolve(&path("vaults/Prod/items/db"))
+        .await
+        .unwrap()
+        .vault_id;
+    let staged = catalog
+        .resolve(&path("vaults/Staging/items/db"))
+        .await
+        .unwrap();
+    let staging = staged.vault_id.clone();
+    let in_use: HashSet<String> = [prod.clone(), staging.clone()].into();
+    catalog.refresh(&in_use, false).await.unwrap();
+    assert_eq!(catalog.refresh_failure(&prod).await, None);
+
+    // The token is refused: the vault list fails, and with it every vault.
+    sim.remove_token(TOKEN).unwrap();
+    let err = catalog.refresh(&in_use, false).await.unwrap_err();
+    assert_eq!(err.reason(), "Unauthorized");
+    for vault in [&prod, &staging] {
+        let failure = catalog.refresh_failure(vault).await.expect("remembered");
+        assert_eq!(failure.reason(), "Unauthorized");
+    }
+    // What was cached is still there: the Secrets stay as they are.
+    assert!(
+        catalog
+            .resolve_cached(&path("vaults/Prod/items/db"))
+            .await
+            .unwrap()
+            .is_ok()
+    );
+    sim.add_token(TOKEN, TokenAccess::All).unwrap();
+    catalog.refresh(&in_use, false).await.unwrap();
+    assert_eq!(catalog.refresh_failure(&prod).await, None);
+
+    // One vault's listing fails: that vault only; the other is listed all the same.
+    sim.set_field("Prod", "db", "password", "pw-value-2")
+        .unwrap();
+    sim.set_field("Staging", "db", "password", "staging-pw-2")
+        .unwrap();
+    let mut fault = Fault::internal_error();
+    fault.path_prefix = Some(format!("/v1/vaults/{prod}/items"));
+    sim.inject(fault);
+    let report = catalog.refresh(&in_use, false).await.unwrap();
+    assert_eq!(report.failed, vec![prod.clone()]);
+    assert_eq!(
+        catalog.refresh_failure(&prod).await.map(|e| e.reason()),
+        Some("ConnectUnavailable")
+    );
+    assert_eq!(catalog.refresh_failure(&staging).await, None);
+    let now = catalog
+        .resolve_cached(&path("vaults/Staging/items/db"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        now.version,
+        staged.version + 1,
+        "the healthy vault was listed"
+    );
+    sim.clear_faults();
+    catalog.refresh(&in_use, false).await.unwrap();
+    assert_eq!(catalog.refresh_failure(&prod).await, None);
+}
+
+#[tokio::test]
 async fn a_new_item_is_found_without_waiting_for_a_poll() {
     let sim = Simulator::start(seed()).unwrap();
     let catalog = Catalog::new(client(&sim, TOKEN));

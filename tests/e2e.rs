@@ -1200,6 +1200,190 @@ async fn while_connect_is_down_or_failing_the_secret_is_kept_and_it_recovers_aft
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_token_is_refused_or_connect_is_down_synced_objects_say_so_and_recover() {
+    let v1 = secret_value("v1");
+    let seed = Seed::new().vault(VaultSpec::new("E2E").item(login("db", &v1)));
+    let mut env = TestEnv::new("outage-status", seed).await;
+    env.start_operator(env.operator_config());
+    env.apply(&format!(
+        "{}---\n{}",
+        item_manifest("db", "vaults/E2E/items/db"),
+        annotated_deployment("web", "vaults/E2E/items/db", "web-db"),
+    ))
+    .await
+    .unwrap();
+    let synced = env.wait_ready("db", "Synced").await;
+    let kept = env
+        .wait_secret(
+            "db",
+            "the item",
+            has_data(&map(&[("username", "app"), ("password", &v1)])),
+        )
+        .await;
+    env.wait_secret("web-db", "made for the Deployment", |_| Ok(()))
+        .await;
+
+    // The token is revoked and nothing else happens: no fetch is due, only polls see it.
+    env.sim.remove_token(support::TOKEN).unwrap();
+    let refused = env.wait_ready("db", "Unauthorized").await;
+    let ready = refused.ready_condition().unwrap();
+    let message = ready.message.as_deref().unwrap();
+    assert!(message.contains("holds version"), "{message}");
+    assert_eq!(
+        refused.status.as_ref().unwrap().item_version,
+        synced.status.as_ref().unwrap().item_version,
+        "the status still says what the Secret holds"
+    );
+    env.wait_event("OnePasswordItem", "db", "Warning", "Unauthorized")
+        .await;
+    env.wait_event("Deployment", "web", "Warning", "Unauthorized")
+        .await;
+    tokio::time::sleep(2 * POLL).await;
+    let during = env.secret("db").await.unwrap();
+    assert_eq!(during.resource_version(), kept.resource_version());
+    // Said once, not on every poll.
+    let warnings = |events: Vec<k8s_openapi::api::events::v1::Event>| {
+        events
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some("Unauthorized"))
+            .count()
+    };
+    assert_eq!(warnings(env.events_for("OnePasswordItem", "db").await), 1);
+
+    env.sim.add_token(support::TOKEN, TokenAccess::All).unwrap();
+    env.wait_ready("db", "Synced").await;
+    env.wait_event("OnePasswordItem", "db", "Normal", "Synced")
+        .await;
+    env.wait_event("Deployment", "web", "Normal", "Synced")
+        .await;
+    let after = env.secret("db").await.unwrap();
+    assert_eq!(after.resource_version(), kept.resource_version());
+
+    // Connect goes away while the item changes: the same, and the change lands after.
+    env.sim.down().unwrap();
+    let v2 = secret_value("v2");
+    env.sim.set_field("E2E", "db", "password", &v2).unwrap();
+    env.wait_ready("db", "ConnectUnavailable").await;
+    env.sim.resume().unwrap();
+    env.wait_ready("db", "Synced").await;
+    env.wait_secret(
+        "db",
+        "the change",
+        has_data(&map(&[("username", "app"), ("password", &v2)])),
+    )
+    .await;
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_the_api_server_refuses_is_not_fetched_again_until_the_item_or_the_object_changes()
+{
+    let pw = secret_value("pw");
+    let seed = Seed::new().vault(VaultSpec::new("E2E").item(login("cert", &pw)));
+    let mut env = TestEnv::new("permanent-failure", seed).await;
+    env.start_operator(env.operator_config());
+    // A TLS Secret needs tls.crt and tls.key; the item has neither.
+    env.apply(&format!(
+        "{}type: kubernetes.io/tls\n",
+        item_manifest("cert", "vaults/E2E/items/cert")
+    ))
+    .await
+    .unwrap();
+    env.wait_ready("cert", "SecretRejected").await;
+    // The first reconcile had nothing cached to say which version failed: the next poll may
+    // look once more. After that, nothing.
+    tokio::time::sleep(2 * POLL).await;
+    let fetched = env.sim.count("get_item");
+    assert!((1..=2).contains(&fetched), "{fetched} fetches");
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(
+        env.sim.count("get_item"),
+        fetched,
+        "the item was fetched again with nothing changed"
+    );
+    assert!(env.secret("cert").await.is_none());
+
+    // The object changes: one more try.
+    env.kubectl(&["label", "opi", "cert", "e2e-touch=1"])
+        .await
+        .unwrap();
+    wait_for("one more fetch", support::TIMEOUT, async || {
+        let now = env.sim.count("get_item");
+        (now > fetched)
+            .then_some(now)
+            .ok_or(format!("{now} fetches"))
+    })
+    .await;
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(env.sim.count("get_item"), fetched + 1);
+
+    // The item changes: fetched again, and now it works.
+    let (crt, key) = (secret_value("crt"), secret_value("key"));
+    env.sim.set_field("E2E", "cert", "tls.crt", &crt).unwrap();
+    env.sim.set_field("E2E", "cert", "tls.key", &key).unwrap();
+    env.wait_ready("cert", "Synced").await;
+    let secret = env
+        .wait_secret(
+            "cert",
+            "the TLS Secret",
+            has_data(&map(&[
+                ("username", "app"),
+                ("password", &pw),
+                ("tls.crt", &crt),
+                ("tls.key", &key),
+            ])),
+        )
+        .await;
+    assert_eq!(secret.type_.as_deref(), Some("kubernetes.io/tls"));
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_skipped_field_is_said_in_the_status_and_one_event_and_still_after_a_restart() {
+    let password = secret_value("pw");
+    let seed = Seed::new().vault(
+        VaultSpec::new("E2E").item(login("db", &password).field("***", &secret_value("odd"))),
+    );
+    let mut env = TestEnv::new("skipped-field-warning", seed).await;
+    let operator = env.start_operator(env.operator_config());
+    env.apply(&item_manifest("db", "vaults/E2E/items/db"))
+        .await
+        .unwrap();
+    let skipped = "field \"***\" was skipped";
+    let message_of = |item: &onepassword_secrets_operator::crd::OnePasswordItem| {
+        item.ready_condition()
+            .and_then(|c| c.message.clone())
+            .unwrap_or_default()
+    };
+    let synced = env.wait_ready("db", "Synced").await;
+    assert!(
+        message_of(&synced).contains(skipped),
+        "{}",
+        message_of(&synced)
+    );
+    env.wait_event("OnePasswordItem", "db", "Warning", "SyncWarning")
+        .await;
+
+    // A new operator fetches nothing (the Secret holds the listed version) and keeps saying it.
+    let operator = env.restart_operator(operator);
+    env.wait_log(operator, "poll cycle done").await;
+    tokio::time::sleep(QUIET).await;
+    let item = env.item("db").await.unwrap();
+    assert!(message_of(&item).contains(skipped), "{}", message_of(&item));
+    assert_eq!(
+        item.ready_condition().unwrap().last_transition_time,
+        synced.ready_condition().unwrap().last_transition_time
+    );
+    let events = env.events_for("OnePasswordItem", "db").await;
+    let said = events
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("SyncWarning"))
+        .count();
+    assert_eq!(said, 1, "the warning is an event once, on the transition");
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_leaves_alone_the_namespaces_it_does_not_watch() {
     let password = secret_value("db-password");
     let seed = Seed::new().vault(VaultSpec::new("E2E").item(login("db", &password)));

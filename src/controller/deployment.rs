@@ -332,8 +332,9 @@ async fn reconcile(obj: Arc<Deployment>, dctx: Arc<DeploymentContext>) -> Result
         } => (path, name, annotations),
     };
     let timer = ctx.metrics.reconcile_started("deployment");
+    let before = ctx.cached_resolution(&path).await;
     let outcome = sync_deployment(&dctx, &obj, &namespace, &path, &asked_name, annotations).await;
-    ctx.track(key, &path, &outcome);
+    let outcome = ctx.settle(key, &path, before, outcome).await;
     report(ctx, &obj, &asked_name, &outcome).await;
     if outcome.is_ok() {
         // After a change of item-name, the Secret of the old name is no longer asked for.
@@ -354,17 +355,31 @@ async fn report(
         Ok(_) => "Synced",
         Err(e) => e.reason(),
     };
-    let changed_reason = ctx.note_reason(&key_of(obj), reason);
-    let event = match outcome {
-        Ok(s) if matches!(s.change, Change::Created | Change::Updated) => Some((
+    let previous = ctx.note_reason(&key_of(obj), reason);
+    let mut events = Vec::new();
+    match outcome {
+        Ok(s) if matches!(s.change, Change::Created | Change::Updated) => {
+            events.push((
+                EventType::Normal,
+                "SecretSynced",
+                format!("Secret {asked_name:?} holds item version {}", s.version),
+            ));
+            // Warnings are found when the item is fetched: said with the write they go with.
+            if !s.warnings.is_empty() {
+                events.push((EventType::Warning, "SyncWarning", s.warnings.join("; ")));
+            }
+        }
+        Ok(s) if previous.is_some_and(|p| p != reason) => events.push((
             EventType::Normal,
-            "SecretSynced",
+            "Synced",
             format!("Secret {asked_name:?} holds item version {}", s.version),
         )),
-        Err(e) if changed_reason => Some((EventType::Warning, e.reason(), e.to_string())),
-        _ => None,
-    };
-    if let Some((type_, reason, note)) = event {
+        Err(e) if previous != Some(reason) => {
+            events.push((EventType::Warning, e.reason(), e.to_string()))
+        }
+        _ => {}
+    }
+    for (type_, reason, note) in events {
         ctx.publish(&obj.object_ref(&()), type_, reason, &note)
             .await;
     }

@@ -128,19 +128,16 @@ async fn reconcile(obj: Arc<OnePasswordItem>, ctx: Arc<Context>) -> Result<Actio
         return Ok(Action::await_change());
     }
     let timer = ctx.metrics.reconcile_started("item");
+    let path = obj.spec.item_path.as_deref().unwrap_or_default();
+    let before = ctx.cached_resolution(path).await;
     let outcome = sync_item(&obj, &namespace, &ctx).await;
-
-    ctx.track(
-        key,
-        obj.spec.item_path.as_deref().unwrap_or_default(),
-        &outcome,
-    );
+    let outcome = ctx.settle(key, path, before, outcome).await;
 
     let status = desired_status(&obj, &outcome, Timestamp::now());
     if obj.status.as_ref() != Some(&ctx.status_schema.fields().project(&status)) {
         write_status(&ctx, &obj, &namespace, &status).await?;
     }
-    publish_events(&ctx, &obj, &outcome).await;
+    publish_events(&ctx, &obj, &outcome, &status).await;
 
     if let Err(e) = &outcome {
         tracing::info!(reason = e.reason(), error = %e, "OnePasswordItem not synced");
@@ -223,12 +220,23 @@ fn owner_reference(obj: &OnePasswordItem) -> OwnerReference {
 
 /// The status a reconcile outcome calls for. Pure: `now` is used only when the Ready status
 /// flips, so an unchanged outcome yields an identical status and no write.
+///
+/// The Ready message says what the Secret holds, with what the user should know about it
+/// (keys skipped, titles matching several items; never values). Those warnings are found only
+/// when the item is fetched, so they are carried over from the previous message for as long as
+/// the Secret holds the same version of the same item: through reconciles that fetch nothing,
+/// operator restarts, and failures (whose message ends with what the Secret still holds).
 pub fn desired_status(
     obj: &OnePasswordItem,
     outcome: &Result<Synced, SyncError>,
     now: Timestamp,
 ) -> OnePasswordItemStatus {
     let previous = obj.status.clone().unwrap_or_default();
+    let name = obj.name_any();
+    let previous_held = obj
+        .ready_condition()
+        .and_then(|c| c.message.as_deref())
+        .and_then(|m| held_part(m, &name));
     let (ready, reason, message) = match outcome {
         Ok(s) => {
             // A Secret just made for an ignored item is Ignored from the start: later changes
@@ -238,20 +246,34 @@ pub fn desired_status(
             } else {
                 "Synced"
             };
-            let mut message = format!(
-                "Secret {:?} holds version {} of item {} in vault {}",
-                obj.name_any(),
-                s.version,
-                s.resolution.item_id,
-                s.resolution.vault_id
-            );
-            for w in &s.warnings {
-                message.push_str("; ");
-                message.push_str(w);
-            }
+            let head = held_head(&name, s);
+            let carried = previous_held.filter(|held| {
+                s.change == Change::Unchanged
+                    && s.warnings.is_empty()
+                    && (*held == head || held.starts_with(&format!("{head}; ")))
+            });
+            let message = match carried {
+                Some(held) => held.to_string(),
+                None => {
+                    let mut message = head;
+                    for w in &s.warnings {
+                        message.push_str("; ");
+                        message.push_str(w);
+                    }
+                    message
+                }
+            };
             (true, reason, message)
         }
-        Err(e) => (false, e.reason(), e.to_string()),
+        // Someone else's Secret holds nothing of ours.
+        Err(e @ SyncError::Conflict { .. }) => (false, e.reason(), e.to_string()),
+        Err(e) => {
+            let message = match previous_held {
+                Some(held) => format!("{e}. Left as it was: {held}"),
+                None => e.to_string(),
+            };
+            (false, e.reason(), message)
+        }
     };
     let status = if ready { "True" } else { "False" };
     let old_ready = obj.ready_condition();
@@ -335,34 +357,84 @@ async fn write_status(
     Ok(())
 }
 
-/// Events only on transitions: a change of the Ready reason, or a Secret written.
-async fn publish_events(ctx: &Context, obj: &OnePasswordItem, outcome: &Result<Synced, SyncError>) {
-    let old_reason = obj.ready_condition().and_then(crd_probe::reason_of);
-    let event = match outcome {
-        Ok(s) => match s.change {
-            Change::Created => Some((
-                EventType::Normal,
-                "SecretCreated",
-                format!("Created Secret from item version {}", s.version),
-            )),
-            Change::Updated => Some((
-                EventType::Normal,
-                "SecretUpdated",
-                format!("Updated Secret to item version {}", s.version),
-            )),
-            _ if old_reason.as_deref() != Some("Synced") && old_reason.is_some() => Some((
-                EventType::Normal,
-                "Synced",
-                format!("Secret holds item version {}", s.version),
-            )),
-            _ => None,
-        },
-        Err(e) if old_reason.as_deref() != Some(e.reason()) => {
-            Some((EventType::Warning, e.reason(), e.to_string()))
+/// The start of a Ready message that says which version of which item the Secret holds.
+fn held_head(name: &str, s: &Synced) -> String {
+    format!(
+        "Secret {name:?} holds version {} of item {} in vault {}",
+        s.version, s.resolution.item_id, s.resolution.vault_id
+    )
+}
+
+/// The part of a Ready message that says what the Secret holds (its head and the warnings
+/// after it), wherever it is: the whole message when Ready, after the error otherwise. The
+/// last match is taken; user text in a warning cannot forge one, as it is always quoted with
+/// its `"` escaped, and the head's `"` is not.
+fn held_part<'a>(message: &'a str, name: &str) -> Option<&'a str> {
+    let start = format!("Secret {name:?} holds version ");
+    message.rfind(&start).map(|i| &message[i..])
+}
+
+/// The warnings of a Ready message: what follows the head of its held part.
+fn warnings_of<'a>(message: &'a str, name: &str) -> &'a str {
+    held_part(message, name)
+        .and_then(|held| held.split_once("; "))
+        .map_or("", |(_, warnings)| warnings)
+}
+
+/// Events only on transitions: a change of the Ready reason, a Secret written, or warnings
+/// that differ from those the previous status carried.
+async fn publish_events(
+    ctx: &Context,
+    obj: &OnePasswordItem,
+    outcome: &Result<Synced, SyncError>,
+    status: &OnePasswordItemStatus,
+) {
+    let old_ready = obj.ready_condition();
+    // Under the official CRD a condition has no reason of its own: it leads the message.
+    let old_reason = old_ready.and_then(crd_probe::reason_of);
+    let old_reason = old_reason.as_deref();
+    let new_ready = status.conditions.iter().find(|c| c.type_ == "Ready");
+    let new_reason = new_ready.and_then(|c| c.reason.as_deref());
+    let mut events = Vec::new();
+    match outcome {
+        Ok(s) => {
+            match s.change {
+                Change::Created => events.push((
+                    EventType::Normal,
+                    "SecretCreated",
+                    format!("Created Secret from item version {}", s.version),
+                )),
+                Change::Updated => events.push((
+                    EventType::Normal,
+                    "SecretUpdated",
+                    format!("Updated Secret to item version {}", s.version),
+                )),
+                _ if old_reason.is_some() && old_reason != new_reason => events.push((
+                    EventType::Normal,
+                    new_reason.unwrap_or("Synced"),
+                    format!("Secret holds item version {}", s.version),
+                )),
+                _ => {}
+            }
+            let name = obj.name_any();
+            let message_of = |c: Option<&OnePasswordItemCondition>| {
+                c.and_then(|c| c.message.clone()).unwrap_or_default()
+            };
+            let (old_message, new_message) = (message_of(old_ready), message_of(new_ready));
+            let warnings = warnings_of(&new_message, &name);
+            if s.change != Change::Ignored
+                && !warnings.is_empty()
+                && warnings != warnings_of(&old_message, &name)
+            {
+                events.push((EventType::Warning, "SyncWarning", warnings.to_string()));
+            }
         }
-        Err(_) => None,
-    };
-    if let Some((type_, reason, note)) = event {
+        Err(e) if old_reason != Some(e.reason()) => {
+            events.push((EventType::Warning, e.reason(), e.to_string()))
+        }
+        Err(_) => {}
+    }
+    for (type_, reason, note) in events {
         ctx.publish(&obj.object_ref(&()), type_, reason, &note)
             .await;
     }
@@ -560,6 +632,95 @@ mod tests {
                 "no further request"
             );
         }
+    }
+
+    fn fetched_with_warnings(version: u64, warnings: &[&str]) -> Synced {
+        Synced {
+            warnings: warnings.iter().map(|w| w.to_string()).collect(),
+            ..synced(version)
+        }
+    }
+
+    fn unchanged(version: u64) -> Synced {
+        Synced {
+            change: Change::Unchanged,
+            ..synced(version)
+        }
+    }
+
+    fn ready_message(status: &OnePasswordItemStatus) -> &str {
+        status.conditions[0].message.as_deref().unwrap()
+    }
+
+    const SKIPPED: &str = "field \"\u{1f600}\" was skipped: it gives no valid Secret key";
+
+    #[test]
+    fn warnings_found_at_a_fetch_stay_while_the_secret_holds_that_version_even_through_a_failure() {
+        let t0: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let t1: Timestamp = "2026-01-01T01:00:00Z".parse().unwrap();
+        let mut obj = item("vaults/Prod/items/db");
+        let fetched = desired_status(&obj, &Ok(fetched_with_warnings(3, &[SKIPPED])), t0);
+        assert!(ready_message(&fetched).ends_with(SKIPPED), "{fetched:?}");
+        assert_eq!(warnings_of(ready_message(&fetched), "db"), SKIPPED);
+
+        // A reconcile that fetches nothing (or a new operator reading the status it left)
+        // says the same, so nothing is written again.
+        obj.status = Some(fetched.clone());
+        assert_eq!(desired_status(&obj, &Ok(unchanged(3)), t1), fetched);
+
+        // Connect refuses the token: the message says why, then what the Secret still holds.
+        let refused = SyncError::Connect(crate::connect::ConnectError::Unauthorized {
+            message: "Invalid token".into(),
+        });
+        let failed = desired_status(&obj, &Err(refused), t1);
+        let message = ready_message(&failed);
+        assert!(
+            message.starts_with("Connect rejected the token"),
+            "{message}"
+        );
+        assert!(message.contains("holds version 3"), "{message}");
+        assert_eq!(warnings_of(message, "db"), SKIPPED);
+        obj.status = Some(failed.clone());
+        let refused = SyncError::Connect(crate::connect::ConnectError::Unauthorized {
+            message: "Invalid token".into(),
+        });
+        assert_eq!(desired_status(&obj, &Err(refused), t1), failed, "stable");
+
+        // Back: the same warnings, with no fetch.
+        let back = desired_status(&obj, &Ok(unchanged(3)), t1);
+        assert_eq!(ready_message(&back), ready_message(&fetched));
+        assert_eq!(back.conditions[0].status, "True");
+
+        // A new version is fetched: its own warnings (here none) replace them.
+        obj.status = Some(back);
+        let next = desired_status(&obj, &Ok(fetched_with_warnings(4, &[])), t1);
+        assert_eq!(warnings_of(ready_message(&next), "db"), "");
+        obj.status = Some(next.clone());
+        assert_eq!(desired_status(&obj, &Ok(unchanged(4)), t1), next);
+    }
+
+    #[test]
+    fn a_warning_quoting_a_head_cannot_pass_for_what_the_secret_holds() {
+        let t0: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let mut obj = item("vaults/Prod/items/db");
+        // A label that reads like a head is quoted, its `"` escaped.
+        let forged = format!(
+            "field {:?} was skipped",
+            "x; Secret \"db\" holds version 9 of item i in vault v; evil"
+        );
+        let first = desired_status(&obj, &Ok(fetched_with_warnings(3, &[&forged])), t0);
+        assert!(ready_message(&first).contains("holds version 3"));
+        assert_eq!(warnings_of(ready_message(&first), "db"), forged);
+        obj.status = Some(first.clone());
+        let failed = desired_status(
+            &obj,
+            &Err(SyncError::Connect(crate::connect::ConnectError::Timeout(
+                std::time::Duration::from_secs(15),
+            ))),
+            t0,
+        );
+        obj.status = Some(failed);
+        assert_eq!(desired_status(&obj, &Ok(unchanged(3)), t0), first);
     }
 
     #[test]

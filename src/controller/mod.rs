@@ -31,8 +31,8 @@ use kube::{
 };
 
 use crate::{
-    catalog::Catalog,
-    connect::ItemPath,
+    catalog::{Catalog, Resolution},
+    connect::{ConnectError, ItemPath},
     telemetry::{Metrics, ReconcileTimer},
 };
 use poller::{TargetKey, TargetKind, Tracked};
@@ -173,33 +173,86 @@ impl Context {
         self.failures.lock().expect("failures lock").remove(key);
     }
 
-    /// Tells the poller what a reconcile of `key` saw: what to look after, and whether it
-    /// resolved. A path that does not parse is nothing to poll for.
-    pub fn track(&self, key: TargetKey, path: &str, outcome: &Result<Synced, SyncError>) {
-        let Ok(path) = ItemPath::parse(path) else {
+    /// Where the catalog says `path` points now, without asking Connect. Taken before a sync,
+    /// it lets [`Context::settle`] track a failure at the version it failed on.
+    pub async fn cached_resolution(&self, path: &str) -> Option<Resolution> {
+        let path = ItemPath::parse(path).ok()?;
+        self.catalog.resolve_cached(&path).await?.ok()
+    }
+
+    /// What the reconcile of `key` reports, and what the poller is told about it.
+    ///
+    /// An outcome that asked Connect nothing (the Secret already held the listed version, or
+    /// the item is ignored) is only as fresh as the last poll: when that poll could not refresh
+    /// the item's vault, the reason is reported instead (Ready False, `Unauthorized`,
+    /// `ConnectUnavailable`, ...); the Secret is kept as it is.
+    ///
+    /// The poller is told where the path resolved, also when the sync failed after resolving
+    /// it (`before` is [`Context::cached_resolution`] taken before the sync, its version kept
+    /// when the catalog still says the same): it then wakes the object only when the item gets
+    /// a new version, not on every poll. A path that does not parse is nothing to poll for.
+    pub async fn settle(
+        &self,
+        key: TargetKey,
+        path: &str,
+        before: Option<Resolution>,
+        outcome: Result<Synced, SyncError>,
+    ) -> Result<Synced, SyncError> {
+        let Ok(parsed) = ItemPath::parse(path) else {
             self.registry.forget(&key);
-            return;
+            return outcome;
         };
-        let (resolved, version) = match outcome {
-            Ok(s) => (
-                Some((s.resolution.vault_id.clone(), s.resolution.item_id.clone())),
-                Some(s.resolution.version),
-            ),
-            Err(_) => (None, None),
+        let ids = |r: &Resolution| (r.vault_id.clone(), r.item_id.clone());
+        let mut outage = matches!(&outcome, Err(SyncError::Connect(e)) if is_outage(e));
+        let (outcome, resolved, version) = match outcome {
+            Ok(synced) => {
+                let resolved = Some(ids(&synced.resolution));
+                let version = Some(synced.resolution.version);
+                let asked_connect = !matches!(synced.change, Change::Unchanged | Change::Ignored);
+                let failure = if asked_connect {
+                    None
+                } else {
+                    self.catalog
+                        .refresh_failure(&synced.resolution.vault_id)
+                        .await
+                };
+                match failure {
+                    Some(e) => {
+                        // Whatever the poll's failure was: the poller wakes it again when the
+                        // poll works, not on every failed poll.
+                        outage = true;
+                        (Err(SyncError::Connect(e)), resolved, version)
+                    }
+                    None => (Ok(synced), resolved, version),
+                }
+            }
+            Err(e) => match (before, self.cached_resolution(path).await) {
+                (Some(before), Some(after)) if before == after => {
+                    (Err(e), Some(ids(&before)), Some(before.version))
+                }
+                // Resolved during the sync, at a version not known for sure: the poller keeps
+                // the vault listed and wakes the object once more, which then knows it.
+                (_, Some(after)) => (Err(e), Some(ids(&after)), None),
+                (_, None) => (Err(e), None, None),
+            },
         };
         self.registry.track(
             key,
             Tracked {
-                path,
+                path: parsed,
                 resolved,
                 version,
+                outage,
             },
         );
+        outcome
     }
 
     /// Metrics, backoff and when to look again, after a sync of `key` by `controller`.
     /// Transient failures retry with backoff; problems that a change in 1Password can fix are
-    /// looked at again every poll interval; a bad spec waits for the object to change.
+    /// looked at again every poll interval; a bad spec, or a Secret that cannot be built or is
+    /// refused as built, waits for the object to change (or, through the poller, for a new
+    /// version of the item).
     pub fn after_sync(
         &self,
         controller: &'static str,
@@ -223,7 +276,7 @@ impl Context {
                 timer.finish(Err(e.reason()));
                 if e.is_transient() {
                     Action::requeue(self.backoff(key))
-                } else if e.needs_spec_change() {
+                } else if e.needs_spec_change() || e.is_permanent() {
                     Action::await_change()
                 } else {
                     Action::requeue(self.config.poll_interval)
@@ -263,12 +316,18 @@ impl Context {
         self.metrics.set_ready_items(ready, all.len() - ready);
     }
 
-    /// Remembers the last outcome reason of an object without a status of ours (a Deployment);
-    /// true when it differs from the one before, so events are sent on transitions only.
-    pub fn note_reason(&self, key: &str, reason: &'static str) -> bool {
+    /// Remembers the last outcome reason of an object without a status of ours (a Deployment),
+    /// and returns the one before, so events are sent on transitions only.
+    pub fn note_reason(&self, key: &str, reason: &'static str) -> Option<&'static str> {
         let mut reasons = self.reasons.lock().expect("reasons lock");
-        reasons.insert(key.to_string(), reason) != Some(reason)
+        reasons.insert(key.to_string(), reason)
     }
+}
+
+/// Connect could not be asked at all (down, failing, or refusing the token), as opposed to
+/// answering that something is missing or not allowed.
+pub fn is_outage(e: &ConnectError) -> bool {
+    matches!(e, ConnectError::Unauthorized { .. }) || e.is_transient()
 }
 
 /// How long ago an RFC 3339 time was, if it is in the past.
@@ -629,15 +688,19 @@ pub(crate) mod testing {
     /// A context on `client` (a mock API server, usually), with a Connect client that is never
     /// called.
     pub(crate) fn context(client: Client) -> Arc<Context> {
-        let connect = ConnectClient::new(
-            ConnectConfig::from_env(|k| match k {
-                "OP_CONNECT_HOST" => Some("http://127.0.0.1:9".into()),
-                "OP_CONNECT_TOKEN" => Some("token".into()),
-                _ => None,
-            })
-            .unwrap(),
-        )
+        context_on(client, "http://127.0.0.1:9")
+    }
+
+    /// A context on `client` whose Connect client asks `connect_host`, without retries.
+    pub(crate) fn context_on(client: Client, connect_host: &str) -> Arc<Context> {
+        let mut config = ConnectConfig::from_env(|k| match k {
+            "OP_CONNECT_HOST" => Some(connect_host.into()),
+            "OP_CONNECT_TOKEN" => Some("token".into()),
+            _ => None,
+        })
         .unwrap();
+        config.retry.max_retries = 0;
+        let connect = ConnectClient::new(config).unwrap();
         Arc::new(Context::new(
             client,
             Catalog::new(connect),
@@ -664,11 +727,109 @@ mod forget_tests {
     use std::sync::Arc;
 
     fn context() -> Arc<Context> {
+        context_on("http://127.0.0.1:9")
+    }
+
+    fn context_on(connect_host: &str) -> Arc<Context> {
         let (service, _handle) = tower_test::mock::pair::<
             http::Request<kube::client::Body>,
             http::Response<kube::client::Body>,
         >();
-        testing::context(Client::new(service, "default"))
+        testing::context_on(Client::new(service, "default"), connect_host)
+    }
+
+    fn unchanged(vault: &str) -> Synced {
+        Synced {
+            resolution: Resolution {
+                vault_id: vault.into(),
+                item_id: "i".into(),
+                version: 3,
+                note: None,
+                ignored: false,
+            },
+            version: 3,
+            change: Change::Unchanged,
+            warnings: vec![],
+            updated_at: None,
+        }
+    }
+
+    fn tracked(ctx: &Context, key: &TargetKey) -> Tracked {
+        ctx.registry
+            .snapshot()
+            .into_iter()
+            .find(|(k, _)| k == key)
+            .expect("tracked")
+            .1
+    }
+
+    #[tokio::test]
+    async fn after_a_poll_that_could_not_reach_connect_a_secret_at_the_listed_version_is_not_called_synced()
+     {
+        let ctx = context();
+        let key = TargetKey {
+            kind: TargetKind::Item,
+            namespace: "a".into(),
+            name: "db".into(),
+        };
+        // No poll yet: the Secret holds the listed version, and that is all there is to know.
+        let outcome = ctx
+            .settle(key.clone(), "vaults/v/items/i", None, Ok(unchanged("v")))
+            .await;
+        assert!(outcome.is_ok());
+        assert!(!tracked(&ctx, &key).outage);
+
+        // The poll cannot reach Connect (nothing listens on port 9).
+        let in_use = ["v".to_string()].into();
+        let err = ctx.catalog.refresh(&in_use, false).await.unwrap_err();
+        assert_eq!(err.reason(), "ConnectUnavailable");
+        let outcome = ctx
+            .settle(key.clone(), "vaults/v/items/i", None, Ok(unchanged("v")))
+            .await;
+        let err = outcome.expect_err("an outage, not Synced");
+        assert_eq!(err.reason(), "ConnectUnavailable");
+        let t = tracked(&ctx, &key);
+        assert!(
+            t.outage,
+            "the poller is told, to wake it when Connect is back"
+        );
+        assert_eq!(t.resolved, Some(("v".into(), "i".into())));
+        assert_eq!(t.version, Some(3));
+
+        // A Secret written from a fresh fetch is current whatever the last poll said.
+        let mut written = unchanged("v");
+        written.change = Change::Updated;
+        assert!(
+            ctx.settle(key.clone(), "vaults/v/items/i", None, Ok(written))
+                .await
+                .is_ok()
+        );
+        assert!(!tracked(&ctx, &key).outage);
+    }
+
+    #[tokio::test]
+    async fn a_poll_refused_for_any_reason_is_reported_once_not_on_every_poll() {
+        use crate::sim::{Fault, Seed, Simulator};
+        let sim = Simulator::start(Seed::new()).unwrap();
+        let ctx = context_on(&sim.url());
+        let key = TargetKey {
+            kind: TargetKind::Item,
+            namespace: "a".into(),
+            name: "db".into(),
+        };
+        // Not an outage by its kind (Connect answered), but the poll could not say whether
+        // the Secret is current all the same.
+        sim.inject(Fault::status(403).on("list_vaults"));
+        let in_use = ["v".to_string()].into();
+        ctx.catalog.refresh(&in_use, false).await.unwrap_err();
+        let outcome = ctx
+            .settle(key.clone(), "vaults/v/items/i", None, Ok(unchanged("v")))
+            .await;
+        let reason = outcome.expect_err("not Synced").reason();
+        assert_eq!(reason, "VaultForbidden");
+        let t = tracked(&ctx, &key);
+        assert!(t.outage, "woken again when the poll works, not on every poll");
+        assert!(!poller::is_due_after(&t, true, None));
     }
 
     fn obj(ns: &str, name: &str) -> ConfigMap {
@@ -693,6 +854,7 @@ mod forget_tests {
                 path: ItemPath::parse("vaults/v/items/i").unwrap(),
                 resolved: None,
                 version: None,
+                outage: false,
             },
         );
     }

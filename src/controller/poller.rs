@@ -3,6 +3,11 @@
 //! tenth cycle, in case a server does not bump it), whatever the number of items. Only items
 //! whose listed version or resolution changed are handed to their reconciler, which fetches
 //! them (one item GET, plus one request for all of its files).
+//!
+//! A reconcile whose Secret holds the listed version asks Connect nothing, so a poll that
+//! cannot refresh a vault (Connect down, token refused) must tell the objects that depend on
+//! it: it wakes them once when the failure starts and once when it ends, and their reconcile
+//! reads the failure from the catalog ([`crate::catalog::Catalog::refresh_failure`]).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -43,6 +48,9 @@ pub struct Tracked {
     pub resolved: Option<(String, String)>,
     /// The listed version the reconcile looked at.
     pub version: Option<u64>,
+    /// Its reconcile reported that Connect could not be asked (down, or the token refused), or
+    /// that the last poll could not refresh its vault.
+    pub outage: bool,
 }
 
 /// The objects the poller looks after; reconcilers keep it current.
@@ -80,7 +88,7 @@ impl Registry {
             .collect()
     }
 
-    fn snapshot(&self) -> Vec<(TargetKey, Tracked)> {
+    pub(super) fn snapshot(&self) -> Vec<(TargetKey, Tracked)> {
         let targets = self.targets.lock().expect("registry lock");
         let mut all: Vec<_> = targets
             .iter()
@@ -136,6 +144,23 @@ pub fn is_due(tracked: &Tracked, now: Option<Result<(String, String, u64), ()>>)
     }
 }
 
+/// Should this target be reconciled after a poll? `affected`: the poll could not refresh the
+/// vault it resolved to (or the vault list). `now` as in [`is_due`], when the poll succeeded
+/// for it.
+pub fn is_due_after(
+    tracked: &Tracked,
+    affected: bool,
+    now: Option<Result<(String, String, u64), ()>>,
+) -> bool {
+    if affected {
+        // Once, to report the outage; its reconcile says so and records it.
+        !tracked.outage
+    } else {
+        // Once more when it ends, to report it over.
+        tracked.outage || is_due(tracked, now)
+    }
+}
+
 /// One poll cycle. Returns how many targets were handed to their reconcilers.
 pub async fn poll_once(ctx: &Context, triggers: &Triggers, cycle: u64) -> usize {
     let snapshot = ctx.registry.snapshot();
@@ -149,25 +174,39 @@ pub async fn poll_once(ctx: &Context, triggers: &Triggers, cycle: u64) -> usize 
         .filter_map(|(_, t)| t.resolved.as_ref().map(|(v, _)| v.clone()))
         .collect();
     let full = cycle > 0 && cycle.is_multiple_of(FULL_LISTING_EVERY);
-    let report = match ctx.catalog.refresh(&in_use, full).await {
-        Ok(report) => report,
-        Err(e) => {
-            tracing::warn!(reason = e.reason(), error = %e, "poll: cannot refresh from Connect; Secrets stay as they are");
-            ctx.metrics.poll_cycle(started.elapsed(), 1);
-            return 0;
-        }
-    };
+    let refreshed = ctx.catalog.refresh(&in_use, full).await;
     let mut due = 0;
     for (key, tracked) in &snapshot {
-        let now = ctx
-            .catalog
-            .resolve_cached(&tracked.path)
-            .await
-            .map(|r| r.map(|r| (r.vault_id, r.item_id, r.version)).map_err(drop));
-        if is_due(tracked, now) {
+        let affected = match &refreshed {
+            Err(_) => true,
+            Ok(report) => tracked
+                .resolved
+                .as_ref()
+                .is_some_and(|(vault, _)| report.failed.contains(vault)),
+        };
+        let now = if affected {
+            None
+        } else {
+            ctx.catalog
+                .resolve_cached(&tracked.path)
+                .await
+                .map(|r| r.map(|r| (r.vault_id, r.item_id, r.version)).map_err(drop))
+        };
+        if is_due_after(tracked, affected, now) {
             triggers.send(key);
             due += 1;
         }
+    }
+    let report = match refreshed {
+        Ok(report) => report,
+        Err(e) => {
+            tracing::warn!(reason = e.reason(), error = %e, due, "poll: cannot refresh from Connect; Secrets stay as they are");
+            ctx.metrics.poll_cycle(started.elapsed(), 1);
+            return due;
+        }
+    };
+    for vault in &report.failed {
+        tracing::warn!(vault = %vault, "poll: cannot list the vault's items; its Secrets stay as they are");
     }
     let requests = 1 + report.listed.len();
     ctx.metrics.poll_cycle(started.elapsed(), requests as u64);
@@ -175,6 +214,7 @@ pub async fn poll_once(ctx: &Context, triggers: &Triggers, cycle: u64) -> usize 
         targets = snapshot.len(),
         vaults_listed = report.listed.len(),
         vaults_unchanged = report.unchanged,
+        vaults_failed = report.failed.len(),
         due,
         connect_requests = requests,
         "poll cycle done"
@@ -209,6 +249,7 @@ mod tests {
             path: ItemPath::parse("vaults/v/items/i").unwrap(),
             resolved: resolved.map(|(a, b)| (a.into(), b.into())),
             version,
+            outage: false,
         }
     }
 
@@ -244,5 +285,21 @@ mod tests {
         assert!(is_due(&tracked(None, None), now("v", "i", 1)));
         assert!(is_due(&tracked(None, None), None));
         assert!(is_due(&tracked(Some(("v", "i")), Some(1)), None));
+    }
+
+    #[test]
+    fn a_failed_poll_wakes_each_affected_target_once_and_again_once_when_it_ends() {
+        let synced = tracked(Some(("v", "i")), Some(3));
+        let reporting = Tracked {
+            outage: true,
+            ..synced.clone()
+        };
+        // The poll could not refresh its vault: woken to report it, then left alone.
+        assert!(is_due_after(&synced, true, None));
+        assert!(!is_due_after(&reporting, true, None));
+        // The poll works again: woken once to report the recovery, even with nothing changed.
+        assert!(is_due_after(&reporting, false, now("v", "i", 3)));
+        assert!(!is_due_after(&synced, false, now("v", "i", 3)));
+        assert!(is_due_after(&synced, false, now("v", "i", 4)));
     }
 }

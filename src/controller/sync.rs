@@ -140,7 +140,21 @@ impl SyncError {
             SyncError::Kube(kube::Error::Api(status)) if status.code == 403 => {
                 "KubernetesForbidden"
             }
+            SyncError::Kube(_) if self.is_permanent() => "SecretRejected",
             SyncError::Kube(_) => "KubernetesError",
+        }
+    }
+
+    /// Trying again would fail the same way until the item gets a new version or the object
+    /// changes: the Secret cannot be built from the item, or the API server refuses it as built
+    /// (400, 413, 422: e.g. `type: kubernetes.io/tls` on an item without `tls.crt`). Not
+    /// retried (nor fetched again) before then.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            SyncError::Build(_) => true,
+            SyncError::Connect(e) => matches!(e, ConnectError::FileTooLarge { .. }),
+            SyncError::Kube(kube::Error::Api(status)) => matches!(status.code, 400 | 413 | 422),
+            _ => false,
         }
     }
 
@@ -149,9 +163,8 @@ impl SyncError {
     pub fn is_transient(&self) -> bool {
         match self {
             SyncError::Connect(e) => e.is_transient(),
-            SyncError::Kube(_) | SyncError::StaleItem { .. } | SyncError::WriteConflict { .. } => {
-                true
-            }
+            SyncError::Kube(_) => !self.is_permanent(),
+            SyncError::StaleItem { .. } | SyncError::WriteConflict { .. } => true,
             _ => false,
         }
     }
