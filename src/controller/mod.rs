@@ -274,7 +274,11 @@ impl Context {
             }
             Err(e) => {
                 timer.finish(Err(e.reason()));
-                if e.is_transient() {
+                if let SyncError::WriteConflict { paused, .. } = e {
+                    // The pause is the backoff: look again as soon as it is over, however many
+                    // times the other writer made us fail meanwhile.
+                    Action::requeue(*paused + Duration::from_secs(1))
+                } else if e.is_transient() {
                     Action::requeue(self.backoff(key))
                 } else if e.needs_spec_change() || e.is_permanent() {
                     Action::await_change()
@@ -808,6 +812,24 @@ mod forget_tests {
     }
 
     #[tokio::test]
+    async fn a_write_conflict_is_looked_at_again_when_its_pause_is_over_not_after_a_backoff() {
+        let ctx = context();
+        let conflict = || {
+            Err(SyncError::WriteConflict {
+                name: "db".into(),
+                rewrites: 5,
+                paused: Duration::from_secs(30),
+            })
+        };
+        // However many failures came before (each would grow a backoff).
+        for _ in 0..20 {
+            let timer = ctx.metrics.reconcile_started("item");
+            let action = ctx.after_sync("item", "a/db", &conflict(), timer);
+            assert_eq!(action, Action::requeue(Duration::from_secs(31)));
+        }
+    }
+
+    #[tokio::test]
     async fn a_poll_refused_for_any_reason_is_reported_once_not_on_every_poll() {
         use crate::sim::{Fault, Seed, Simulator};
         let sim = Simulator::start(Seed::new()).unwrap();
@@ -828,7 +850,10 @@ mod forget_tests {
         let reason = outcome.expect_err("not Synced").reason();
         assert_eq!(reason, "VaultForbidden");
         let t = tracked(&ctx, &key);
-        assert!(t.outage, "woken again when the poll works, not on every poll");
+        assert!(
+            t.outage,
+            "woken again when the poll works, not on every poll"
+        );
         assert!(!poller::is_due_after(&t, true, None));
     }
 
