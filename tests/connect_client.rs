@@ -472,7 +472,7 @@ async fn a_listing_over_the_body_limit_is_streamed_and_every_summary_kept() {
     let title = |i: usize| format!("item-{i:05}-{}", "t".repeat(1200));
     let mut vault = VaultSpec::new("Big");
     for i in 0..9_000 {
-        vault = vault.item(ItemSpec::new(&title(i)).password("pw"));
+        vault = vault.item(ItemSpec::new(title(i)).password("pw"));
     }
     let sim = Simulator::start(Seed::new().vault(vault).token(TOKEN, TokenAccess::All)).unwrap();
     let c = ConnectClient::new(ConnectConfig::new(&sim.url(), Token::new(TOKEN)).unwrap()).unwrap();
@@ -481,7 +481,11 @@ async fn a_listing_over_the_body_limit_is_streamed_and_every_summary_kept() {
     assert_eq!(items.len(), 9_000);
     let titles: HashSet<&str> = items.iter().map(|i| i.title.as_str()).collect();
     assert!((0..9_000).all(|i| titles.contains(title(i).as_str())));
-    assert!(items.iter().all(|i| i.vault.id == vault_id && i.version > 0));
+    assert!(
+        items
+            .iter()
+            .all(|i| i.vault.id == vault_id && i.version > 0)
+    );
 }
 
 #[tokio::test]
@@ -502,7 +506,10 @@ async fn a_huge_or_malformed_element_of_a_listing_is_refused_cleanly() {
     // One summary over the per-element bound (1 MiB) fails the listing, without holding it.
     let err = c.list_items(&vault_id).await.unwrap_err();
     assert_eq!(err.reason(), "BadResponse", "{err}");
-    assert!(err.to_string().contains("larger than 1048576 bytes"), "{err}");
+    assert!(
+        err.to_string().contains("larger than 1048576 bytes"),
+        "{err}"
+    );
     assert!(!err.to_string().contains("hhhhhh"), "{err}");
     // A body cut short is refused too, and then the next listing reads fine.
     sim.inject(Fault::malformed_json().on("list_vaults").times(1));

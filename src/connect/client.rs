@@ -715,10 +715,7 @@ async fn read_body(
             endpoint.as_str()
         ))
     };
-    if response
-        .content_length()
-        .is_some_and(|n| n > limit as u64)
-    {
+    if response.content_length().is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
     let mut body = Vec::new();
@@ -861,7 +858,10 @@ mod tests {
             client.host(),
         ];
         for text in &printed {
-            assert!(!text.contains("hunter2") && !text.contains("opuser"), "{text}");
+            assert!(
+                !text.contains("hunter2") && !text.contains("opuser"),
+                "{text}"
+            );
             assert!(!text.contains("qs-secret"), "{text}");
         }
         assert_eq!(client.host(), "http://<redacted>@connect:8080/base/");
@@ -878,7 +878,10 @@ mod tests {
         ] {
             let e = parse_host(bad).unwrap_err();
             for text in [e.to_string(), format!("{e:?}")] {
-                assert!(!text.contains("hunter2") && !text.contains("opuser"), "{text}");
+                assert!(
+                    !text.contains("hunter2") && !text.contains("opuser"),
+                    "{text}"
+                );
                 assert!(text.contains("<redacted>@connect"), "{text}");
             }
         }

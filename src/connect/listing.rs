@@ -222,7 +222,11 @@ mod tests {
     };
 
     /// Parses `body` fed in chunks of `chunk` bytes into JSON values.
-    fn read(body: &[u8], chunk: usize, limits: ListLimits) -> Result<Vec<serde_json::Value>, ListError> {
+    fn read(
+        body: &[u8],
+        chunk: usize,
+        limits: ListLimits,
+    ) -> Result<Vec<serde_json::Value>, ListError> {
         let mut reader = ArrayReader::new(limits);
         let mut out = Vec::new();
         for part in body.chunks(chunk.max(1)) {
@@ -251,18 +255,27 @@ mod tests {
 
     #[test]
     fn malformed_and_truncated_bodies_are_refused() {
-        let cases: &[(&[u8], fn(&ListError) -> bool)] = &[
+        type Expected = fn(&ListError) -> bool;
+        let cases: &[(&[u8], Expected)] = &[
             (b"", |e| *e == ListError::NotAnArray),
             (b"{\"id\":1}", |e| *e == ListError::NotAnArray),
             (b"[{\"id\":1}", |e| *e == ListError::Truncated),
             (b"[{\"id\":1},", |e| *e == ListError::Truncated),
-            (b"[{\"id\":1},]", |e| matches!(e, ListError::Malformed { .. })),
-            (b"[,{\"id\":1}]", |e| matches!(e, ListError::Malformed { .. })),
-            (b"[{\"id\":1}}]", |e| matches!(e, ListError::Malformed { .. })),
+            (b"[{\"id\":1},]", |e| {
+                matches!(e, ListError::Malformed { .. })
+            }),
+            (b"[,{\"id\":1}]", |e| {
+                matches!(e, ListError::Malformed { .. })
+            }),
+            (b"[{\"id\":1}}]", |e| {
+                matches!(e, ListError::Malformed { .. })
+            }),
             (b"[{\"id\":1} {\"id\":2}]", |e| {
                 matches!(e, ListError::Malformed { .. })
             }),
-            (b"[{\"id\" 1}]", |e| matches!(e, ListError::Malformed { index: 0, .. })),
+            (b"[{\"id\" 1}]", |e| {
+                matches!(e, ListError::Malformed { index: 0, .. })
+            }),
             (b"[1] x", |e| *e == ListError::TrailingData),
         ];
         for (body, expected) in cases {
@@ -277,7 +290,13 @@ mod tests {
     fn an_element_over_its_bound_is_refused_without_being_held() {
         let big = format!("[{{\"id\":\"{}\"}}]", "x".repeat(1000));
         let e = read(big.as_bytes(), 7, LIMITS).unwrap_err();
-        assert_eq!(e, ListError::ElementTooLarge { index: 0, limit: 64 });
+        assert_eq!(
+            e,
+            ListError::ElementTooLarge {
+                index: 0,
+                limit: 64
+            }
+        );
         // A string that never ends is bounded the same way.
         let endless = format!("[\"{}", "y".repeat(10_000));
         let e = read(endless.as_bytes(), 100, LIMITS).unwrap_err();
