@@ -46,9 +46,11 @@ async fn run(args: Args) -> Result<(), String> {
     if namespaces == controller::Namespaces::All {
         tracing::info!("WATCH_NAMESPACE is empty: watching all namespaces");
     }
-    let client = kube::Client::try_default().await.map_err(|e| {
+    let kube_config = kube::Config::infer().await.map_err(|e| {
         format!("cannot build a Kubernetes client (kubeconfig or in-cluster config): {e}")
     })?;
+    let client = kube::Client::try_from(with_api_timeouts(kube_config.clone()))
+        .map_err(|e| format!("cannot build a Kubernetes client: {e}"))?;
     let settings = Settings {
         namespaces: namespaces.clone(),
         poll_interval: args.polling_interval,
@@ -123,24 +125,27 @@ async fn run(args: Args) -> Result<(), String> {
 
     // With --leader-elect, only the Lease holder runs the controllers; the others serve probes
     // and metrics and wait.
-    let lost_leadership = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let elector = if args.leader_elect {
-        let elector = Arc::new(Elector::new(client.clone(), leader_config()?));
-        tokio::select! {
+        let leader = leader_config()?;
+        let lease_client = kube::Client::try_from(leader.lease_client_config(kube_config))
+            .map_err(|e| format!("cannot build a Kubernetes client: {e}"))?;
+        let elector = Arc::new(Elector::new(lease_client, leader));
+        let renewed = tokio::select! {
             acquired = elector.acquire() => acquired.map_err(|e| e.to_string())?,
             _ = stop.cancelled() => return Ok(()),
-        }
-        let (holder, lost, stop) = (elector.clone(), lost_leadership.clone(), stop.clone());
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = holder.hold() => {
-                    lost.store(true, std::sync::atomic::Ordering::SeqCst);
-                    stop.cancel();
-                }
-                _ = stop.cancelled() => {}
-            }
+        };
+        // Renewals go on while the tasks drain after a signal, so the renew deadline holds
+        // then too; they stop just before the Lease is released.
+        let holder = elector.clone();
+        let holding = tokio::spawn(async move {
+            holder.hold(renewed).await;
+            // As controller-runtime does: exit now rather than shut down gracefully, so no
+            // write is sent after the renew deadline, before a follower may take over. The
+            // pod restarts as a follower.
+            tracing::error!("lost the leader Lease; exiting so a restart comes back as a follower");
+            std::process::exit(1);
         });
-        Some(elector)
+        Some((elector, holding))
     } else {
         None
     };
@@ -205,14 +210,27 @@ async fn run(args: Args) -> Result<(), String> {
             }
         }
     }
-    if lost_leadership.load(std::sync::atomic::Ordering::SeqCst) {
-        return Err("lost the leader Lease; exiting so a restart comes back as a follower".into());
-    }
-    if let Some(elector) = elector {
+    if let Some((elector, holding)) = elector {
+        holding.abort();
+        // Wait for the renewal in flight, if any, to be dropped before the release is written.
+        let _ = holding.await;
         elector.release().await;
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Bounds on every API call of the main client. kube leaves reads unbounded by default; watches
+/// last up to 290 s (kube-runtime's server-side timeout, which it also enforces on its side), so
+/// a read that is silent for longer than that is a dead connection. The Lease has its own,
+/// shorter, bounds ([`LeaderConfig::lease_client_config`]).
+fn with_api_timeouts(mut config: kube::Config) -> kube::Config {
+    config.connect_timeout = Some(std::time::Duration::from_secs(10));
+    config.read_timeout = Some(std::time::Duration::from_secs(300));
+    config.write_timeout = Some(std::time::Duration::from_secs(30));
+    // The read timeout counts from each request, not from when a pooled connection went idle.
+    config.reset_reader_on_write = true;
+    config
 }
 
 /// The Lease lives in the operator's namespace (`POD_NAMESPACE`, or the service account's);

@@ -532,3 +532,56 @@ async fn responses_and_files_over_the_size_limit_are_refused_without_holding_the
     assert_eq!(err.reason(), "ItemTooLarge", "{err}");
     assert_eq!(sim.count("get_file_content") + sim.count("list_files"), 0);
 }
+
+#[tokio::test]
+async fn a_listing_over_the_body_limit_is_streamed_and_every_summary_kept() {
+    // Long titles make 9,000 summaries weigh about 11 MB, over the 8 MiB body limit that every
+    // listing used to hit (a vault of 45,000 real summaries is about 9.4 MB).
+    let title = |i: usize| format!("item-{i:05}-{}", "t".repeat(1200));
+    let mut vault = VaultSpec::new("Big");
+    for i in 0..9_000 {
+        vault = vault.item(ItemSpec::new(title(i)).password("pw"));
+    }
+    let sim = Simulator::start(Seed::new().vault(vault).token(TOKEN, TokenAccess::All)).unwrap();
+    let c = ConnectClient::new(ConnectConfig::new(&sim.url(), Token::new(TOKEN)).unwrap()).unwrap();
+    let vault_id = c.vaults_by_title("Big").await.unwrap()[0].id.clone();
+    let items = c.list_items(&vault_id).await.unwrap();
+    assert_eq!(items.len(), 9_000);
+    let titles: HashSet<&str> = items.iter().map(|i| i.title.as_str()).collect();
+    assert!((0..9_000).all(|i| titles.contains(title(i).as_str())));
+    assert!(
+        items
+            .iter()
+            .all(|i| i.vault.id == vault_id && i.version > 0)
+    );
+}
+
+#[tokio::test]
+async fn a_huge_or_malformed_element_of_a_listing_is_refused_cleanly() {
+    let huge_title = format!("huge-{}", "h".repeat(1100 * 1024));
+    let sim = Simulator::start(
+        Seed::new()
+            .vault(
+                VaultSpec::new("V")
+                    .item(ItemSpec::new("small").password("pw"))
+                    .item(ItemSpec::new(&huge_title).password("pw")),
+            )
+            .token(TOKEN, TokenAccess::All),
+    )
+    .unwrap();
+    let c = client(&sim, TOKEN);
+    let vault_id = c.vaults_by_title("V").await.unwrap()[0].id.clone();
+    // One summary over the per-element bound (1 MiB) fails the listing, without holding it.
+    let err = c.list_items(&vault_id).await.unwrap_err();
+    assert_eq!(err.reason(), "BadResponse", "{err}");
+    assert!(
+        err.to_string().contains("larger than 1048576 bytes"),
+        "{err}"
+    );
+    assert!(!err.to_string().contains("hhhhhh"), "{err}");
+    // A body cut short is refused too, and then the next listing reads fine.
+    sim.inject(Fault::malformed_json().on("list_vaults").times(1));
+    let err = c.list_vaults().await.unwrap_err();
+    assert_eq!(err.reason(), "BadResponse", "{err}");
+    assert_eq!(c.list_vaults().await.unwrap().len(), 1);
+}

@@ -28,7 +28,8 @@ use onepassword_secrets_operator::{
     sim::{Fault, ItemSpec, Seed, Simulator, TokenAccess, VaultSpec},
 };
 use support::{
-    POLL, TestEnv, annotation, data_of, has_data, map, remember_secret, secret_value, wait_for,
+    POLL, StallingProxy, TestEnv, annotation, api_server_addr, data_of, has_data, map,
+    remember_secret, secret_value, wait_for,
 };
 
 /// Long enough for several poll cycles and the restart debounce: what did not happen by then
@@ -1897,6 +1898,91 @@ async fn of_two_replicas_only_the_leader_writes_and_a_follower_takes_over_when_i
         "{:?}",
         stopped.elapsed()
     );
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_api_connection_stalls_steps_down_before_a_follower_takes_over() {
+    let first = secret_value("stall-v1");
+    let seed = Seed::new().vault(VaultSpec::new("E2E").item(login("db", &first)));
+    let mut env = TestEnv::new("leader-stall", seed).await;
+    // The leader reaches the API server through a proxy the test can stall; the follower
+    // goes direct.
+    let proxy = StallingProxy::start(api_server_addr()).await;
+    let replica = |name: &str| {
+        env.operator_config()
+            .with_env("LEADER_ELECT", "true")
+            .with_env("POD_NAMESPACE", &env.ns)
+            .with_env("POD_NAME", name)
+    };
+    let config_a = replica("replica-a").with_env(
+        "KUBECONFIG",
+        &env.kubeconfig_through(&proxy).display().to_string(),
+    );
+    let config_b = replica("replica-b");
+    let a = env.start_operator(config_a);
+    env.wait_log(a, "became the leader").await;
+    let b = env.start_operator(config_b);
+    env.wait_log(b, "another replica leads").await;
+    env.apply(&item_manifest("db", "vaults/E2E/items/db"))
+        .await
+        .unwrap();
+    env.wait_ready("db", "Synced").await;
+
+    // The leader's connections hang: its renewals neither succeed nor fail. It must step down
+    // (exit) by its renew deadline, before the follower may take over.
+    proxy.freeze();
+    let frozen = Instant::now();
+    let second = secret_value("stall-v2");
+    env.sim.set_field("E2E", "db", "password", &second).unwrap();
+    let (exited_after, status) = wait_for(
+        "the stalled leader to step down",
+        Duration::from_secs(30),
+        async || {
+            let follower_leads = env.operator_log(b).contains("became the leader");
+            match env.exited(a) {
+                Some(status) => Ok((frozen.elapsed(), status)),
+                None if follower_leads => Err(
+                    "the follower leads while the stalled leader still runs: two writers"
+                        .to_string(),
+                ),
+                None => Err("the stalled leader still runs".to_string()),
+            }
+        },
+    )
+    .await;
+    assert!(
+        !env.operator_log(b).contains("became the leader"),
+        "the follower took over before the stalled leader stepped down"
+    );
+    assert!(!status.success(), "{status}");
+    assert!(
+        env.operator_log(a).contains("renew deadline"),
+        "{}",
+        env.operator_log(a)
+    );
+    assert!(exited_after < Duration::from_secs(13), "{exited_after:?}");
+
+    // The follower takes over by its own clock (15 s without a change of the Lease) and syncs
+    // the change made meanwhile.
+    env.wait_log(b, "became the leader").await;
+    let took_over = frozen.elapsed();
+    assert!(took_over >= exited_after, "{took_over:?} {exited_after:?}");
+    let want = map(&[("username", "app"), ("password", &second)]);
+    env.wait_secret(
+        "db",
+        "the change, synced by the new leader",
+        has_data(&want),
+    )
+    .await;
+    let leases: Api<Lease> = Api::namespaced(env.client.clone(), &env.ns);
+    let lease = leases
+        .get("onepassword-secrets-operator-leader")
+        .await
+        .unwrap();
+    let holder = lease.spec.and_then(|s| s.holder_identity);
+    assert_eq!(holder.as_deref(), Some("replica-b"));
+    drop(proxy);
     env.finish().await;
 }
 

@@ -123,3 +123,87 @@ fn child_installs_the_hook_and_panics_with_a_secret() {
         other => panic!("unknown {CHILD_ENV} mode {other:?}"),
     }
 }
+
+/// Runs the operator binary with `host` as `OP_CONNECT_HOST` and a kubeconfig whose API server
+/// does not answer, until it has logged `until` (every needle) or exited; returns what it wrote.
+fn operator_output_with_connect_host(host: &str, until: &[&str]) -> String {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\ncurrent-context: x\n\
+         clusters: [{name: c, cluster: {server: \"https://127.0.0.1:1\"}}]\n\
+         users: [{name: u, user: {token: not-a-real-token}}]\n\
+         contexts: [{name: x, context: {cluster: c, user: u}}]\n",
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_onepassword-operator"))
+        .env_clear()
+        .env("KUBECONFIG", &kubeconfig)
+        .env("OP_CONNECT_HOST", host)
+        .env("OP_CONNECT_TOKEN", "tok")
+        .env("WATCH_NAMESPACE", "default")
+        .env("METRICS_BIND_ADDRESS", "0")
+        .env("HEALTH_PROBE_BIND_ADDRESS", "0")
+        .env("LOG_LEVEL", "debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the operator");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut output = String::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !until.iter().all(|n| output.contains(n)) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                output.push_str(&line);
+                output.push('\n');
+            }
+            // Exited (stderr closed) or out of time: what it said so far is the answer.
+            Err(_) => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    output
+}
+
+#[test]
+fn credentials_in_op_connect_host_never_reach_the_log() {
+    let secret = seeded_secret();
+    let output = operator_output_with_connect_host(
+        &format!("http://opuser:{secret}@127.0.0.1:1"),
+        &["starting", "heartbeat"],
+    );
+    assert!(
+        output.contains("starting") && output.contains("heartbeat"),
+        "{output}"
+    );
+    assert!(output.contains("<redacted>@127.0.0.1:1"), "{output}");
+    assert!(
+        !output.contains(&secret) && !output.contains("opuser"),
+        "{output}"
+    );
+    // A host that is refused is named in the error, without its credentials.
+    let output = operator_output_with_connect_host(
+        &format!("http://opuser:{secret}@127.0.0.1:port"),
+        &["OP_CONNECT_HOST"],
+    );
+    assert!(output.contains("<redacted>@127.0.0.1:port"), "{output}");
+    assert!(
+        !output.contains(&secret) && !output.contains("opuser"),
+        "{output}"
+    );
+}

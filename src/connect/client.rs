@@ -11,6 +11,7 @@ use url::Url;
 
 use super::{
     error::ConnectError,
+    listing::{ArrayReader, ListError, ListLimits, parse_element},
     model::{
         ErrorBody, File, FileContent, FullItem, Health, ItemSummary, ItemWithFiles, Vault,
         is_valid_id,
@@ -69,9 +70,10 @@ impl Default for RetryPolicy {
 }
 
 /// Settings for [`ConnectClient`].
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ConnectConfig {
-    /// `OP_CONNECT_HOST`, e.g. `http://onepassword-connect:8080`.
+    /// `OP_CONNECT_HOST`, e.g. `http://onepassword-connect:8080`. It may carry credentials
+    /// (`http://user:pass@host`): print it only through [`redact_url`].
     pub host: Url,
     pub token: Token,
     /// Whole-request timeout, including reading the body.
@@ -80,11 +82,33 @@ pub struct ConnectConfig {
     pub retry: RetryPolicy,
     /// PEM bundle of extra CA certificates trusted for an `https` host (`OP_CONNECT_CA_FILE`).
     pub ca_bundle_pem: Option<Vec<u8>>,
-    /// Largest response body accepted; bounds memory whatever Connect sends.
+    /// Largest response body accepted, listings aside; bounds memory whatever Connect sends.
     pub max_body_bytes: usize,
+    /// Listings (vaults, a vault's items) are read as a stream, one element at a time, so their
+    /// size is not bounded by `max_body_bytes`: at most this many elements...
+    pub max_list_elements: usize,
+    /// ...of at most this many bytes each.
+    pub max_list_element_bytes: usize,
     /// Where the token was read from (`OP_CONNECT_TOKEN_FILE`): read again when Connect refuses
     /// the token, so a rotated token in a mounted Secret is picked up without a restart.
     pub token_file: Option<std::path::PathBuf>,
+}
+
+impl fmt::Debug for ConnectConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectConfig")
+            .field("host", &redact_url(&self.host))
+            .field("token", &self.token)
+            .field("timeout", &self.timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("retry", &self.retry)
+            .field("ca_bundle", &self.ca_bundle_pem.as_ref().map(|_| "<pem>"))
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_list_elements", &self.max_list_elements)
+            .field("max_list_element_bytes", &self.max_list_element_bytes)
+            .field("token_file", &self.token_file)
+            .finish()
+    }
 }
 
 impl ConnectConfig {
@@ -97,6 +121,10 @@ impl ConnectConfig {
             retry: RetryPolicy::default(),
             ca_bundle_pem: None,
             max_body_bytes: 8 * 1024 * 1024,
+            // A summary is a few hundred bytes; a listing of a million of them (far above any
+            // real vault) holds a few hundred MB once parsed, the bound for a hostile server.
+            max_list_elements: 1_000_000,
+            max_list_element_bytes: 1024 * 1024,
             token_file: None,
         })
     }
@@ -131,8 +159,43 @@ impl ConnectConfig {
     }
 }
 
+/// A URL for logs, errors and `Debug`: any `user:password@` becomes `<redacted>@`, and the
+/// query and fragment are left out (`OP_CONNECT_HOST` may carry credentials).
+pub fn redact_url(url: &Url) -> String {
+    let mut shown = format!("{}://", url.scheme());
+    if !url.username().is_empty() || url.password().is_some() {
+        shown.push_str("<redacted>@");
+    }
+    shown.push_str(url.host_str().unwrap_or_default());
+    if let Some(port) = url.port() {
+        shown.push_str(&format!(":{port}"));
+    }
+    shown.push_str(url.path());
+    shown
+}
+
+/// [`redact_url`] for a string that may not even parse: everything between `://` and the last
+/// `@` is hidden, and so is anything after `?` or `#`.
+fn redact_host_text(host: &str) -> String {
+    let host = host.trim();
+    if let Ok(url) = Url::parse(host)
+        && url.host().is_some()
+    {
+        return redact_url(&url);
+    }
+    let start = host.find("://").map_or(0, |i| i + 3);
+    let mut shown = match host[start..].rfind('@') {
+        Some(at) => format!("{}<redacted>@{}", &host[..start], &host[start + at + 1..]),
+        None => host.to_string(),
+    };
+    if let Some(cut) = shown.find(['?', '#']) {
+        shown.truncate(cut);
+    }
+    shown
+}
+
 fn parse_host(host: &str) -> Result<Url, ConfigError> {
-    let bad = || ConfigError::InvalidHost(host.to_string());
+    let bad = || ConfigError::InvalidHost(redact_host_text(host));
     let mut url = Url::parse(host.trim()).map_err(|_| bad())?;
     if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
         return Err(bad());
@@ -142,6 +205,7 @@ fn parse_host(host: &str) -> Result<Url, ConfigError> {
         url.set_path(&path);
     }
     url.set_query(None);
+    url.set_fragment(None);
     Ok(url)
 }
 
@@ -215,7 +279,7 @@ pub struct ConnectClient {
 impl fmt::Debug for ConnectClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ConnectClient")
-            .field("host", &self.config.host.as_str())
+            .field("host", &redact_url(&self.config.host))
             .field("token", &self.current_token())
             .finish()
     }
@@ -262,13 +326,14 @@ impl ConnectClient {
         self
     }
 
-    pub fn host(&self) -> &Url {
-        &self.config.host
+    /// The Connect URL for logs: credentials in it are redacted.
+    pub fn host(&self) -> String {
+        redact_url(&self.config.host)
     }
 
     /// All vaults the token can read.
     pub async fn list_vaults(&self) -> Result<Vec<Vault>, ConnectError> {
-        self.get_json(Endpoint::ListVaults, "v1/vaults", &[]).await
+        self.get_list(Endpoint::ListVaults, "v1/vaults", &[]).await
     }
 
     /// Vaults whose name is exactly `title` (Connect's filter is case-insensitive; the official
@@ -276,7 +341,7 @@ impl ConnectClient {
     pub async fn vaults_by_title(&self, title: &str) -> Result<Vec<Vault>, ConnectError> {
         let filter = title_filter(title);
         let vaults: Vec<Vault> = self
-            .get_json(Endpoint::ListVaults, "v1/vaults", &[("filter", &filter)])
+            .get_list(Endpoint::ListVaults, "v1/vaults", &[("filter", &filter)])
             .await?;
         Ok(vaults.into_iter().filter(|v| v.name == title).collect())
     }
@@ -286,10 +351,11 @@ impl ConnectClient {
         self.get_json(Endpoint::GetVault, &path, &[]).await
     }
 
-    /// Every item of a vault, without field values: one request, whatever the vault's size.
+    /// Every item of a vault, without field values: one request, whatever the vault's size,
+    /// read as a stream (see `max_list_elements`).
     pub async fn list_items(&self, vault_id: &str) -> Result<Vec<ItemSummary>, ConnectError> {
         let path = format!("v1/vaults/{}/items", segment(vault_id));
-        self.get_json(Endpoint::ListItems, &path, &[]).await
+        self.get_list(Endpoint::ListItems, &path, &[]).await
     }
 
     /// Items of a vault whose title is exactly `title`.
@@ -301,7 +367,7 @@ impl ConnectClient {
         let path = format!("v1/vaults/{}/items", segment(vault_id));
         let filter = title_filter(title);
         let items: Vec<ItemSummary> = self
-            .get_json(Endpoint::ListItems, &path, &[("filter", &filter)])
+            .get_list(Endpoint::ListItems, &path, &[("filter", &filter)])
             .await?;
         Ok(items.into_iter().filter(|i| i.title == title).collect())
     }
@@ -470,6 +536,44 @@ impl ConnectClient {
         path: &str,
         query: &[(&str, &str)],
     ) -> Result<Vec<u8>, ConnectError> {
+        let (limit, timeout) = (self.config.max_body_bytes, self.config.timeout);
+        self.get_with_retries(endpoint, path, query, |response| {
+            read_body(response, endpoint, limit, timeout)
+        })
+        .await
+    }
+
+    /// A JSON array read as it arrives, one element at a time: the body is never held whole.
+    async fn get_list<T: DeserializeOwned>(
+        &self,
+        endpoint: Endpoint,
+        path: &str,
+        query: &[(&str, &str)],
+    ) -> Result<Vec<T>, ConnectError> {
+        let limits = ListLimits {
+            max_elements: self.config.max_list_elements,
+            max_element_bytes: self.config.max_list_element_bytes,
+        };
+        let timeout = self.config.timeout;
+        self.get_with_retries(endpoint, path, query, |response| {
+            read_list(response, endpoint, limits, timeout)
+        })
+        .await
+    }
+
+    /// Sends a GET and reads a successful response with `read`, retrying transient failures
+    /// (of the request or of reading its body) with backoff.
+    async fn get_with_retries<T, Read, Reading>(
+        &self,
+        endpoint: Endpoint,
+        path: &str,
+        query: &[(&str, &str)],
+        read: Read,
+    ) -> Result<T, ConnectError>
+    where
+        Read: Fn(reqwest::Response) -> Reading,
+        Reading: Future<Output = Result<T, ConnectError>>,
+    {
         let mut url = self
             .config
             .host
@@ -482,9 +586,12 @@ impl ConnectClient {
         let mut attempt = 0;
         let mut token_reread = false;
         loop {
-            let result = self.get_once(endpoint, &url).await;
+            let result = match self.send_once(endpoint, &url).await {
+                Ok(response) => read(response).await,
+                Err(e) => Err(e),
+            };
             let err = match result {
-                Ok(body) => return Ok(body),
+                Ok(value) => return Ok(value),
                 Err(e) => e,
             };
             if matches!(err, ConnectError::Unauthorized { .. })
@@ -547,7 +654,13 @@ impl ConnectClient {
         true
     }
 
-    async fn get_once(&self, endpoint: Endpoint, url: &Url) -> Result<Vec<u8>, ConnectError> {
+    /// One GET: the response when its status is a success, else the error its status and body
+    /// tell.
+    async fn send_once(
+        &self,
+        endpoint: Endpoint,
+        url: &Url,
+    ) -> Result<reqwest::Response, ConnectError> {
         let token = self.current_token();
         let sent = self
             .http
@@ -566,44 +679,25 @@ impl ConnectClient {
         };
         let status = response.status();
         self.observe(endpoint, status.as_str());
+        if status.is_success() {
+            return Ok(response);
+        }
         let retry_after = response
             .headers()
             .get(header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        let limit = self.config.max_body_bytes;
-        if response
-            .content_length()
-            .is_some_and(|n| n as usize > limit)
-        {
-            return Err(ConnectError::BadResponse(format!(
-                "{}: response larger than {limit} bytes",
-                endpoint.as_str()
-            )));
-        }
+        // An error body is a short JSON message: read at most this much of it.
+        const ERROR_BODY_LIMIT: usize = 64 * 1024;
         let mut body = Vec::new();
-        loop {
-            match response.chunk().await {
-                Ok(Some(chunk)) => {
-                    if body.len() + chunk.len() > limit {
-                        return Err(ConnectError::BadResponse(format!(
-                            "{}: response larger than {limit} bytes",
-                            endpoint.as_str()
-                        )));
-                    }
-                    body.extend_from_slice(&chunk);
-                }
-                Ok(None) => break,
-                Err(e) if status.is_success() => {
-                    return Err(transport_error(e, self.config.timeout));
-                }
-                // The status already tells what happened; a broken error body changes nothing.
-                Err(_) => break,
+        // The status already tells what happened; a broken error body changes nothing.
+        while let Ok(Some(chunk)) = response.chunk().await {
+            let room = ERROR_BODY_LIMIT - body.len();
+            body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            if body.len() == ERROR_BODY_LIMIT {
+                break;
             }
-        }
-        if status.is_success() {
-            return Ok(body);
         }
         Err(status_error(status, &body, retry_after))
     }
@@ -613,6 +707,62 @@ impl ConnectClient {
             observer(endpoint, outcome);
         }
     }
+}
+
+/// A whole body, refused once it grows past `limit` bytes (without holding more than that).
+async fn read_body(
+    mut response: reqwest::Response,
+    endpoint: Endpoint,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Vec<u8>, ConnectError> {
+    let too_large = || {
+        ConnectError::BadResponse(format!(
+            "{}: response larger than {limit} bytes",
+            endpoint.as_str()
+        ))
+    };
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| transport_error(e, timeout))?
+    {
+        if body.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// A JSON array body, deserialised element by element as the chunks arrive.
+async fn read_list<T: DeserializeOwned>(
+    mut response: reqwest::Response,
+    endpoint: Endpoint,
+    limits: ListLimits,
+    timeout: Duration,
+) -> Result<Vec<T>, ConnectError> {
+    let bad = |e: ListError| ConnectError::BadResponse(format!("{}: {e}", endpoint.as_str()));
+    let mut reader = ArrayReader::new(limits);
+    let mut elements = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| transport_error(e, timeout))?
+    {
+        reader
+            .feed(&chunk, &mut |index, bytes| {
+                elements.push(parse_element(index, bytes)?);
+                Ok(())
+            })
+            .map_err(bad)?;
+    }
+    reader.finish().map_err(bad)?;
+    Ok(elements)
 }
 
 /// A path segment, percent-encoded so a title-shaped id cannot change the URL's structure.
@@ -641,7 +791,8 @@ fn transport_error(e: reqwest::Error, timeout: Duration) -> ConnectError {
     if e.is_timeout() {
         return ConnectError::Timeout(timeout);
     }
-    // The URL holds no secret, but it is noise in a status message; keep the cause chain.
+    // The URL may carry credentials (`OP_CONNECT_HOST`), and is noise in a status message
+    // anyway: leave it out, keep the cause chain.
     let e = e.without_url();
     let mut message = e.to_string();
     let mut source = std::error::Error::source(&e);
@@ -699,6 +850,47 @@ mod tests {
             format!("{client:?}"),
         ] {
             assert!(!printed.contains("eyJhbGci"), "{printed}");
+        }
+    }
+
+    #[test]
+    fn credentials_in_the_host_never_show_in_debug_errors_or_the_host_for_logs() {
+        let host = "http://opuser:hunter2-pw@connect:8080/base?key=qs-secret";
+        let config = ConnectConfig::new(host, Token::new("t")).unwrap();
+        let client = ConnectClient::new(config.clone()).unwrap();
+        let printed = [
+            format!("{config:?}"),
+            format!("{config:#?}"),
+            format!("{client:?}"),
+            client.host(),
+        ];
+        for text in &printed {
+            assert!(
+                !text.contains("hunter2") && !text.contains("opuser"),
+                "{text}"
+            );
+            assert!(!text.contains("qs-secret"), "{text}");
+        }
+        assert_eq!(client.host(), "http://<redacted>@connect:8080/base/");
+        assert_eq!(
+            redact_url(&parse_host("https://connect:8443").unwrap()),
+            "https://connect:8443/"
+        );
+        // Hosts that do not parse are refused, and their credentials still never show.
+        for bad in [
+            "ftp://opuser:hunter2-pw@connect",
+            "http://opuser:hunter2-pw@connect:port",
+            "http://opuser:hunter2/pw@connect:8080",
+            "opuser:hunter2-pw@connect",
+        ] {
+            let e = parse_host(bad).unwrap_err();
+            for text in [e.to_string(), format!("{e:?}")] {
+                assert!(
+                    !text.contains("hunter2") && !text.contains("opuser"),
+                    "{text}"
+                );
+                assert!(text.contains("<redacted>@connect"), "{text}");
+            }
         }
     }
 

@@ -603,6 +603,34 @@ impl TestEnv {
         }
     }
 
+    /// How an operator exited, if it has (it is then no longer stopped at the end of the test).
+    pub fn exited(&mut self, id: OperatorId) -> Option<ExitStatus> {
+        let operator = &mut self.operators[id.0];
+        let status = operator
+            .child
+            .as_mut()?
+            .try_wait()
+            .expect("wait for the operator")?;
+        operator.child = None;
+        Some(status)
+    }
+
+    /// A kubeconfig with the admin's credentials that reaches the API server through `proxy`.
+    pub fn kubeconfig_through(&self, proxy: &StallingProxy) -> PathBuf {
+        let admin = fs::read_to_string(&cluster().kubeconfig).expect("read the kubeconfig");
+        let mut config: serde_yaml::Value = serde_yaml::from_str(&admin).expect("kubeconfig YAML");
+        for entry in config["clusters"]
+            .as_sequence_mut()
+            .expect("kubeconfig clusters")
+        {
+            entry["cluster"]["server"] = format!("https://{}", proxy.addr()).into();
+        }
+        self.test_file(
+            &format!("kubeconfig-through-{}", proxy.addr().port()),
+            &serde_yaml::to_string(&config).expect("kubeconfig YAML"),
+        )
+    }
+
     /// The operator's log so far.
     pub fn operator_log(&self, id: OperatorId) -> String {
         fs::read_to_string(&self.operators[id.0].log).unwrap_or_default()
@@ -1053,4 +1081,102 @@ pub fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
+}
+
+/// The API server's address (`host:port` of the kubeconfig's server).
+pub fn api_server_addr() -> String {
+    let admin = fs::read_to_string(&cluster().kubeconfig).expect("read the kubeconfig");
+    let config: serde_yaml::Value = serde_yaml::from_str(&admin).expect("kubeconfig YAML");
+    let server = config["clusters"][0]["cluster"]["server"]
+        .as_str()
+        .expect("a server in the kubeconfig");
+    let url = url::Url::parse(server).expect("the server is a URL");
+    format!(
+        "{}:{}",
+        url.host_str().expect("a host"),
+        url.port_or_known_default().expect("a port")
+    )
+}
+
+/// A TCP proxy on 127.0.0.1 that a test can stall: once [`StallingProxy::freeze`] is called,
+/// it stops passing bytes either way on every connection (and on new ones), as a hung network
+/// path or a stuck load balancer would, while the connections stay open. TLS passes through
+/// untouched, so a client behind it talks to the real server.
+pub struct StallingProxy {
+    addr: std::net::SocketAddr,
+    frozen: tokio::sync::watch::Sender<bool>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl StallingProxy {
+    pub async fn start(upstream: String) -> StallingProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the proxy");
+        let addr = listener.local_addr().expect("the proxy's address");
+        let (frozen, _) = tokio::sync::watch::channel(false);
+        let watch = frozen.subscribe();
+        let accept = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let (upstream, watch) = (upstream.clone(), watch.clone());
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    let (client_read, client_write) = client.into_split();
+                    let (server_read, server_write) = server.into_split();
+                    tokio::join!(
+                        pass(client_read, server_write, watch.clone()),
+                        pass(server_read, client_write, watch),
+                    );
+                });
+            }
+        });
+        StallingProxy {
+            addr,
+            frozen,
+            accept,
+        }
+    }
+
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+
+    /// From now on nothing passes. What the proxy holds then is never delivered: dropped, it
+    /// closes every connection.
+    pub fn freeze(&self) {
+        self.frozen.send_replace(true);
+    }
+}
+
+impl Drop for StallingProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+/// Copies bytes from `from` to `to`, holding them while the proxy is frozen.
+async fn pass(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut frozen: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        if frozen.wait_for(|f| !*f).await.is_err() {
+            return;
+        }
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if frozen.wait_for(|f| !*f).await.is_err() {
+            return;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
 }
