@@ -1343,7 +1343,7 @@ async fn a_secret_the_api_server_refuses_is_not_fetched_again_until_the_item_or_
 async fn a_skipped_field_is_said_in_the_status_and_one_event_and_still_after_a_restart() {
     let password = secret_value("pw");
     let seed = Seed::new().vault(
-        VaultSpec::new("E2E").item(login("db", &password).field("***", &secret_value("odd"))),
+        VaultSpec::new("E2E").item(login("db", &password).field("***", secret_value("odd"))),
     );
     let mut env = TestEnv::new("skipped-field-warning", seed).await;
     let operator = env.start_operator(env.operator_config());
