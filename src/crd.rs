@@ -54,18 +54,20 @@ pub struct OnePasswordItemSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^vaults/[^\s/][^\n]*/items/[^\s/][^\n]*$"))]
     pub item_path: Option<String>,
-    /// Accepted for compatibility with the official operator's CRD (Go templates that shape the
-    /// Secret's data). Not supported yet: an item that sets it is reported as not Ready.
+    /// Go templates that shape the Secret's data. No released official operator has this field
+    /// (v1.12.0's CRD does not declare it); one unreleased revision of its source does
+    /// (`api/v1/onepassworditem_types.go` at 0730a79). Declared so such a manifest is not
+    /// refused; not supported yet: an item that sets it is reported as not Ready (`Unsupported`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<SecretTemplate>,
-    /// Accepted for compatibility with the official operator's CRD (build a
-    /// `.dockerconfigjson` from fields). Not supported yet: an item that sets it is reported as
-    /// not Ready.
+    /// Build a `.dockerconfigjson` from the item's fields. Like `template`, in no released
+    /// official operator (only in an unreleased revision of its source); not supported yet: an
+    /// item that sets it is reported as not Ready (`Unsupported`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_pull_secret: Option<ImagePullSecretConfig>,
 }
 
-/// Secret data keys rendered from templates (official operator, newer releases).
+/// Secret data keys rendered from templates (not in any released official operator; see `template`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct SecretTemplate {
     /// Secret data key to template.
@@ -73,7 +75,7 @@ pub struct SecretTemplate {
     pub data: Option<BTreeMap<String, String>>,
 }
 
-/// Labels of the fields that make up a `.dockerconfigjson` (official operator, newer releases).
+/// Labels of the fields that make up a `.dockerconfigjson` (not in any released official operator).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ImagePullSecretConfig {
