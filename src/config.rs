@@ -69,13 +69,86 @@ pub struct Args {
           value_parser = clap::value_parser!(u16).range(1..))]
     pub max_concurrent_reconciles: u16,
 
+    /// The official operator's log level flag (controller-runtime's zap, which its Helm chart
+    /// passes): `debug`, `info`, `error`, or a verbosity number. Overrides `--log-level`.
+    #[arg(long, value_name = "LEVEL")]
+    pub zap_log_level: Option<String>,
+
+    /// The official operator's log encoding flag: `json` (our `--log-format json`) or `console`
+    /// (`text`). Overrides `--log-format`.
+    #[arg(long, value_name = "ENCODER", value_parser = ["json", "console"])]
+    pub zap_encoder: Option<String>,
+
+    /// Flags of the official operator that mean nothing here, accepted so that its manifests
+    /// run unchanged; each one given is named once in the start-up log.
+    #[command(flatten)]
+    pub ignored: IgnoredOfficialFlags,
+
     /// A vault policy file (YAML): which namespaces may read which vaults. When set, anything
     /// it does not allow is denied (see docs/vault-policy.md). Read at start-up.
     #[arg(long, env = "VAULT_POLICY_FILE")]
     pub vault_policy_file: Option<std::path::PathBuf>,
 }
 
+/// The official operator's flags (`cmd/main.go` and controller-runtime's zap options, v1.12.0)
+/// that have no counterpart here: accepted, so a Deployment written for it starts, and named in
+/// the log so nobody believes they took effect.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct IgnoredOfficialFlags {
+    #[arg(long, hide = true, num_args = 0..=1, default_missing_value = "true")]
+    zap_devel: Option<String>,
+    #[arg(long, hide = true)]
+    zap_stacktrace_level: Option<String>,
+    #[arg(long, hide = true)]
+    zap_time_encoding: Option<String>,
+    /// We serve `/metrics` over plain HTTP; the official operator's HTTPS metrics are not here.
+    #[arg(long, hide = true, num_args = 0..=1, default_missing_value = "true")]
+    metrics_secure: Option<String>,
+    #[arg(long, hide = true)]
+    metrics_cert_path: Option<String>,
+    #[arg(long, hide = true)]
+    metrics_cert_name: Option<String>,
+    #[arg(long, hide = true)]
+    metrics_cert_key: Option<String>,
+    #[arg(long, hide = true, num_args = 0..=1, default_missing_value = "true")]
+    enable_http2: Option<String>,
+}
+
+impl IgnoredOfficialFlags {
+    /// The flags given, as `--name`.
+    pub fn given(&self) -> Vec<&'static str> {
+        [
+            ("--zap-devel", &self.zap_devel),
+            ("--zap-stacktrace-level", &self.zap_stacktrace_level),
+            ("--zap-time-encoding", &self.zap_time_encoding),
+            ("--metrics-secure", &self.metrics_secure),
+            ("--metrics-cert-path", &self.metrics_cert_path),
+            ("--metrics-cert-name", &self.metrics_cert_name),
+            ("--metrics-cert-key", &self.metrics_cert_key),
+            ("--enable-http2", &self.enable_http2),
+        ]
+        .into_iter()
+        .filter(|(_, value)| value.is_some())
+        .map(|(name, _)| name)
+        .collect()
+    }
+}
+
 impl Args {
+    /// The log level: `--zap-log-level` when given, else `--log-level`/`LOG_LEVEL`.
+    pub fn effective_log_level(&self) -> &str {
+        self.zap_log_level.as_deref().unwrap_or(&self.log_level)
+    }
+
+    /// The log format: `--zap-encoder` when given, else `--log-format`/`LOG_FORMAT`.
+    pub fn effective_log_format(&self) -> LogFormat {
+        match self.zap_encoder.as_deref() {
+            Some("json") => LogFormat::Json,
+            Some(_) => LogFormat::Text,
+            None => self.log_format,
+        }
+    }
+
     pub fn namespaces(&self) -> Namespaces {
         Namespaces::parse(self.watch_namespace.as_deref())
     }
@@ -154,6 +227,45 @@ mod tests {
         .unwrap();
         assert!(args.leader_elect && args.allow_empty_values && args.enable_annotations);
         assert_eq!(args.polling_interval, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn the_official_charts_and_kustomize_flags_start_the_operator() {
+        // The official Helm chart passes --zap-log-level; its kustomize config the metrics and
+        // probe flags; controller-runtime defines the other zap flags.
+        let args = Args::try_parse_from([
+            "op",
+            "--zap-log-level=debug",
+            "--zap-encoder=json",
+            "--zap-devel",
+            "--zap-stacktrace-level=error",
+            "--zap-time-encoding=iso8601",
+            "--metrics-secure=false",
+            "--metrics-cert-path=/certs",
+            "--enable-http2",
+            "--metrics-bind-address=:8443",
+            "--health-probe-bind-address=:8081",
+            "--leader-elect",
+        ])
+        .unwrap();
+        assert_eq!(args.effective_log_level(), "debug");
+        assert_eq!(args.effective_log_format(), LogFormat::Json);
+        assert_eq!(
+            args.ignored.given(),
+            [
+                "--zap-devel",
+                "--zap-stacktrace-level",
+                "--zap-time-encoding",
+                "--metrics-secure",
+                "--metrics-cert-path",
+                "--enable-http2"
+            ]
+        );
+        let plain = Args::try_parse_from(["op", "--log-level=warn"]).unwrap();
+        assert_eq!(plain.effective_log_level(), "warn");
+        assert_eq!(plain.effective_log_format(), LogFormat::Text);
+        assert!(plain.ignored.given().is_empty());
+        assert!(Args::try_parse_from(["op", "--zap-encoder=xml"]).is_err());
     }
 
     #[test]

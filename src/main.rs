@@ -23,13 +23,20 @@ const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    if let Err(e) = telemetry::init_logging(args.log_format, &args.log_level) {
+    if let Err(e) = telemetry::init_logging(args.effective_log_format(), args.effective_log_level()) {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }
     // A panic message may hold values (`expect` prints the error): only its location and
     // literal messages are printed.
     telemetry::install_panic_hook();
+    let ignored = args.ignored.given();
+    if !ignored.is_empty() {
+        tracing::warn!(
+            flags = %ignored.join(" "),
+            "flags of the official operator accepted but without effect here (metrics are served over plain HTTP)"
+        );
+    }
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
