@@ -256,9 +256,11 @@ mod tests {
 
     #[tokio::test]
     async fn healthz_fails_without_a_recent_heartbeat() {
-        let health = Health::with_staleness(Duration::from_millis(100));
+        // Staleness long enough that the request after `heartbeat()` is served within it even
+        // on a loaded CI machine (100 ms failed there).
+        let health = Health::with_staleness(Duration::from_secs(2));
         let server = start(Routes::Health, Metrics::new(), health.clone()).await;
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(Duration::from_millis(2200)).await;
         let (status, body, _) = get(format!("{}/healthz", server.base)).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(
