@@ -23,7 +23,8 @@ const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    if let Err(e) = telemetry::init_logging(args.effective_log_format(), args.effective_log_level()) {
+    if let Err(e) = telemetry::init_logging(args.effective_log_format(), args.effective_log_level())
+    {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }

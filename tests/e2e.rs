@@ -47,6 +47,12 @@ fn item_manifest(name: &str, path: &str) -> String {
 }
 
 /// A login item with a password unique to the test.
+/// Applies OnePasswordItem `name` for `path` and waits until it is `Synced`.
+async fn sync_item(env: &TestEnv, name: &str, path: &str) {
+    env.apply(&item_manifest(name, path)).await.unwrap();
+    env.wait_ready(name, "Synced").await;
+}
+
 fn login(title: &str, password: &str) -> ItemSpec {
     ItemSpec::new(title).username("app").password(password)
 }
@@ -366,10 +372,7 @@ async fn an_item_change_reaches_its_secret_within_about_one_poll_interval() {
     let seed = Seed::new().vault(VaultSpec::new("E2E").item(login("db", &first)));
     let mut env = TestEnv::new("item-change", seed).await;
     env.start_operator(env.operator_config());
-    env.apply(&item_manifest("db", "vaults/E2E/items/db"))
-        .await
-        .unwrap();
-    env.wait_ready("db", "Synced").await;
+    sync_item(&env, "db", "vaults/E2E/items/db").await;
 
     // Idle polls look at the listings only: no item is fetched again.
     env.sim.reset_counts();
@@ -411,10 +414,7 @@ async fn a_secret_edited_or_deleted_by_hand_is_repaired_and_goes_with_its_item()
     let seed = Seed::new().vault(VaultSpec::new("E2E").item(login("db", &password)));
     let mut env = TestEnv::new("repair-and-gc", seed).await;
     env.start_operator(env.operator_config());
-    env.apply(&item_manifest("db", "vaults/E2E/items/db"))
-        .await
-        .unwrap();
-    env.wait_ready("db", "Synced").await;
+    sync_item(&env, "db", "vaults/E2E/items/db").await;
     let want = map(&[("username", "app"), ("password", &password)]);
     let original = env.wait_secret("db", "the item", has_data(&want)).await;
 
@@ -681,10 +681,7 @@ async fn a_change_made_before_a_new_deployment_is_first_looked_at_rolls_it_once(
     let seed = Seed::new().vault(VaultSpec::new("E2E").item(login("db", &secret_value("db-v1"))));
     let mut env = TestEnv::new("rollout-first-sight", seed).await;
     let operator = env.start_operator(env.operator_config());
-    env.apply(&item_manifest("db", "vaults/E2E/items/db"))
-        .await
-        .unwrap();
-    env.wait_ready("db", "Synced").await;
+    sync_item(&env, "db", "vaults/E2E/items/db").await;
 
     // The operator is frozen (as one slow to look) while the Deployment appears, the
     // controller-manager makes its first ReplicaSet (whose pods start with db-v1), and the
@@ -752,10 +749,7 @@ async fn an_operator_restart_rolls_nothing_and_a_change_made_while_it_was_down_r
     let seed = Seed::new().vault(VaultSpec::new("E2E").item(login("db", &secret_value("db-v1"))));
     let mut env = TestEnv::new("rollout-operator-restart", seed).await;
     let operator = env.start_operator(env.operator_config());
-    env.apply(&item_manifest("db", "vaults/E2E/items/db"))
-        .await
-        .unwrap();
-    env.wait_ready("db", "Synced").await;
+    sync_item(&env, "db", "vaults/E2E/items/db").await;
     env.apply(&deployment_using("web", "db", None))
         .await
         .unwrap();
@@ -814,10 +808,7 @@ async fn auto_restart_follows_the_most_specific_annotation() {
     .await
     .unwrap();
     env.start_operator(env.operator_config());
-    env.apply(&item_manifest("db", "vaults/E2E/items/db"))
-        .await
-        .unwrap();
-    env.wait_ready("db", "Synced").await;
+    sync_item(&env, "db", "vaults/E2E/items/db").await;
     // `api`: an annotated Deployment with its own Secret, restarted as the Namespace says.
     // `opted-out`: uses `db` but says no itself.
     let opted_out = deployment_using("opted-out", "db", None).replace(
@@ -1141,10 +1132,7 @@ async fn while_connect_is_down_or_failing_the_secret_is_kept_and_it_recovers_aft
     let seed = Seed::new().vault(VaultSpec::new("E2E").item(login("db", &v1)));
     let mut env = TestEnv::new("connect-down", seed).await;
     env.start_operator(env.operator_config());
-    env.apply(&item_manifest("db", "vaults/E2E/items/db"))
-        .await
-        .unwrap();
-    env.wait_ready("db", "Synced").await;
+    sync_item(&env, "db", "vaults/E2E/items/db").await;
     let mut kept = env
         .wait_secret(
             "db",
@@ -1591,10 +1579,7 @@ async fn the_operator_reads_connect_over_tls_with_a_token_file_and_serves_probes
     config.connect_host = tls.url();
     config.token = String::new();
     env.start_operator(config);
-    env.apply(&item_manifest("db", "vaults/E2E/items/db"))
-        .await
-        .unwrap();
-    env.wait_ready("db", "Synced").await;
+    sync_item(&env, "db", "vaults/E2E/items/db").await;
     env.wait_secret(
         "db",
         "the item, read over TLS",
@@ -1788,10 +1773,7 @@ async fn with_the_api_server_restarted_mid_run_the_operator_reconnects_and_conve
     );
     let mut env = TestEnv::exclusive("apiserver-restart", seed).await;
     let id = env.start_operator(env.operator_config());
-    env.apply(&item_manifest("db", "vaults/E2E/items/db"))
-        .await
-        .unwrap();
-    env.wait_ready("db", "Synced").await;
+    sync_item(&env, "db", "vaults/E2E/items/db").await;
 
     // The operator is frozen while objects change and the API server restarts: when it wakes,
     // its watches resume from resource versions the new API server's cache no longer has, and
@@ -1855,10 +1837,7 @@ async fn of_two_replicas_only_the_leader_writes_and_a_follower_takes_over_when_i
     let b = env.start_operator(config_b);
     env.wait_log(b, "another replica leads").await;
 
-    env.apply(&item_manifest("db", "vaults/E2E/items/db"))
-        .await
-        .unwrap();
-    env.wait_ready("db", "Synced").await;
+    sync_item(&env, "db", "vaults/E2E/items/db").await;
     let leases: Api<Lease> = Api::namespaced(env.client.clone(), &env.ns);
     let lease = leases
         .get("onepassword-secrets-operator-leader")
@@ -1924,10 +1903,7 @@ async fn a_leader_whose_api_connection_stalls_steps_down_before_a_follower_takes
     env.wait_log(a, "became the leader").await;
     let b = env.start_operator(config_b);
     env.wait_log(b, "another replica leads").await;
-    env.apply(&item_manifest("db", "vaults/E2E/items/db"))
-        .await
-        .unwrap();
-    env.wait_ready("db", "Synced").await;
+    sync_item(&env, "db", "vaults/E2E/items/db").await;
 
     // The leader's connections hang: its renewals neither succeed nor fail. It must step down
     // (exit) by its renew deadline, before the follower may take over.
@@ -2026,10 +2002,7 @@ async fn a_vault_policy_lets_a_namespace_read_only_the_vaults_it_allows() {
     assert_eq!(env.sim.count("get_item"), 0, "{:?}", env.sim.counts());
 
     // Allowed: synced as usual.
-    env.apply(&item_manifest("db", "vaults/Team/items/db"))
-        .await
-        .unwrap();
-    env.wait_ready("db", "Synced").await;
+    sync_item(&env, "db", "vaults/Team/items/db").await;
 
     // A policy the operator cannot read or understand stops it at start, saying why.
     for (name, text) in [

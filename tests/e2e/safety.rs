@@ -16,8 +16,8 @@ use onepassword_secrets_operator::{
 };
 
 use super::{
-    QUIET, b64, deployment_using_db, item_manifest, login, replica_set_count, wait_password,
-    wait_replica_sets,
+    QUIET, b64, deployment_using_db, item_manifest, login, replica_set_count, sync_item,
+    wait_password, wait_replica_sets,
 };
 use crate::support::{POLL, TestEnv, annotation, data_of, has_data, map, secret_value};
 
@@ -107,10 +107,7 @@ async fn a_secret_another_writer_keeps_changing_is_left_alone_for_a_while_and_re
     let seed = Seed::new().vault(VaultSpec::new("E2E").item(login("db", &password)));
     let mut env = TestEnv::new("write-fight", seed).await;
     env.start_operator(env.operator_config());
-    env.apply(&item_manifest("db", "vaults/E2E/items/db"))
-        .await
-        .unwrap();
-    env.wait_ready("db", "Synced").await;
+    sync_item(&env, "db", "vaults/E2E/items/db").await;
     let gets = env.sim.count("get_item");
 
     // Another controller sets the password to its own value, again and again.
