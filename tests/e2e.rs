@@ -190,6 +190,12 @@ async fn wait_password(env: &TestEnv, secret: &str, password: &str) {
     .await;
 }
 
+/// Waits until Secret `secret` holds exactly the login item `username: app`, `password`.
+async fn wait_login_secret(env: &TestEnv, secret: &str, what: &str, password: &str) {
+    let want = map(&[("username", "app"), ("password", password)]);
+    env.wait_secret(secret, what, has_data(&want)).await;
+}
+
 /// The number of ReplicaSets of the Deployment now.
 async fn replica_set_count(env: &TestEnv, deployment: &Deployment) -> usize {
     env.replica_sets_of(&deployment.uid().unwrap()).await.len()
@@ -1033,12 +1039,7 @@ async fn a_foreign_secret_of_the_same_name_is_left_alone_and_reported_as_a_confl
     // Once the foreign Secret is gone, the operator makes its own.
     env.kubectl(&["delete", "secret", "db"]).await.unwrap();
     env.wait_ready("db", "Synced").await;
-    env.wait_secret(
-        "db",
-        "the item",
-        has_data(&map(&[("username", "app"), ("password", &password)])),
-    )
-    .await;
+    wait_login_secret(&env, "db", "the item", &password).await;
     env.finish().await;
 }
 
@@ -1255,12 +1256,7 @@ async fn while_the_token_is_refused_or_connect_is_down_synced_objects_say_so_and
     env.wait_ready("db", "ConnectUnavailable").await;
     env.sim.resume().unwrap();
     env.wait_ready("db", "Synced").await;
-    env.wait_secret(
-        "db",
-        "the change",
-        has_data(&map(&[("username", "app"), ("password", &v2)])),
-    )
-    .await;
+    wait_login_secret(&env, "db", "the change", &v2).await;
     env.finish().await;
 }
 
@@ -1580,12 +1576,7 @@ async fn the_operator_reads_connect_over_tls_with_a_token_file_and_serves_probes
     config.token = String::new();
     env.start_operator(config);
     sync_item(&env, "db", "vaults/E2E/items/db").await;
-    env.wait_secret(
-        "db",
-        "the item, read over TLS",
-        has_data(&map(&[("username", "app"), ("password", &password)])),
-    )
-    .await;
+    wait_login_secret(&env, "db", "the item, read over TLS", &password).await;
     assert!(tls.count("get_item") >= 1, "{:?}", tls.counts());
     assert_eq!(env.sim.total_requests(), 0, "the plain simulator was asked");
 
@@ -1788,31 +1779,16 @@ async fn with_the_api_server_restarted_mid_run_the_operator_reconnects_and_conve
     env.wait_log(id, "watch expired (410 Gone); listing again")
         .await;
     // What changed while it was away: the deleted Secret is made again, the new item synced.
-    env.wait_secret(
-        "db",
-        "made again after the watch expired",
-        has_data(&map(&[("username", "app"), ("password", &password)])),
-    )
-    .await;
+    wait_login_secret(&env, "db", "made again after the watch expired", &password).await;
     env.wait_ready("new", "Synced").await;
 
     // 1Password changes reach the Secret (status writes and Secret writes work).
     let after = secret_value("after");
     env.sim.set_field("E2E", "db", "password", &after).unwrap();
-    env.wait_secret(
-        "db",
-        "the change made after the restart",
-        has_data(&map(&[("username", "app"), ("password", &after)])),
-    )
-    .await;
+    wait_login_secret(&env, "db", "the change made after the restart", &after).await;
     // The Secret watch is back: a deleted Secret is made again.
     env.kubectl(&["delete", "secret", "db"]).await.unwrap();
-    env.wait_secret(
-        "db",
-        "made again",
-        has_data(&map(&[("username", "app"), ("password", &after)])),
-    )
-    .await;
+    wait_login_secret(&env, "db", "made again", &after).await;
     env.finish().await;
 }
 

@@ -17,7 +17,7 @@ use onepassword_secrets_operator::{
 use super::support::{
     GC_TIMEOUT, OperatorId, TIMEOUT, TestEnv, data_of, has_data, map, secret_value, wait_for,
 };
-use super::{QUIET, item_manifest, login};
+use super::{QUIET, item_manifest, login, wait_login_secret};
 
 const OFFICIAL_CRD: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -276,12 +276,7 @@ async fn a_cluster_switches_from_the_official_operator_with_nothing_stuck_failin
     env.sim
         .set_field(VAULT, "web-db", "password", &web_db)
         .unwrap();
-    env.wait_secret(
-        "web-db",
-        "updated by the official operator",
-        has_data(&map(&[("username", "app"), ("password", &web_db)])),
-    )
-    .await;
+    wait_login_secret(&env, "web-db", "updated by the official operator", &web_db).await;
     let web: Deployment = env.get("web").await;
     wait_for(
         "the official operator to restart Deployment web",
@@ -430,18 +425,8 @@ async fn a_cluster_switches_from_the_official_operator_with_nothing_stuck_failin
     env.sim
         .set_field(VAULT, "db", "password", &rotated_db)
         .unwrap();
-    env.wait_secret(
-        "web-db",
-        "the new password",
-        has_data(&map(&[("username", "app"), ("password", &rotated)])),
-    )
-    .await;
-    env.wait_secret(
-        "db",
-        "the new password",
-        has_data(&map(&[("username", "app"), ("password", &rotated_db)])),
-    )
-    .await;
+    wait_login_secret(&env, "web-db", "the new password", &rotated).await;
+    wait_login_secret(&env, "db", "the new password", &rotated_db).await;
     wait_for("Deployment web to roll once", TIMEOUT, async || {
         let n = env.replica_sets_of(&web.uid().unwrap()).await.len();
         (n == 3).then_some(()).ok_or(format!("{n} ReplicaSet(s)"))
