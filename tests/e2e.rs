@@ -10,6 +10,8 @@ mod support;
 
 #[path = "e2e/migration.rs"]
 mod migration;
+#[path = "e2e/official.rs"]
+mod official;
 
 use std::time::{Duration, Instant};
 

@@ -108,31 +108,6 @@ spec:
     )
 }
 
-/// The Ready condition of an item as (status, message), whichever CRD is installed.
-async fn ready_of(env: &TestEnv, name: &str) -> Result<(String, String), String> {
-    let item = env.item(name).await.ok_or("no such item")?;
-    let ready = item.ready_condition().ok_or("no Ready condition")?;
-    Ok((
-        ready.status.clone(),
-        ready.message.clone().unwrap_or_default(),
-    ))
-}
-
-/// Waits until item `name` is Ready `status` with a message starting with `prefix`.
-async fn wait_ready_message(env: &TestEnv, name: &str, status: &str, prefix: &str) {
-    wait_for(
-        &format!("OnePasswordItem {name}: Ready={status}, message {prefix:?}..."),
-        TIMEOUT,
-        async || {
-            let (s, message) = ready_of(env, name).await?;
-            (s == status && message.starts_with(prefix))
-                .then_some(())
-                .ok_or(format!("Ready={s}: {message:?}"))
-        },
-    )
-    .await
-}
-
 fn has_official_finalizer(obj: &impl ResourceExt) -> bool {
     obj.finalizers().iter().any(|f| f == OFFICIAL_FINALIZER)
 }
@@ -264,7 +239,7 @@ async fn a_cluster_switches_from_the_official_operator_with_nothing_stuck_failin
         .await;
     }
     for item in items {
-        wait_ready_message(&env, item, "True", "").await;
+        env.wait_ready_message(item, "True", "").await;
         wait_finalizer(&env, item, false, true).await;
     }
     for (name, _) in deployments {
@@ -328,9 +303,10 @@ async fn a_cluster_switches_from_the_official_operator_with_nothing_stuck_failin
     // no Deployment.
     let ours = env.start_operator(env.operator_config().with_env("AUTO_RESTART", "true"));
     for item in ["db", "api", "doomed"] {
-        wait_ready_message(&env, item, "True", "Synced: ").await;
+        env.wait_ready_message(item, "True", "Synced: ").await;
     }
-    wait_ready_message(&env, "gone", "False", "ItemNotFound: ").await;
+    env.wait_ready_message("gone", "False", "ItemNotFound: ")
+        .await;
     for item in items {
         wait_finalizer(&env, item, false, false).await;
     }

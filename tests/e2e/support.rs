@@ -929,6 +929,25 @@ impl TestEnv {
         .await
     }
 
+    /// Waits until the item's Ready condition has this status and a message starting with
+    /// `prefix`: how to check it under the official CRD too, whose status has no `reason` (our
+    /// operator then leads the message with it, e.g. `Synced: ...`).
+    pub async fn wait_ready_message(&self, name: &str, status: &str, prefix: &str) {
+        wait_for(
+            &format!("OnePasswordItem {name}: Ready={status}, message {prefix:?}..."),
+            TIMEOUT,
+            async || {
+                let item = self.item(name).await.ok_or("no such item")?;
+                let ready = item.ready_condition().ok_or("no Ready condition")?;
+                let message = ready.message.as_deref().unwrap_or_default();
+                (ready.status == status && message.starts_with(prefix))
+                    .then_some(())
+                    .ok_or(format!("Ready={}: {message:?}", ready.status))
+            },
+        )
+        .await
+    }
+
     /// ReplicaSets owned by the Deployment with this uid.
     pub async fn replica_sets_of(&self, deployment_uid: &str) -> Vec<ReplicaSet> {
         Api::<ReplicaSet>::namespaced(self.client.clone(), &self.ns)
