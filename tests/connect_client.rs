@@ -94,6 +94,13 @@ async fn fetches_an_item_by_titles_and_by_ids() {
     assert_eq!(sim.count("list_vaults"), 1);
     assert_eq!(sim.count("get_item"), 1);
     assert_eq!(sim.count("list_items"), 0);
+
+    // A vault title matches ignoring case, as in the official operator.
+    let (by_other_case, _) = c
+        .fetch_by_path(&path("vaults/pROD/items/db"))
+        .await
+        .unwrap();
+    assert_eq!(by_other_case, resolved);
 }
 
 #[tokio::test]

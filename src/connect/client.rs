@@ -17,7 +17,7 @@ use super::{
         is_valid_id,
     },
     path::ItemPath,
-    resolve::{join_notes, resolve_item, resolve_vault},
+    resolve::{join_notes, resolve_item, resolve_vault, titles_equal_ignoring_case},
 };
 
 /// The Connect token. Its `Debug` and `Display` never show the value.
@@ -336,14 +336,17 @@ impl ConnectClient {
         self.get_list(Endpoint::ListVaults, "v1/vaults", &[]).await
     }
 
-    /// Vaults whose name is exactly `title` (Connect's filter is case-insensitive; the official
-    /// operator keeps only exact matches, and so do we).
+    /// Vaults whose name is `title` ignoring case, as the official operator matches them
+    /// (`strings.EqualFold` in `pkg/onepassword/client/connect/connect.go`, v1.12.0).
     pub async fn vaults_by_title(&self, title: &str) -> Result<Vec<Vault>, ConnectError> {
         let filter = title_filter(title);
         let vaults: Vec<Vault> = self
             .get_list(Endpoint::ListVaults, "v1/vaults", &[("filter", &filter)])
             .await?;
-        Ok(vaults.into_iter().filter(|v| v.name == title).collect())
+        Ok(vaults
+            .into_iter()
+            .filter(|v| titles_equal_ignoring_case(&v.name, title))
+            .collect())
     }
 
     pub async fn get_vault(&self, vault_id: &str) -> Result<Vault, ConnectError> {
