@@ -5,7 +5,7 @@ help:
 	@echo "make test   bash tests/run: unit, simulator and end-to-end tests (builds a local control plane once)"
 	@echo "make demo   bash demo/run.sh: a local control plane, the Connect simulator and the operator, end to end"
 	@echo "            (DEMO_KEEP=1 leaves it running)"
-	@echo "make crds   regenerate the CRD into crds/, config/crd/bases/ and the Helm chart's crds/"
+	@echo "make crds   regenerate the CRD into crds/, config/crd/bases/ and the Helm chart's templates/crd.yaml"
 	@echo "make lint   cargo fmt --check and clippy with warnings as errors"
 
 test:
@@ -14,12 +14,16 @@ test:
 demo:
 	bash demo/run.sh
 
-CRD_COPIES = crds/onepassworditem.yaml config/crd/bases/onepassworditem.yaml \
-	charts/onepassword-secrets-operator/crds/onepassworditem.yaml
+CRD_COPIES = crds/onepassworditem.yaml config/crd/bases/onepassworditem.yaml
+CHART_CRD = charts/onepassword-secrets-operator/templates/crd.yaml
 
+# Each file is written whole or not at all: a failed crdgen leaves the old ones.
 crds:
-	tmp=$$(mktemp) && cargo run --quiet --locked --bin crdgen > $$tmp \
-	  && for f in $(CRD_COPIES); do cp $$tmp $$f; done; status=$$?; rm -f $$tmp; exit $$status
+	tmp=$$(mktemp) && helm=$$(mktemp) \
+	  && cargo run --quiet --locked --bin crdgen > $$tmp \
+	  && cargo run --quiet --locked --bin crdgen -- --helm > $$helm \
+	  && for f in $(CRD_COPIES); do cp $$tmp $$f; done && cp $$helm $(CHART_CRD); \
+	  status=$$?; rm -f $$tmp $$helm; exit $$status
 
 lint:
 	cargo fmt --all -- --check

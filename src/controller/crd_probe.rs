@@ -1,8 +1,9 @@
 //! Which status fields the installed OnePasswordItem CRD declares, so that the status we write is
 //! one the API server takes under either CRD.
 //!
-//! A cluster that swapped the official operator's Helm chart for ours keeps the official CRD:
-//! Helm never upgrades the CRDs in a chart's `crds/`. That CRD (`config/crd/bases/
+//! A cluster that swapped the official operator's Helm chart for ours keeps the official CRD
+//! until it is taken over (Helm never upgrades the CRDs in a chart's `crds/`, where the official
+//! chart has it; ours renders it as a template, but adopts an existing one only on request). That CRD (`config/crd/bases/
 //! onepassword.com_onepassworditems.yaml` in 1Password/onepassword-operator v1.12.0, copied in
 //! `tests/fixtures/official/`) declares only `status.conditions[].{type, status,
 //! lastTransitionTime, message}`, and server-side apply refuses any other field with a 500
@@ -38,8 +39,9 @@ const NOT_DECLARED: &str = "field not declared in schema";
 
 /// How to get our CRD installed, told when the richer status is unavailable.
 const HOW_TO_UPGRADE: &str = "apply this operator's CRD to get reasons, observedGeneration and \
-    the resolved item ids in the status: `kubectl apply -f crds/onepassworditem.yaml` (Helm does \
-    not upgrade a chart's CRDs: apply it by hand once)";
+    the resolved item ids in the status: `kubectl apply -f crds/onepassworditem.yaml`, or let \
+    this operator's Helm release own it (chart README, \"Taking over an existing CRD\"); the \
+    official chart never upgrades the CRD it installed";
 
 /// The fields of one level of the status the CRD declares.
 #[derive(Clone, Debug, PartialEq, Eq)]
