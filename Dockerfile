@@ -17,8 +17,10 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
  && cp target/release/onepassword-operator /onepassword-operator
 
 FROM gcr.io/distroless/static-debian12:nonroot
-COPY --from=build /onepassword-operator /onepassword-operator
+# At the official image's path, so the official chart's and kustomize config's
+# `command: ["/manager"]` runs this operator when only the image is swapped.
+COPY --from=build /onepassword-operator /manager
 USER 65532:65532
 # 8080: /metrics; 8081: /healthz and /readyz.
 EXPOSE 8080 8081
-ENTRYPOINT ["/onepassword-operator"]
+ENTRYPOINT ["/manager"]

@@ -197,6 +197,31 @@ fn parse_go_bool(value: &str) -> Result<bool, String> {
         .ok_or_else(|| format!("{value:?} is not a boolean (true or false)"))
 }
 
+/// Why the official operator's environment asks for something this operator does not do, if it
+/// does: service-account mode (`OP_SERVICE_ACCOUNT_TOKEN` without `OP_CONNECT_HOST`), or
+/// `MANAGE_CONNECT=true` (the official operator then deploys a Connect server itself,
+/// `cmd/main.go`). Starting anyway would leave the user without Secrets and without a word.
+pub fn unsupported_official_setting(env: impl Fn(&str) -> Option<String>) -> Option<String> {
+    if env("OP_CONNECT_HOST").is_none() && env("OP_SERVICE_ACCOUNT_TOKEN").is_some() {
+        return Some(
+            "OP_SERVICE_ACCOUNT_TOKEN (service account mode) is not supported; \
+             set OP_CONNECT_HOST and OP_CONNECT_TOKEN to use a Connect server"
+                .into(),
+        );
+    }
+    let manage = env("MANAGE_CONNECT")?;
+    match parse_go_bool(&manage.to_ascii_lowercase()) {
+        Ok(false) => None,
+        Ok(true) => Some(
+            "MANAGE_CONNECT=true (the operator deploying a Connect server itself) is not \
+             supported; deploy Connect with this chart (connect.create=true) or the connect \
+             chart, and set OP_CONNECT_HOST to it"
+                .into(),
+        ),
+        Err(e) => Some(format!("MANAGE_CONNECT: {e}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,6 +291,34 @@ mod tests {
         assert_eq!(plain.effective_log_format(), LogFormat::Text);
         assert!(plain.ignored.given().is_empty());
         assert!(Args::try_parse_from(["op", "--zap-encoder=xml"]).is_err());
+    }
+
+    #[test]
+    fn official_settings_this_operator_does_not_do_stop_it_with_a_reason() {
+        fn check(pairs: &[(&str, &str)]) -> Option<String> {
+            let pairs: Vec<(String, String)> = pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            unsupported_official_setting(|k| {
+                pairs
+                    .iter()
+                    .find(|(name, _)| name == k)
+                    .map(|(_, v)| v.clone())
+            })
+        }
+        let host = ("OP_CONNECT_HOST", "http://connect:8080");
+        assert_eq!(check(&[host]), None);
+        for off in ["false", "False", "0", "f"] {
+            assert_eq!(check(&[host, ("MANAGE_CONNECT", off)]), None, "{off}");
+        }
+        let why = check(&[host, ("MANAGE_CONNECT", "TRUE")]).unwrap();
+        assert!(why.contains("MANAGE_CONNECT=true"), "{why}");
+        let why = check(&[host, ("MANAGE_CONNECT", "yes")]).unwrap();
+        assert!(why.starts_with("MANAGE_CONNECT: "), "{why}");
+        let why = check(&[("OP_SERVICE_ACCOUNT_TOKEN", "ops_x")]).unwrap();
+        assert!(why.contains("OP_SERVICE_ACCOUNT_TOKEN"), "{why}");
+        assert!(!why.contains("ops_x"), "{why}");
     }
 
     #[test]

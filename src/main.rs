@@ -263,12 +263,8 @@ fn leader_config() -> Result<LeaderConfig, String> {
 
 fn connect_client(metrics: &Metrics) -> Result<ConnectClient, String> {
     let env = |k: &str| std::env::var(k).ok();
-    if env("OP_CONNECT_HOST").is_none() && env("OP_SERVICE_ACCOUNT_TOKEN").is_some() {
-        return Err(
-            "OP_SERVICE_ACCOUNT_TOKEN (service account mode) is not supported; \
-                    set OP_CONNECT_HOST and OP_CONNECT_TOKEN to use a Connect server"
-                .into(),
-        );
+    if let Some(why) = onepassword_secrets_operator::config::unsupported_official_setting(env) {
+        return Err(why);
     }
     let config = ConnectConfig::from_env(env).map_err(|e| format!("Connect configuration: {e}"))?;
     let metrics = metrics.clone();
