@@ -67,7 +67,7 @@ pub struct OnePasswordItemSpec {
     pub image_pull_secret: Option<ImagePullSecretConfig>,
 }
 
-/// Secret data keys rendered from templates (not in any released official operator; see `template`).
+/// Secret data keys rendered from templates (in no released official operator; see `template`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct SecretTemplate {
     /// Secret data key to template.
@@ -408,6 +408,14 @@ spec:
             let on_disk = std::fs::read_to_string(path).unwrap_or_default();
             assert!(on_disk == generated, "{file} is stale: run `make crds`");
         }
+        let chart_crds = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/charts/onepassword-secrets-operator/crds"
+        );
+        assert!(
+            !std::path::Path::new(chart_crds).exists(),
+            "the chart has a crds/ folder again: Helm never upgrades it; the CRD is templates/crd.yaml"
+        );
     }
 
     #[test]

@@ -30,8 +30,8 @@ use onepassword_secrets_operator::{
     sim::{Fault, ItemSpec, Seed, Simulator, TokenAccess, VaultSpec},
 };
 use support::{
-    POLL, StallingProxy, TestEnv, annotation, api_server_addr, data_of, has_data, map,
-    remember_secret, secret_value, wait_for,
+    POLL, StallingProxy, TestEnv, annotation, api_server_addr, data_of, has_data, has_item_version,
+    map, remember_secret, secret_value, wait_for,
 };
 
 /// Long enough for several poll cycles and the restart debounce: what did not happen by then
@@ -739,12 +739,8 @@ async fn a_deployment_does_not_roll_for_an_item_it_does_not_use_or_for_unchanged
     let same = data_of(&env.secret("db").await.unwrap())["password"].clone();
     let saved = env.sim.set_field("E2E", "db", "password", &same).unwrap();
     let version = saved.version.to_string();
-    env.wait_secret("db", "the new item version", |s| {
-        (annotation(s, ITEM_VERSION_ANNOTATION) == Some(version.as_str()))
-            .then_some(())
-            .ok_or_else(|| "still the old item version".into())
-    })
-    .await;
+    env.wait_secret("db", "the new item version", has_item_version(&version))
+        .await;
     tokio::time::sleep(QUIET).await;
     assert_eq!(replica_set_count(&env, &deployment).await, 1);
     let after: Deployment = env.get("web").await;
@@ -1468,14 +1464,11 @@ async fn an_item_deleted_ignored_or_revoked_in_1password_leaves_its_secret_as_it
     // item's Secret keeps its data but its item-version annotation follows the item.
     let cache_version = env.sim.item("E2E", "cache").unwrap().version.to_string();
     let moved = env
-        .wait_secret("cache", "the new item version", |s| {
-            (annotation(s, ITEM_VERSION_ANNOTATION) == Some(cache_version.as_str()))
-                .then_some(())
-                .ok_or(format!(
-                    "item-version {:?}",
-                    annotation(s, ITEM_VERSION_ANNOTATION)
-                ))
-        })
+        .wait_secret(
+            "cache",
+            "the new item version",
+            has_item_version(&cache_version),
+        )
         .await;
     tokio::time::sleep(2 * POLL).await;
     for kept in kept {

@@ -3,7 +3,8 @@
 //!
 //! A cluster that swapped the official operator's Helm chart for ours keeps the official CRD
 //! until it is taken over (Helm never upgrades the CRDs in a chart's `crds/`, where the official
-//! chart has it; ours renders it as a template, but adopts an existing one only on request). That CRD (`config/crd/bases/
+//! chart has it; ours renders it as a template, but adopts an existing one only on request).
+//! That CRD (`config/crd/bases/
 //! onepassword.com_onepassworditems.yaml` in 1Password/onepassword-operator v1.12.0, copied in
 //! `tests/fixtures/official/`) declares only `status.conditions[].{type, status,
 //! lastTransitionTime, message}`, and server-side apply refuses any other field with a 500

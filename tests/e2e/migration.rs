@@ -15,15 +15,11 @@ use onepassword_secrets_operator::{
 };
 
 use super::support::{
-    GC_TIMEOUT, OperatorId, TIMEOUT, TestEnv, data_of, has_data, map, secret_value, wait_for,
+    GC_TIMEOUT, OFFICIAL_CRD, OUR_CRD, OperatorId, TIMEOUT, TestEnv, data_of, has_data, map,
+    secret_value, wait_for,
 };
 use super::{QUIET, item_manifest, login, wait_login_secret};
 
-const OFFICIAL_CRD: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/tests/fixtures/official/onepassworditem-crd-v1.12.0.yaml"
-);
-const OUR_CRD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/onepassworditem.yaml");
 const VAULT: &str = "Migration";
 /// What our operator logs, once, when it can write only the official operator's status.
 const OFFICIAL_SHAPE_LOG: &str = "writing only the official operator's status";

@@ -24,20 +24,15 @@
 use std::{collections::BTreeMap, path::Path};
 
 use k8s_openapi::api::core::v1::Secret;
-use onepassword_secrets_operator::{
-    secret::ITEM_VERSION_ANNOTATION,
-    sim::{ItemSpec, Seed, VaultSpec},
-};
+use onepassword_secrets_operator::sim::{ItemSpec, Seed, VaultSpec};
 
-use super::support::{POLL, TestEnv, annotation, data_of, has_data, map, secret_value};
+use super::support::{
+    OFFICIAL_CRD, POLL, TestEnv, data_of, has_data, has_item_version, map, secret_value,
+};
 
 const MANIFESTS: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/tests/fixtures/official/e2e-manifests"
-);
-const OFFICIAL_CRD: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/tests/fixtures/official/onepassworditem-crd-v1.12.0.yaml"
 );
 /// The official suite's test vault (`vaultName` in its `e2e_test.go`).
 const VAULT: &str = "operator-acceptance-tests";
@@ -230,14 +225,11 @@ async fn the_official_cases_pass(
         .unwrap()
         .version
         .to_string();
-    env.wait_secret("secret-ignored", "the new item version", |s| {
-        (annotation(s, ITEM_VERSION_ANNOTATION) == Some(version.as_str()))
-            .then_some(())
-            .ok_or(format!(
-                "item-version {:?}",
-                annotation(s, ITEM_VERSION_ANNOTATION)
-            ))
-    })
+    env.wait_secret(
+        "secret-ignored",
+        "the new item version",
+        has_item_version(&version),
+    )
     .await;
     tokio::time::sleep(POLL + std::time::Duration::from_secs(2)).await;
     let kept = env

@@ -19,7 +19,9 @@ use super::{
     QUIET, b64, deployment_using_db, item_manifest, login, replica_set_count, sync_item,
     wait_password, wait_replica_sets,
 };
-use crate::support::{POLL, TestEnv, annotation, data_of, has_data, map, secret_value};
+use crate::support::{
+    POLL, TestEnv, annotation, data_of, has_data, has_item_version, map, secret_value,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_secret_with_our_label_but_no_owner_reference_is_never_written_nor_deleted() {
@@ -194,12 +196,7 @@ async fn a_lagging_connect_replica_never_rolls_a_secret_back() {
     wait_replica_sets(&env, &deployment, 2).await;
     let holds_v2 = |s: &Secret| {
         has_data(&map(&[("username", "app"), ("password", &v2)]))(s)?;
-        (annotation(s, ITEM_VERSION_ANNOTATION) == Some("2"))
-            .then_some(())
-            .ok_or(format!(
-                "item-version {:?}",
-                annotation(s, ITEM_VERSION_ANNOTATION)
-            ))
+        has_item_version("2")(s)
     };
 
     // The listing comes from a replica one change behind: it says version 1.

@@ -31,6 +31,7 @@ use kube::{
 };
 use onepassword_secrets_operator::{
     crd::OnePasswordItem,
+    secret::ITEM_VERSION_ANNOTATION,
     sim::{Seed, Simulator, TokenAccess},
 };
 use serde::de::DeserializeOwned;
@@ -46,7 +47,13 @@ pub const GC_TIMEOUT: Duration = Duration::from_secs(90);
 /// The Connect token every simulator accepts for every vault.
 pub const TOKEN: &str = "e2e-connect-token-zq7vx3kp";
 
-const CRD_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/onepassworditem.yaml");
+/// Our CRD, as `make crds` generates it.
+pub const OUR_CRD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/onepassworditem.yaml");
+/// The official operator's CRD (v1.12.0), the one a migrating cluster still has.
+pub const OFFICIAL_CRD: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/official/onepassworditem-crd-v1.12.0.yaml"
+);
 const CRD_NAME: &str = "onepassworditems.onepassword.com";
 const OPERATOR_BIN: &str = env!("CARGO_BIN_EXE_onepassword-operator");
 /// SIGTERM, then this long for a graceful stop, then SIGKILL.
@@ -192,7 +199,7 @@ impl Cluster {
     }
 
     fn install_crd(&self) -> Result<(), String> {
-        self.install_crd_with(&["apply", "--server-side", "-f", CRD_FILE])
+        self.install_crd_with(&["apply", "--server-side", "-f", OUR_CRD])
     }
 
     /// Installs a OnePasswordItem CRD (ours, or another one) with `kubectl <args>` and waits
@@ -1069,6 +1076,17 @@ pub fn data_of(secret: &Secret) -> BTreeMap<String, String> {
         .flatten()
         .map(|(k, v)| (k.clone(), String::from_utf8_lossy(&v.0).into_owned()))
         .collect()
+}
+
+/// Checks that a Secret's `item-version` annotation is `version`.
+pub fn has_item_version(version: &str) -> impl Fn(&Secret) -> Result<(), String> {
+    let version = version.to_string();
+    move |secret| {
+        let found = annotation(secret, ITEM_VERSION_ANNOTATION);
+        (found == Some(version.as_str()))
+            .then_some(())
+            .ok_or(format!("item-version {found:?}"))
+    }
 }
 
 /// An annotation of an object, if set.
