@@ -922,6 +922,17 @@ impl TestEnv {
             async || {
                 let item = self.item_in(ns, name).await.ok_or("no such item")?;
                 match item.ready_condition() {
+                    // A condition about an earlier generation says nothing of the object as it
+                    // is now (right after an edit it is still the old one).
+                    Some(c)
+                        if c.observed_generation.is_some()
+                            && c.observed_generation != item.metadata.generation =>
+                    {
+                        Err(format!(
+                            "Ready describes generation {:?}, the object is at {:?}",
+                            c.observed_generation, item.metadata.generation
+                        ))
+                    }
                     Some(c) if c.status == status && c.reason.as_deref() == Some(reason) => {
                         Ok(item)
                     }
