@@ -4,7 +4,7 @@
 help:
 	@echo "make test   bash tests/run: unit, simulator and end-to-end tests (builds a local control plane once)"
 	@echo "make demo   bash demo/run.sh: a local control plane, the Connect simulator and the operator, end to end"
-	@echo "            (DEMO_KEEP=1 leaves it running)"
+	@echo "            (DEMO_KEEP=1 leaves it running; DEMO_NODE=1 adds a real node, so pods run: needs root)"
 	@echo "make crds   regenerate the CRD into crds/, config/crd/bases/ and the Helm chart's templates/crd.yaml"
 	@echo "make lint   cargo fmt --check and clippy with warnings as errors"
 

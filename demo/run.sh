@@ -7,6 +7,10 @@
 # Usage: bash demo/run.sh
 # Env:   DEMO_KEEP=1   leave everything running and print how to use it
 #        DEMO_POLL=5   POLLING_INTERVAL of the operator, in seconds
+#        DEMO_NODE=1   also run a real node (tests/envtest/node/start; needs root, builds about
+#                      6 min once): the sample Deployment's pods run (busybox, printing the
+#                      password they read) instead of staying Pending, and the demo shows the
+#                      restarted pod reading the new password
 # Needs: Rust (cargo), Go (the first run builds the control plane, ~7 min), openssl, curl,
 #        util-linux (setsid). No Docker, no cluster.
 set -euo pipefail
@@ -15,6 +19,7 @@ ROOT="$PWD"
 
 POLL="${DEMO_POLL:-5}"
 KEEP="${DEMO_KEEP:-0}"
+NODE="${DEMO_NODE:-0}"
 NS=demo
 TOKEN=demo-token
 started=$SECONDS
@@ -32,6 +37,7 @@ die() {
 for tool in cargo go openssl curl setsid; do
 	command -v "$tool" >/dev/null 2>&1 || die "'$tool' is required but not on PATH"
 done
+[[ "$NODE" != 1 || "$(id -u)" == 0 ]] || die "DEMO_NODE=1 needs root (the node uses namespaces, mounts and containerd)"
 
 STATE="$(mktemp -d "${TMPDIR:-/tmp}/opsync-demo.XXXXXX")"
 SIM_PID=
@@ -95,16 +101,26 @@ BIN="${TARGET:-${CARGO_TARGET_DIR:-target}}/debug"
 [[ -x "$BIN/onepassword-operator" && -x "$BIN/connect-sim" ]] || die "no binaries in $BIN"
 say "built in $((SECONDS - t))s"
 
-bold "starting a Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager)"
+if [[ "$NODE" == 1 ]]; then
+	bold "starting a Kubernetes control plane and a node (containerd, runc, kubelet, kube-proxy, kube-scheduler)"
+	start=(tests/envtest/node/start --with-control-plane "$STATE")
+else
+	bold "starting a Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager)"
+	start=(tests/envtest/start "$STATE")
+fi
 t=$SECONDS
-tests/envtest/start "$STATE" >/dev/null 2>"$STATE.start.log" || {
+"${start[@]}" >/dev/null 2>"$STATE.start.log" || {
 	cat "$STATE.start.log" >&2
 	rm -f "$STATE.start.log"
-	die "tests/envtest/start failed"
+	die "${start[*]} failed"
 }
 rm -f "$STATE.start.log"
 # shellcheck source=/dev/null
 . "$STATE/env"
+if [[ "$NODE" == 1 ]]; then
+	# shellcheck source=/dev/null
+	. "$STATE/node/env"
+fi
 export KUBECONFIG
 kubectl() { "$ENVTEST_BIN_DIR/kubectl" --request-timeout=30s "$@"; }
 say "API server $APISERVER_URL, ready in $((SECONDS - t))s (state in $STATE)"
@@ -136,6 +152,19 @@ say "ready; metrics at http://127.0.0.1:$METRICS_PORT/metrics, log in $STATE/ope
 bold "applying config/samples into namespace $NS"
 kubectl create namespace "$NS" >/dev/null
 kubectl apply -k config/samples -n "$NS" | sed 's/^/   /'
+if [[ "$NODE" == 1 ]]; then
+	# No registry here: the sample's nginx becomes the node's busybox, which prints what it read.
+	kubectl patch deployment web -n "$NS" --type=json -p "[
+		{\"op\": \"replace\", \"path\": \"/spec/template/spec/containers/0/image\", \"value\": \"$ENVTEST_BUSYBOX_IMAGE\"},
+		{\"op\": \"add\", \"path\": \"/spec/template/spec/containers/0/imagePullPolicy\", \"value\": \"Never\"},
+		{\"op\": \"add\", \"path\": \"/spec/template/spec/terminationGracePeriodSeconds\", \"value\": 1},
+		{\"op\": \"add\", \"path\": \"/spec/template/spec/containers/0/command\",
+		 \"value\": [\"sh\", \"-c\", \"echo \\\"web started with password=\$password\\\"; exec sleep 1000000\"]}]" |
+		sed 's/^/   /'
+	kubectl rollout status deployment/web -n "$NS" --timeout=120s | sed 's/^/   /' ||
+		die "the sample Deployment did not roll out on the node"
+	say "$(kubectl logs -n "$NS" deployment/web 2>/dev/null)"
+fi
 t=$SECONDS
 kubectl wait --for=condition=Ready --timeout=60s -n "$NS" onepassworditem --all >/dev/null ||
 	die "the OnePasswordItems did not become Ready"
@@ -191,8 +220,18 @@ wait_until 60 "Deployment web to restart" \
 wait_until 60 "a new ReplicaSet for web" \
 	bash -c "(( \$('$ENVTEST_BIN_DIR/kubectl' get rs -n $NS -l app=web -o name | wc -l) > $old_rs ))"
 say "pod template annotation operator.1password.io/restarted-for = $(kubectl get deployment web -n "$NS" -o jsonpath='{.spec.template.metadata.annotations.operator\.1password\.io/restarted-for}')"
-say "kubectl get replicasets -n $NS -l app=web (pods stay Pending: this control plane has no nodes)"
-kubectl get rs -n "$NS" -l app=web | sed 's/^/     /'
+if [[ "$NODE" == 1 ]]; then
+	kubectl rollout status deployment/web -n "$NS" --timeout=120s | sed 's/^/   /' ||
+		die "the restarted Deployment did not roll out on the node"
+	say "kubectl get replicasets,pods -n $NS -l app=web"
+	kubectl get rs,pods -n "$NS" -l app=web | sed 's/^/     /'
+	wait_until 60 "the new pod to log the new password" \
+		bash -c "'$ENVTEST_BIN_DIR/kubectl' logs -n $NS deployment/web | grep -qF 'password=$NEW_PASSWORD'"
+	say "the new pod: $(kubectl logs -n "$NS" deployment/web 2>/dev/null)"
+else
+	say "kubectl get replicasets -n $NS -l app=web (pods stay Pending: this control plane has no nodes; DEMO_NODE=1 runs them)"
+	kubectl get rs -n "$NS" -l app=web | sed 's/^/     /'
+fi
 say "events:"
 kubectl get events -n "$NS" --field-selector reason=Restarted \
 	-o custom-columns='OBJECT:.involvedObject.kind,NAME:.involvedObject.name,REASON:.reason,MESSAGE:.message' | sed 's/^/     /'
