@@ -14,6 +14,7 @@ use std::{
 
 use tokio::sync::Mutex;
 
+use crate::vocabulary::IGNORE_TAG;
 use crate::connect::{
     ConnectClient, ConnectError, ItemPath,
     model::{ItemSummary, Vault},
@@ -47,8 +48,6 @@ impl<E> From<ConnectError> for ResolveError<E> {
     }
 }
 
-/// Items with this tag are not updated once their Secret exists (official operator behaviour).
-pub const IGNORE_TAG: &str = "operator.1password.io:ignore-secret";
 
 #[derive(Clone)]
 struct Listing {

@@ -13,21 +13,11 @@ use k8s_openapi::api::core::v1::{Container, EnvFromSource, EnvVar, PodTemplateSp
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-/// Label on every Secret the operator manages.
-pub const MANAGED_LABEL: &str = "operator.1password.io/managed-by";
-pub const MANAGED_VALUE: &str = "onepassword-secrets-operator";
-/// Annotation on a managed Secret: opaque, changes exactly when the Secret's data changes.
-pub const DIGEST_ANNOTATION: &str = "operator.1password.io/data-digest";
-/// The one field manager of every server-side apply the operator makes.
-pub const FIELD_MANAGER: &str = "onepassword-secrets-operator";
-/// `true`/`false` on a Secret, a workload or a Namespace; the most specific one wins.
-pub const AUTO_RESTART_ANNOTATION: &str = "operator.1password.io/auto-restart";
-/// On a workload (metadata or pod template): the name of the Secret made for it.
-pub const ITEM_NAME_ANNOTATION: &str = "operator.1password.io/item-name";
-/// On a workload's metadata: the last seen fingerprints of the managed Secrets it uses.
-pub const SECRET_DIGESTS_ANNOTATION: &str = "operator.1password.io/secret-digests";
-/// On a workload's pod template: changing it is what rolls the pods.
-pub const RESTARTED_FOR_ANNOTATION: &str = "operator.1password.io/restarted-for";
+// Where tests/e2e still name them.
+pub use crate::vocabulary::{
+    DIGEST_ANNOTATION, RESTARTED_FOR_ANNOTATION, SECRET_DIGESTS_ANNOTATION,
+};
+use crate::vocabulary::{ITEM_NAME_ANNOTATION, parse_bool};
 
 /// Secret name -> fingerprint of its data digest, sorted by name.
 pub type DigestMap = BTreeMap<String, String>;
@@ -269,16 +259,6 @@ impl History {
             .rev()
             .find(|(since, _)| *since <= revision)
             .map(|(_, digest)| digest.as_str())
-    }
-}
-
-/// Go's `strconv.ParseBool` after lower-casing, as the official operator reads these
-/// annotations: `1`, `t`, `true`, `0`, `f`, `false` in any case.
-pub fn parse_bool(value: &str) -> Option<bool> {
-    match value.to_ascii_lowercase().as_str() {
-        "1" | "t" | "true" => Some(true),
-        "0" | "f" | "false" => Some(false),
-        _ => None,
     }
 }
 
@@ -851,19 +831,6 @@ spec:
     }
 
     // --- auto-restart settings ---
-
-    #[test]
-    fn parse_bool_accepts_what_the_official_operator_accepts() {
-        for yes in ["1", "t", "T", "true", "TRUE", "True", "tRuE"] {
-            assert_eq!(parse_bool(yes), Some(true), "{yes}");
-        }
-        for no in ["0", "f", "F", "false", "FALSE", "False"] {
-            assert_eq!(parse_bool(no), Some(false), "{no}");
-        }
-        for invalid in ["", "yes", "no", "on", " true", "2"] {
-            assert_eq!(parse_bool(invalid), None, "{invalid:?}");
-        }
-    }
 
     /// (secret, workload, namespace, default) -> (enabled, decided by, invalid)
     type Row = (

@@ -37,17 +37,16 @@ use super::{
 };
 use crate::{
     connect::ItemPath,
-    restart::{
-        AUTO_RESTART_ANNOTATION, ITEM_NAME_ANNOTATION, RESTARTED_FOR_ANNOTATION,
-        SECRET_DIGESTS_ANNOTATION,
+    secret,
+    vocabulary::{
+        ANNOTATION_PREFIX, AUTO_RESTART_ANNOTATION, ITEM_NAME_ANNOTATION, ITEM_PATH_ANNOTATION,
+        LAST_RESTARTED_ANNOTATION, RESTARTED_FOR_ANNOTATION, Reason, SECRET_DIGESTS_ANNOTATION,
     },
-    secret::{self, ANNOTATION_PREFIX, ITEM_PATH_ANNOTATION},
 };
 
 /// Annotations that describe the workload's restarts, not the Secret: the official operator's
 /// restart stamp and our restart controller's record. Never read as a request nor copied to a
 /// Secret (the record changes with every Secret change, which would rewrite the Secret).
-const LAST_RESTARTED_ANNOTATION: &str = "operator.1password.io/last-restarted";
 const WORKLOAD_ANNOTATIONS: &[&str] = &[
     LAST_RESTARTED_ANNOTATION,
     SECRET_DIGESTS_ANNOTATION,
@@ -352,7 +351,7 @@ async fn report(
     outcome: &Result<sync::Synced, SyncError>,
 ) {
     let reason = match outcome {
-        Ok(_) => "Synced",
+        Ok(_) => Reason::Synced,
         Err(e) => e.reason(),
     };
     let previous = ctx.note_reason(&key_of(obj), reason);
@@ -361,17 +360,17 @@ async fn report(
         Ok(s) if matches!(s.change, Change::Created | Change::Updated) => {
             events.push((
                 EventType::Normal,
-                "SecretSynced",
+                Reason::SecretSynced,
                 format!("Secret {asked_name:?} holds item version {}", s.version),
             ));
             // Warnings are found when the item is fetched: said with the write they go with.
             if !s.warnings.is_empty() {
-                events.push((EventType::Warning, "SyncWarning", s.warnings.join("; ")));
+                events.push((EventType::Warning, Reason::SyncWarning, s.warnings.join("; ")));
             }
         }
         Ok(s) if previous.is_some_and(|p| p != reason) => events.push((
             EventType::Normal,
-            "Synced",
+            Reason::Synced,
             format!("Secret {asked_name:?} holds item version {}", s.version),
         )),
         Err(e) if previous != Some(reason) => {
@@ -384,7 +383,7 @@ async fn report(
             .await;
     }
     if let Err(e) = outcome {
-        tracing::info!(reason = e.reason(), error = %e, "Secret for Deployment not synced");
+        tracing::info!(reason = %e.reason(), error = %e, "Secret for Deployment not synced");
     }
 }
 

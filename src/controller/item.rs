@@ -32,8 +32,8 @@ use super::{
 use crate::{
     connect::ItemPath,
     crd::{OnePasswordItem, OnePasswordItemCondition, OnePasswordItemStatus},
-    restart::{AUTO_RESTART_ANNOTATION, MANAGED_LABEL},
     secret,
+    vocabulary::{AUTO_RESTART_ANNOTATION, MANAGED_LABEL, Reason},
 };
 
 /// Labels of the item that are not copied to its Secret: Argo CD tracks resources by them, and a
@@ -140,7 +140,7 @@ async fn reconcile(obj: Arc<OnePasswordItem>, ctx: Arc<Context>) -> Result<Actio
     publish_events(&ctx, &obj, &outcome, &status).await;
 
     if let Err(e) = &outcome {
-        tracing::info!(reason = e.reason(), error = %e, "OnePasswordItem not synced");
+        tracing::info!(reason = %e.reason(), error = %e, "OnePasswordItem not synced");
     }
     ctx.note_ready(&key_of(&obj), Some(outcome.is_ok()));
     Ok(ctx.after_sync("item", &key_of(&obj), &outcome, timer))
@@ -239,13 +239,7 @@ pub fn desired_status(
         .and_then(|m| held_part(m, &name));
     let (ready, reason, message) = match outcome {
         Ok(s) => {
-            // A Secret just made for an ignored item is Ignored from the start: later changes
-            // of the item will not reach it.
-            let reason = if s.change == Change::Ignored || s.resolution.ignored {
-                "Ignored"
-            } else {
-                "Synced"
-            };
+            let reason = synced_reason(s);
             let head = held_head(&name, s);
             let carried = previous_held.filter(|held| {
                 s.change == Change::Unchanged
@@ -288,7 +282,7 @@ pub fn desired_status(
         status: status.into(),
         last_transition_time,
         message: Some(truncate(&message, 1024)),
-        reason: Some(reason.into()),
+        reason: Some(reason.as_str().into()),
         observed_generation: obj.metadata.generation,
     };
     let mut conditions: Vec<OnePasswordItemCondition> = previous
@@ -313,6 +307,16 @@ pub fn desired_status(
         vault_id,
         item_id,
         item_version,
+    }
+}
+
+/// The Ready reason of a sync that went through. A Secret just made for an ignored item is
+/// Ignored from the start: later changes of the item will not reach it.
+fn synced_reason(s: &Synced) -> Reason {
+    if s.change == Change::Ignored || s.resolution.ignored {
+        Reason::Ignored
+    } else {
+        Reason::Synced
     }
 }
 
@@ -394,24 +398,23 @@ async fn publish_events(
     let old_reason = old_ready.and_then(crd_probe::reason_of);
     let old_reason = old_reason.as_deref();
     let new_ready = status.conditions.iter().find(|c| c.type_ == "Ready");
-    let new_reason = new_ready.and_then(|c| c.reason.as_deref());
     let mut events = Vec::new();
     match outcome {
         Ok(s) => {
             match s.change {
                 Change::Created => events.push((
                     EventType::Normal,
-                    "SecretCreated",
+                    Reason::SecretCreated,
                     format!("Created Secret from item version {}", s.version),
                 )),
                 Change::Updated => events.push((
                     EventType::Normal,
-                    "SecretUpdated",
+                    Reason::SecretUpdated,
                     format!("Updated Secret to item version {}", s.version),
                 )),
-                _ if old_reason.is_some() && old_reason != new_reason => events.push((
+                _ if old_reason.is_some_and(|old| synced_reason(s) != old) => events.push((
                     EventType::Normal,
-                    new_reason.unwrap_or("Synced"),
+                    synced_reason(s),
                     format!("Secret holds item version {}", s.version),
                 )),
                 _ => {}
@@ -426,10 +429,10 @@ async fn publish_events(
                 && !warnings.is_empty()
                 && warnings != warnings_of(&old_message, &name)
             {
-                events.push((EventType::Warning, "SyncWarning", warnings.to_string()));
+                events.push((EventType::Warning, Reason::SyncWarning, warnings.to_string()));
             }
         }
-        Err(e) if old_reason != Some(e.reason()) => {
+        Err(e) if old_reason != Some(e.reason().as_str()) => {
             events.push((EventType::Warning, e.reason(), e.to_string()))
         }
         Err(_) => {}

@@ -34,12 +34,13 @@ use crate::{
     catalog::{Catalog, Resolution},
     connect::{ConnectError, ItemPath},
     telemetry::{Metrics, ReconcileTimer},
+    vocabulary::Reason,
 };
 use poller::{TargetKey, TargetKind, Tracked};
 use sync::{Change, SyncError, Synced};
 
 /// The one field manager every write of ours uses.
-pub use crate::restart::{FIELD_MANAGER, parse_bool};
+pub use crate::vocabulary::{FIELD_MANAGER, parse_bool};
 
 /// Which namespaces the operator watches (`WATCH_NAMESPACE`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -116,7 +117,7 @@ pub struct Context {
     /// The status fields the installed OnePasswordItem CRD declares.
     pub status_schema: std::sync::Arc<crd_probe::StatusSchema>,
     failures: Mutex<HashMap<String, u32>>,
-    reasons: Mutex<HashMap<String, &'static str>>,
+    reasons: Mutex<HashMap<String, Reason>>,
     /// Whether each OnePasswordItem is Ready, for the `ready_items` gauge.
     ready: Mutex<HashMap<String, bool>>,
 }
@@ -294,7 +295,7 @@ impl Context {
         &self,
         object: &ObjectReference,
         type_: EventType,
-        reason: &str,
+        reason: Reason,
         note: &str,
     ) {
         let event = events::Note {
@@ -322,7 +323,7 @@ impl Context {
 
     /// Remembers the last outcome reason of an object without a status of ours (a Deployment),
     /// and returns the one before, so events are sent on transitions only.
-    pub fn note_reason(&self, key: &str, reason: &'static str) -> Option<&'static str> {
+    pub fn note_reason(&self, key: &str, reason: Reason) -> Option<Reason> {
         let mut reasons = self.reasons.lock().expect("reasons lock");
         reasons.insert(key.to_string(), reason)
     }
@@ -376,8 +377,8 @@ pub fn watch_managed_secrets(
     let api: Api<SecretMeta> = scoped_api(client, scope);
     let managed = watcher::Config::default().labels(&format!(
         "{}={}",
-        crate::restart::MANAGED_LABEL,
-        crate::restart::MANAGED_VALUE
+        crate::vocabulary::MANAGED_LABEL,
+        crate::vocabulary::MANAGED_VALUE
     ));
     watcher(api, managed)
         .default_backoff()
@@ -791,7 +792,7 @@ mod forget_tests {
             .settle(key.clone(), "vaults/v/items/i", None, Ok(unchanged("v")))
             .await;
         let err = outcome.expect_err("an outage, not Synced");
-        assert_eq!(err.reason(), "ConnectUnavailable");
+        assert_eq!(err.reason(), Reason::ConnectUnavailable);
         let t = tracked(&ctx, &key);
         assert!(
             t.outage,
@@ -848,7 +849,7 @@ mod forget_tests {
             .settle(key.clone(), "vaults/v/items/i", None, Ok(unchanged("v")))
             .await;
         let reason = outcome.expect_err("not Synced").reason();
-        assert_eq!(reason, "VaultForbidden");
+        assert_eq!(reason, Reason::VaultForbidden);
         let t = tracked(&ctx, &key);
         assert!(
             t.outage,

@@ -54,9 +54,12 @@ use super::{
     events::{EventSink, MAX_NOTE, Note},
     scoped_api,
 };
-use crate::restart::{
-    self, AUTO_RESTART_ANNOTATION, DIGEST_ANNOTATION, DigestMap, FIELD_MANAGER, History, Plan,
-    RESTARTED_FOR_ANNOTATION, SECRET_DIGESTS_ANNOTATION, UNKNOWN_FINGERPRINT,
+use crate::{
+    restart::{self, DigestMap, History, Plan, UNKNOWN_FINGERPRINT},
+    vocabulary::{
+        AUTO_RESTART_ANNOTATION, DIGEST_ANNOTATION, FIELD_MANAGER, RESTARTED_FOR_ANNOTATION,
+        Reason, SECRET_DIGESTS_ANNOTATION,
+    },
 };
 
 /// Long enough for the Secrets of one sync pass to land together, short enough not to be noticed.
@@ -777,7 +780,7 @@ async fn publish_restarted<K: Workload>(ctx: &Ctx, workload: &K, secrets: &[Stri
     let event = Note {
         type_: EventType::Normal,
         action: "Restart",
-        reason: "Restarted",
+        reason: Reason::Restarted,
         note: &note,
     };
     if let Err(e) = ctx
@@ -1058,7 +1061,7 @@ spec:
 
     mod api_server {
         use super::*;
-        use crate::restart::{MANAGED_LABEL, MANAGED_VALUE};
+        use crate::vocabulary::{MANAGED_LABEL, MANAGED_VALUE};
         use http::{Request, Response};
         use kube::client::Body;
         use serde_json::{Value, json};

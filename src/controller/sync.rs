@@ -23,13 +23,16 @@ use kube::{
     api::{Patch, PatchParams},
 };
 
-use super::{Context, FIELD_MANAGER, write_rate::Paused};
+use super::{Context, write_rate::Paused};
 use crate::{
-    catalog::{IGNORE_TAG, Resolution, ResolveError},
+    catalog::{Resolution, ResolveError},
     connect::{ConnectError, ItemPath, model::ItemWithFiles},
     digest::{hex, hmac_sha256},
-    restart::{DIGEST_ANNOTATION, MANAGED_LABEL, MANAGED_VALUE},
-    secret::{self, BuildError, DesiredSecret, ITEM_PATH_ANNOTATION, ITEM_VERSION_ANNOTATION},
+    secret::{self, BuildError, DesiredSecret},
+    vocabulary::{
+        DIGEST_ANNOTATION, FIELD_MANAGER, IGNORE_TAG, ITEM_PATH_ANNOTATION,
+        ITEM_VERSION_ANNOTATION, MANAGED_LABEL, MANAGED_VALUE, Reason,
+    },
 };
 
 /// What to sync, whichever object asked for it.
@@ -126,22 +129,22 @@ pub enum SyncError {
 
 impl SyncError {
     /// A bounded CamelCase reason, used for conditions, events and metrics.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            SyncError::InvalidPath(_) => "InvalidItemPath",
-            SyncError::Unsupported(_) => "Unsupported",
-            SyncError::Connect(e) => e.reason(),
+            SyncError::InvalidPath(_) => Reason::InvalidItemPath,
+            SyncError::Unsupported(_) => Reason::Unsupported,
+            SyncError::Connect(e) => Reason::of_connect(e),
             SyncError::Build(e) => e.reason(),
-            SyncError::Conflict { .. } => "SecretConflict",
-            SyncError::TypeChanged { .. } => "SecretTypeImmutable",
-            SyncError::VaultNotAllowed(_) => "VaultNotAllowed",
-            SyncError::StaleItem { .. } => "StaleItemVersion",
-            SyncError::WriteConflict { .. } => "WriteConflict",
+            SyncError::Conflict { .. } => Reason::SecretConflict,
+            SyncError::TypeChanged { .. } => Reason::SecretTypeImmutable,
+            SyncError::VaultNotAllowed(_) => Reason::VaultNotAllowed,
+            SyncError::StaleItem { .. } => Reason::StaleItemVersion,
+            SyncError::WriteConflict { .. } => Reason::WriteConflict,
             SyncError::Kube(kube::Error::Api(status)) if status.code == 403 => {
-                "KubernetesForbidden"
+                Reason::KubernetesForbidden
             }
-            SyncError::Kube(_) if self.is_permanent() => "SecretRejected",
-            SyncError::Kube(_) => "KubernetesError",
+            SyncError::Kube(_) if self.is_permanent() => Reason::SecretRejected,
+            SyncError::Kube(_) => Reason::KubernetesError,
         }
     }
 
