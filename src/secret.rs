@@ -441,7 +441,8 @@ pub struct DesiredSecret<'a> {
     /// Extra annotations; [`ITEM_PATH_ANNOTATION`] and [`ITEM_VERSION_ANNOTATION`] replace any
     /// of the same name.
     pub annotations: BTreeMap<String, String>,
-    pub owner: Option<OwnerReference>,
+    /// The objects the Secret belongs to (garbage collection removes it with the last one).
+    pub owners: Vec<OwnerReference>,
     pub options: BuildOptions,
 }
 
@@ -471,7 +472,7 @@ pub fn build_secret(d: &DesiredSecret<'_>) -> Result<(Secret, Vec<KeyWarning>), 
             namespace: Some(d.namespace.to_owned()),
             labels: (!d.labels.is_empty()).then(|| d.labels.clone()),
             annotations: Some(annotations),
-            owner_references: d.owner.clone().map(|o| vec![o]),
+            owner_references: (!d.owners.is_empty()).then(|| d.owners.clone()),
             ..ObjectMeta::default()
         },
         type_: Some(secret_type),
@@ -556,7 +557,7 @@ mod tests {
             secret_type: None,
             labels: BTreeMap::new(),
             annotations: BTreeMap::new(),
-            owner: None,
+            owners: Vec::new(),
             options: BuildOptions::default(),
         }
     }
@@ -1095,7 +1096,7 @@ mod tests {
             block_owner_deletion: Some(true),
         };
         let d = DesiredSecret {
-            owner: Some(owner.clone()),
+            owners: vec![owner.clone()],
             ..desired(&item)
         };
         let (secret, _) = build_secret(&d).unwrap();

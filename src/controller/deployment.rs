@@ -331,9 +331,9 @@ async fn reconcile(obj: Arc<Deployment>, dctx: Arc<DeploymentContext>) -> Result
         } => (path, name, annotations),
     };
     let timer = ctx.metrics.reconcile_started("deployment");
-    let before = ctx.cached_resolution(&path).await;
-    let outcome = sync_deployment(&dctx, &obj, &namespace, &path, &asked_name, annotations).await;
-    let outcome = ctx.settle(key, &path, before, outcome).await;
+    let all = dctx.deployments.state();
+    let target = target_for(&all, &obj, &namespace, &path, &asked_name, annotations);
+    let outcome = ctx.sync_tracked(key, &path, target).await;
     report(ctx, &obj, &asked_name, &outcome).await;
     if outcome.is_ok() {
         // After a change of item-name, the Secret of the old name is no longer asked for.
@@ -387,18 +387,19 @@ async fn report(
     }
 }
 
-async fn sync_deployment(
-    dctx: &DeploymentContext,
+/// What `obj`'s request asks for, among all the Deployments of the scope (`all`), checked
+/// before anything is fetched. The Secret is owned by every Deployment that asks for it.
+fn target_for(
+    all: &[Arc<Deployment>],
     obj: &Deployment,
     namespace: &str,
     path: &str,
     asked_name: &str,
     annotations: BTreeMap<String, String>,
-) -> Result<sync::Synced, SyncError> {
+) -> Result<SyncTarget, SyncError> {
     let path = ItemPath::parse(path)?;
     let name = secret::secret_name(asked_name)?;
-    let all = dctx.deployments.state();
-    let askers = askers(&all, namespace, &name);
+    let askers = askers(all, namespace, &name);
     // Several Deployments may share the Secret when they ask for the same item; the oldest
     // one's path decides when they disagree, and the others are told.
     if let Some((first, first_path)) = askers.first()
@@ -423,7 +424,7 @@ async fn sync_deployment(
         .into_iter()
         .filter(|(k, v)| k != AUTO_RESTART_ANNOTATION || super::parse_bool(v).is_some())
         .collect();
-    let target = SyncTarget {
+    Ok(SyncTarget {
         namespace: namespace.to_string(),
         name,
         path,
@@ -431,8 +432,7 @@ async fn sync_deployment(
         labels: BTreeMap::new(),
         annotations,
         owners,
-    };
-    sync::sync(&dctx.ctx, &target).await
+    })
 }
 
 /// Why a Secret that only `uid`'s Deployment owns, and that its last reconcile found it no

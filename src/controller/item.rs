@@ -26,7 +26,7 @@ use super::{
     crd_probe::{self, StatusFields},
     poller::{TargetKey, TargetKind},
     scoped_api,
-    sync::{self, Change, SyncError, SyncTarget, Synced},
+    sync::{Change, SyncError, SyncTarget, Synced},
     takeover, truncate,
 };
 use crate::{
@@ -129,9 +129,8 @@ async fn reconcile(obj: Arc<OnePasswordItem>, ctx: Arc<Context>) -> Result<Actio
     }
     let timer = ctx.metrics.reconcile_started("item");
     let path = obj.spec.item_path.as_deref().unwrap_or_default();
-    let before = ctx.cached_resolution(path).await;
-    let outcome = sync_item(&obj, &namespace, &ctx).await;
-    let outcome = ctx.settle(key, path, before, outcome).await;
+    let target = target_for(&obj, &namespace, ctx.config.enable_annotations);
+    let outcome = ctx.sync_tracked(key, path, target).await;
 
     let status = desired_status(&obj, &outcome, Timestamp::now());
     if obj.status.as_ref() != Some(&ctx.status_schema.fields().project(&status)) {
@@ -144,15 +143,6 @@ async fn reconcile(obj: Arc<OnePasswordItem>, ctx: Arc<Context>) -> Result<Actio
     }
     ctx.note_ready(&key_of(&obj), Some(outcome.is_ok()));
     Ok(ctx.after_sync("item", &key_of(&obj), &outcome, timer))
-}
-
-async fn sync_item(
-    obj: &OnePasswordItem,
-    namespace: &str,
-    ctx: &Context,
-) -> Result<Synced, SyncError> {
-    let target = target_for(obj, namespace, ctx.config.enable_annotations)?;
-    sync::sync(ctx, &target).await
 }
 
 /// What the item asks for, checked before anything is fetched.

@@ -4,7 +4,7 @@
 //! - [`deployment`]: Deployments annotated with `item-path` + `item-name` -> that Secret.
 //! - [`poller`]: the poll loop that finds changed items and wakes the two above.
 //! - [`restart`]: rolls workloads whose Secrets' data changed.
-//! - [`sync`]: the fetch -> build -> apply pipeline the first two share.
+//! - [`sync`]: the observe -> plan -> build -> apply pipeline the first two share.
 //! - [`write_rate`]: notices a Secret we keep writing again (another writer fights us).
 //! - [`crd_probe`]: which status fields the installed CRD declares (ours or the official one).
 //! - [`takeover`]: what the official operator leaves on objects (its finalizer), removed.
@@ -32,12 +32,12 @@ use kube::{
 
 use crate::{
     catalog::{Catalog, Resolution},
-    connect::{ConnectError, ItemPath},
+    connect::ItemPath,
     telemetry::{Metrics, ReconcileTimer},
     vocabulary::Reason,
 };
 use poller::{TargetKey, TargetKind, Tracked};
-use sync::{Change, SyncError, Synced};
+use sync::{Change, Retry, SyncError, SyncTarget, Synced};
 
 /// The one field manager every write of ours uses.
 pub use crate::vocabulary::{FIELD_MANAGER, parse_bool};
@@ -174,6 +174,22 @@ impl Context {
         self.failures.lock().expect("failures lock").remove(key);
     }
 
+    /// Syncs `target` (or reports why the asking object gives none) and tells the poller what
+    /// came of it ([`Context::settle`]): the pipeline of every reconcile that asks for a Secret.
+    pub async fn sync_tracked(
+        &self,
+        key: TargetKey,
+        path: &str,
+        target: Result<SyncTarget, SyncError>,
+    ) -> Result<Synced, SyncError> {
+        let before = self.cached_resolution(path).await;
+        let outcome = match target {
+            Ok(target) => sync::sync(self, &target).await,
+            Err(e) => Err(e),
+        };
+        self.settle(key, path, before, outcome).await
+    }
+
     /// Where the catalog says `path` points now, without asking Connect. Taken before a sync,
     /// it lets [`Context::settle`] track a failure at the version it failed on.
     pub async fn cached_resolution(&self, path: &str) -> Option<Resolution> {
@@ -204,7 +220,7 @@ impl Context {
             return outcome;
         };
         let ids = |r: &Resolution| (r.vault_id.clone(), r.item_id.clone());
-        let mut outage = matches!(&outcome, Err(SyncError::Connect(e)) if is_outage(e));
+        let mut outage = outcome.as_ref().is_err_and(SyncError::is_outage);
         let (outcome, resolved, version) = match outcome {
             Ok(synced) => {
                 let resolved = Some(ids(&synced.resolution));
@@ -249,11 +265,9 @@ impl Context {
         outcome
     }
 
-    /// Metrics, backoff and when to look again, after a sync of `key` by `controller`.
-    /// Transient failures retry with backoff; problems that a change in 1Password can fix are
-    /// looked at again every poll interval; a bad spec, or a Secret that cannot be built or is
-    /// refused as built, waits for the object to change (or, through the poller, for a new
-    /// version of the item).
+    /// Metrics, backoff and when to look again ([`SyncError::retry`]), after a sync of `key` by
+    /// `controller`. Success looks again at the resync interval (the poller wakes it sooner
+    /// when the item changes).
     pub fn after_sync(
         &self,
         controller: &'static str,
@@ -275,16 +289,11 @@ impl Context {
             }
             Err(e) => {
                 timer.finish(Err(e.reason()));
-                if let SyncError::WriteConflict { paused, .. } = e {
-                    // The pause is the backoff: look again as soon as it is over, however many
-                    // times the other writer made us fail meanwhile.
-                    Action::requeue(*paused + Duration::from_secs(1))
-                } else if e.is_transient() {
-                    Action::requeue(self.backoff(key))
-                } else if e.needs_spec_change() || e.is_permanent() {
-                    Action::await_change()
-                } else {
-                    Action::requeue(self.config.poll_interval)
+                match e.retry() {
+                    Retry::After(pause) => Action::requeue(pause),
+                    Retry::Backoff => Action::requeue(self.backoff(key)),
+                    Retry::AwaitChange => Action::await_change(),
+                    Retry::Poll => Action::requeue(self.config.poll_interval),
                 }
             }
         }
@@ -327,12 +336,6 @@ impl Context {
         let mut reasons = self.reasons.lock().expect("reasons lock");
         reasons.insert(key.to_string(), reason)
     }
-}
-
-/// Connect could not be asked at all (down, failing, or refusing the token), as opposed to
-/// answering that something is missing or not allowed.
-pub fn is_outage(e: &ConnectError) -> bool {
-    matches!(e, ConnectError::Unauthorized { .. }) || e.is_transient()
 }
 
 /// How long ago an RFC 3339 time was, if it is in the past.
