@@ -13,6 +13,7 @@ use onepassword_secrets_operator::{
     http::{self, Health},
     leader::{Elector, LeaderConfig},
     policy::VaultPolicy,
+    restart,
     telemetry::{self, Metrics},
 };
 use tokio_util::sync::CancellationToken;
@@ -183,7 +184,7 @@ async fn run(args: Args) -> Result<(), String> {
         shutdown(),
     ));
     tasks.spawn(controller::poller::run(ctx.clone(), triggers, shutdown()));
-    let restart = controller::restart::RestartConfig {
+    let restart = restart::controller::RestartConfig {
         auto_restart_default: args.auto_restart,
         namespaces: match &namespaces {
             controller::Namespaces::All => None,
@@ -194,7 +195,7 @@ async fn run(args: Args) -> Result<(), String> {
             Arc::new(move |kind: &'static str| metrics.workload_restarted(kind))
         }),
     };
-    tasks.spawn(controller::restart::run(client, restart, shutdown()));
+    tasks.spawn(restart::controller::run(client, restart, shutdown()));
 
     // After the signal, tasks get a few seconds to finish what they are doing; a controller
     // stopped before its first listing completed may otherwise wait for it forever.

@@ -1,5 +1,5 @@
 //! Restarts Deployments, StatefulSets and DaemonSets once for each real change of the data of
-//! a managed Secret they use (see [`crate::restart`] for the decisions).
+//! a managed Secret they use (see [`super::rule`] for the decisions).
 //!
 //! Per scope (all namespaces, or each watched namespace), one watch on managed Secrets feeds a
 //! store of their annotations (never their data) and wakes the workloads that use a Secret whose
@@ -49,13 +49,13 @@ use kube::{
 };
 use serde::{Serialize, de::DeserializeOwned};
 
-use super::{
-    SecretMeta,
-    events::{EventSink, MAX_NOTE, Note},
-    scoped_api,
-};
+use super::rule::{self, DigestMap, History, Plan, UNKNOWN_FINGERPRINT};
 use crate::{
-    restart::{self, DigestMap, History, Plan, UNKNOWN_FINGERPRINT},
+    controller::{
+        SecretMeta,
+        events::{EventSink, MAX_NOTE, Note},
+        log_run_error, log_watch_error, scoped_api, watch_managed_secrets,
+    },
     vocabulary::{
         AUTO_RESTART_ANNOTATION, DIGEST_ANNOTATION, FIELD_MANAGER, RESTARTED_FOR_ANNOTATION,
         Reason, SECRET_DIGESTS_ANNOTATION,
@@ -236,7 +236,7 @@ async fn run_scope(common: Arc<Common>, scope: Option<String>, shutdown: Shutdow
     let (daemonsets, notify_daemonsets) =
         workload_controller::<DaemonSet>(&ctx, scope, shutdown.clone());
     // Only the digest and the auto-restart setting are read from the cached Secrets.
-    let events = super::watch_managed_secrets(&common.client, scope).modify(|s| {
+    let events = watch_managed_secrets(&common.client, scope).modify(|s| {
         s.metadata.labels = None;
         if let Some(a) = s.metadata.annotations.as_mut() {
             a.retain(|k, _| k == DIGEST_ANNOTATION || k == AUTO_RESTART_ANNOTATION);
@@ -286,7 +286,7 @@ fn workload_controller<K: Workload>(
         .run(reconcile::<K>, error_policy::<K>, ctx.clone())
         .for_each(|result| async move {
             if let Err(e) = result {
-                super::log_run_error(K::KIND, &e);
+                log_run_error(K::KIND, &e);
             }
         });
     (controller.boxed(), notify)
@@ -306,7 +306,7 @@ fn notifier<K: Workload>(store: Store<K>, tx: mpsc::UnboundedSender<ObjectRef<K>
 fn uses<K: Workload>(workload: &K, secret: &str) -> bool {
     workload
         .pod_template()
-        .is_some_and(|t| restart::secrets_used(t, workload.annotations()).contains(secret))
+        .is_some_and(|t| rule::secrets_used(t, workload.annotations()).contains(secret))
 }
 
 /// Keeps the Secret store filled and wakes the workloads of a Secret whose digest changed, or
@@ -333,7 +333,7 @@ async fn watch_secrets(
                 let woken = ctx.digests.lock().expect("digests lock").observe(&event);
                 woken.into_iter().for_each(wake);
             }
-            Err(e) => super::log_watch_error("restart (managed Secrets)", &e),
+            Err(e) => log_watch_error("restart (managed Secrets)", &e),
         }
     }
 }
@@ -570,7 +570,7 @@ async fn reconcile_workload<K: Workload>(obj: &K, ctx: &Ctx) -> Result<Action, E
             secrets,
         } => (record, Some(restarted_for), Some(secrets)),
     };
-    let body = restart::apply_body(
+    let body = rule::apply_body(
         &K::api_version(&()),
         &K::kind(&()),
         &name,
@@ -612,7 +612,7 @@ async fn decide<K: Workload>(
     let Some(template) = obj.pod_template() else {
         return Ok(Plan::Nothing);
     };
-    let used = restart::secrets_used(template, obj.annotations());
+    let used = rule::secrets_used(template, obj.annotations());
     let secrets: BTreeMap<String, Arc<SecretMeta>> = used
         .into_iter()
         .filter_map(|name| {
@@ -627,7 +627,7 @@ async fn decide<K: Workload>(
         .iter()
         .map(|(name, s)| {
             let digest = &s.annotations()[DIGEST_ANNOTATION];
-            (name.clone(), restart::fingerprint(digest))
+            (name.clone(), rule::fingerprint(digest))
         })
         .collect();
     let recorded = obj
@@ -635,12 +635,12 @@ async fn decide<K: Workload>(
         .get(SECRET_DIGESTS_ANNOTATION)
         .map(String::as_str);
     // An unreadable record knows nothing (the plan replaces it, without a restart).
-    let known = recorded.and_then(restart::decode).unwrap_or_default();
+    let known = recorded.and_then(rule::decode).unwrap_or_default();
     let started_with = started_with(obj, namespace, ctx, &known, &current);
-    let secret_setting = |name: &str| setting(secrets.get(name).map(|s| s.annotations()));
+    let secret_setting = |name: &str| rule::setting(secrets.get(name).map(|s| s.annotations()));
     let workload = workload_setting(obj);
-    let changed = restart::changed_secrets(
-        &restart::seen_by_pods(&known, &current, &started_with),
+    let changed = rule::changed_secrets(
+        &rule::seen_by_pods(&known, &current, &started_with),
         &current,
     );
     let needs_namespace =
@@ -650,8 +650,8 @@ async fn decide<K: Workload>(
     } else {
         None
     };
-    Ok(restart::plan(recorded, &current, &started_with, |name| {
-        let decision = restart::auto_restart(
+    Ok(rule::plan(recorded, &current, &started_with, |name| {
+        let decision = rule::auto_restart(
             secret_setting(name),
             workload,
             namespace_value.as_deref(),
@@ -700,7 +700,7 @@ fn started_with<K: Workload>(
         .filter_map(|(name, now)| {
             let key = (namespace.to_string(), name.clone());
             let then = match digests.digest_at(&key, template_revision)? {
-                Some(digest) => restart::fingerprint(digest),
+                Some(digest) => rule::fingerprint(digest),
                 None => UNKNOWN_FINGERPRINT.to_string(),
             };
             (then != *now).then(|| (name.clone(), then))
@@ -708,23 +708,9 @@ fn started_with<K: Workload>(
         .collect()
 }
 
-/// The `auto-restart` annotation value in `annotations`, when set and not empty.
-fn setting(annotations: Option<&BTreeMap<String, String>>) -> Option<&str> {
-    annotations?
-        .get(AUTO_RESTART_ANNOTATION)
-        .map(String::as_str)
-        .filter(|v| !v.is_empty())
-}
-
 /// The workload's own `auto-restart` annotation, else its pod template's.
 fn workload_setting<K: Workload>(obj: &K) -> Option<&str> {
-    setting(Some(obj.annotations())).or_else(|| {
-        setting(
-            obj.pod_template()
-                .and_then(|t| t.metadata.as_ref())
-                .and_then(|m| m.annotations.as_ref()),
-        )
-    })
+    rule::workload_setting(obj.annotations(), obj.pod_template())
 }
 
 fn live_restarted_for<K: Workload>(obj: &K) -> Option<String> {
@@ -753,7 +739,7 @@ async fn namespace_setting(ctx: &Ctx, namespace: &str) -> Result<Option<String>,
     }
     let api: Api<Namespace> = Api::all(ctx.common.client.clone());
     let value = match api.get_opt(namespace).await {
-        Ok(ns) => ns.and_then(|ns| setting(Some(ns.annotations())).map(str::to_string)),
+        Ok(ns) => ns.and_then(|ns| rule::setting(Some(ns.annotations())).map(str::to_string)),
         Err(kube::Error::Api(status)) if status.code == 403 => {
             tracing::warn!(
                 %namespace,
@@ -1211,10 +1197,10 @@ spec:
         }
 
         fn record(pairs: &[(&str, &str)]) -> String {
-            restart::encode(
+            rule::encode(
                 &pairs
                     .iter()
-                    .map(|(n, d)| (n.to_string(), restart::fingerprint(d)))
+                    .map(|(n, d)| (n.to_string(), rule::fingerprint(d)))
                     .collect(),
             )
         }
@@ -1275,7 +1261,7 @@ spec:
             let (result, seen, restarts) = reconcile_with(h, &obj, script).await;
             result.unwrap();
             let new = record(&[("api", "v1:s:api1"), ("db", "v1:s:db2")]);
-            let current = restart::decode(&new).unwrap();
+            let current = rule::decode(&new).unwrap();
             assert_eq!(
                 seen[1].2,
                 json!({
@@ -1285,7 +1271,7 @@ spec:
                         "annotations": { SECRET_DIGESTS_ANNOTATION: new }
                     },
                     "spec": { "template": { "metadata": { "annotations": {
-                        RESTARTED_FOR_ANNOTATION: restart::restarted_for(&current)
+                        RESTARTED_FOR_ANNOTATION: rule::restarted_for(&current)
                     } } } }
                 })
             );
@@ -1365,7 +1351,7 @@ spec:
             );
             assert_eq!(
                 seen[1].2["spec"]["template"]["metadata"]["annotations"][RESTARTED_FOR_ANNOTATION],
-                restart::restarted_for(&restart::decode(&new).unwrap())
+                rule::restarted_for(&rule::decode(&new).unwrap())
             );
             assert_eq!(restarts, 1);
         }

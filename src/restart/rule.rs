@@ -1,4 +1,4 @@
-//! When to restart a workload because a Secret it uses changed: pure decisions, no I/O.
+//! When to restart a workload because a Secret it uses changed: the whole rule, pure, no I/O.
 //!
 //! A workload records on itself (annotation [`SECRET_DIGESTS_ANNOTATION`]) a fingerprint of the
 //! data of each managed Secret it uses, as last seen. Comparing that record with the Secrets as
@@ -13,11 +13,10 @@ use k8s_openapi::api::core::v1::{Container, EnvFromSource, EnvVar, PodTemplateSp
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-// Where tests/e2e still name them.
-pub use crate::vocabulary::{
-    DIGEST_ANNOTATION, RESTARTED_FOR_ANNOTATION, SECRET_DIGESTS_ANNOTATION,
+use crate::vocabulary::{
+    AUTO_RESTART_ANNOTATION, ITEM_NAME_ANNOTATION, RESTARTED_FOR_ANNOTATION,
+    SECRET_DIGESTS_ANNOTATION, parse_bool,
 };
-use crate::vocabulary::{ITEM_NAME_ANNOTATION, parse_bool};
 
 /// Secret name -> fingerprint of its data digest, sorted by name.
 pub type DigestMap = BTreeMap<String, String>;
@@ -292,9 +291,32 @@ pub struct AutoRestart {
     pub invalid: bool,
 }
 
-/// The `auto-restart` setting for a (workload, Secret) pair: the first annotation set (not
-/// empty) among the Secret's, the workload's and the Namespace's, else the default. An invalid
-/// value counts as `false`, as in the official operator.
+/// The `auto-restart` annotation value in `annotations`, when set: an empty value means unset.
+pub fn setting(annotations: Option<&BTreeMap<String, String>>) -> Option<&str> {
+    annotations?
+        .get(AUTO_RESTART_ANNOTATION)
+        .map(String::as_str)
+        .filter(|v| !v.is_empty())
+}
+
+/// A workload's `auto-restart` setting: its metadata's, else its pod template's.
+pub fn workload_setting<'a>(
+    metadata: &'a BTreeMap<String, String>,
+    template: Option<&'a PodTemplateSpec>,
+) -> Option<&'a str> {
+    setting(Some(metadata)).or_else(|| {
+        setting(
+            template
+                .and_then(|t| t.metadata.as_ref())
+                .and_then(|m| m.annotations.as_ref()),
+        )
+    })
+}
+
+/// The `auto-restart` setting for a (workload, Secret) pair: the first one set among the
+/// Secret's, the workload's ([`workload_setting`]) and the Namespace's (each read with
+/// [`setting`]), else the default (`AUTO_RESTART`). An invalid value counts as `false`, as in
+/// the official operator.
 pub fn auto_restart(
     secret: Option<&str>,
     workload: Option<&str>,
