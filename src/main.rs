@@ -184,18 +184,7 @@ async fn run(args: Args) -> Result<(), String> {
         shutdown(),
     ));
     tasks.spawn(controller::poller::run(ctx.clone(), triggers, shutdown()));
-    let restart = restart::controller::RestartConfig {
-        auto_restart_default: args.auto_restart,
-        namespaces: match &namespaces {
-            controller::Namespaces::All => None,
-            controller::Namespaces::Only(list) => Some(list.clone()),
-        },
-        on_restart: Some({
-            let metrics = metrics.clone();
-            Arc::new(move |kind: &'static str| metrics.workload_restarted(kind))
-        }),
-    };
-    tasks.spawn(restart::controller::run(client, restart, shutdown()));
+    tasks.spawn(restart::controller::run(ctx.clone(), shutdown()));
 
     // After the signal, tasks get a few seconds to finish what they are doing; a controller
     // stopped before its first listing completed may otherwise wait for it forever.

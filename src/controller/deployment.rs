@@ -69,9 +69,12 @@ pub enum Error {
     NoNamespace,
 }
 
-struct DeploymentContext {
-    ctx: Arc<Context>,
+/// What the watches of one scope keep, beside the context every controller shares.
+struct Scope {
+    shared: Arc<Context>,
+    /// Every Deployment of the scope (to find the others that ask for the same Secret).
     deployments: Store<Deployment>,
+    /// The managed Secrets of the scope, metadata only (to release those no longer asked for).
     secrets: Store<SecretMeta>,
 }
 
@@ -259,8 +262,8 @@ pub async fn run(
     );
     let deployments = super::skip_unchanged(deployments).touched_objects();
     let controller = Controller::for_stream(deployments, deployment_store);
-    let dctx = Arc::new(DeploymentContext {
-        ctx: ctx.clone(),
+    let dctx = Arc::new(Scope {
+        shared: ctx.clone(),
         deployments: controller.store(),
         secrets: secret_store,
     });
@@ -278,9 +281,9 @@ pub async fn run(
         .await;
 }
 
-fn error_policy(obj: Arc<Deployment>, error: &Error, dctx: Arc<DeploymentContext>) -> Action {
+fn error_policy(obj: Arc<Deployment>, error: &Error, dctx: Arc<Scope>) -> Action {
     tracing::warn!(deployment = %obj.name_any(), error = %error, "Deployment reconcile failed");
-    Action::requeue(dctx.ctx.backoff(&key_of(&obj)))
+    Action::requeue(dctx.shared.backoff.next(&key_of(&obj), super::context::FIRST_RETRY))
 }
 
 fn key_of(d: &Deployment) -> String {
@@ -292,8 +295,8 @@ fn key_of(d: &Deployment) -> String {
 }
 
 #[tracing::instrument(skip_all, fields(namespace = obj.namespace(), deployment = %obj.name_any()))]
-async fn reconcile(obj: Arc<Deployment>, dctx: Arc<DeploymentContext>) -> Result<Action, Error> {
-    let ctx = &dctx.ctx;
+async fn reconcile(obj: Arc<Deployment>, dctx: Arc<Scope>) -> Result<Action, Error> {
+    let ctx = &dctx.shared;
     let namespace = obj.namespace().ok_or(Error::NoNamespace)?;
     let key = TargetKey {
         kind: TargetKind::Deployment,
@@ -379,7 +382,7 @@ async fn report(
         _ => {}
     }
     for (type_, reason, note) in events {
-        ctx.publish(&obj.object_ref(&()), type_, reason, &note)
+        ctx.publish(&obj.object_ref(&()), "Sync", type_, reason, &note)
             .await;
     }
     if let Err(e) = outcome {
@@ -468,13 +471,13 @@ fn kept_because(
 /// deleted): drop its owner reference from the Secrets it owns but `keep`, and delete a Secret
 /// left with no owner once [`kept_because`] finds no reason to keep it.
 async fn release(
-    dctx: &DeploymentContext,
+    dctx: &Scope,
     obj: &Deployment,
     namespace: &str,
     keep: Option<&str>,
 ) -> Result<(), Error> {
     let Some(uid) = obj.uid() else { return Ok(()) };
-    let api: Api<Secret> = Api::namespaced(dctx.ctx.client.clone(), namespace);
+    let api: Api<Secret> = Api::namespaced(dctx.shared.client.clone(), namespace);
     let owned: Vec<Arc<SecretMeta>> = dctx
         .secrets
         .state()
@@ -500,7 +503,7 @@ async fn release(
                 .map_err(|_| Error::DeploymentCacheGone)?;
             if live.is_none() {
                 let deployments: Api<Deployment> =
-                    Api::namespaced(dctx.ctx.client.clone(), namespace);
+                    Api::namespaced(dctx.shared.client.clone(), namespace);
                 live = Some(
                     deployments
                         .get_opt(&obj.name_any())

@@ -96,7 +96,7 @@ pub async fn run(
 
 fn error_policy(obj: Arc<OnePasswordItem>, error: &Error, ctx: Arc<Context>) -> Action {
     tracing::warn!(item = %obj.name_any(), error = %error, "OnePasswordItem reconcile failed");
-    Action::requeue(ctx.backoff(&key_of(&obj)))
+    Action::requeue(ctx.backoff.next(&key_of(&obj), super::context::FIRST_RETRY))
 }
 
 fn key_of(obj: &OnePasswordItem) -> String {
@@ -428,7 +428,7 @@ async fn publish_events(
         Err(_) => {}
     }
     for (type_, reason, note) in events {
-        ctx.publish(&obj.object_ref(&()), type_, reason, &note)
+        ctx.publish(&obj.object_ref(&()), "Sync", type_, reason, &note)
             .await;
     }
 }

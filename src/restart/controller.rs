@@ -36,7 +36,7 @@ use k8s_openapi::{
     },
 };
 use kube::{
-    Api, Client, Resource, ResourceExt,
+    Api, Resource, ResourceExt,
     api::{Patch, PatchParams},
     runtime::{
         Controller, Predicate, WatchStreamExt,
@@ -52,9 +52,8 @@ use serde::{Serialize, de::DeserializeOwned};
 use super::rule::{self, DigestMap, History, Plan, UNKNOWN_FINGERPRINT};
 use crate::{
     controller::{
-        SecretMeta,
-        events::{EventSink, MAX_NOTE, Note},
-        log_run_error, log_watch_error, scoped_api, watch_managed_secrets,
+        Context, SecretMeta, events::MAX_NOTE, log_run_error, log_watch_error, scoped_api,
+        watch_managed_secrets,
     },
     vocabulary::{
         AUTO_RESTART_ANNOTATION, DIGEST_ANNOTATION, FIELD_MANAGER, RESTARTED_FOR_ANNOTATION,
@@ -65,27 +64,9 @@ use crate::{
 /// Long enough for the Secrets of one sync pass to land together, short enough not to be noticed.
 const DEBOUNCE: Duration = Duration::from_secs(2);
 const NAMESPACE_CACHE_TTL: Duration = Duration::from_secs(30);
-const MAX_BACKOFF: Duration = Duration::from_secs(300);
-
-#[derive(Clone)]
-pub struct RestartConfig {
-    /// `AUTO_RESTART`: whether to restart when no annotation says otherwise.
-    pub auto_restart_default: bool,
-    /// `None`: all namespaces. `Some`: only these (an empty list watches nothing).
-    pub namespaces: Option<Vec<String>>,
-    /// Called with the workload kind after each restart (for metrics).
-    pub on_restart: Option<Arc<dyn Fn(&'static str) + Send + Sync>>,
-}
-
-impl Debug for RestartConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RestartConfig")
-            .field("auto_restart_default", &self.auto_restart_default)
-            .field("namespaces", &self.namespaces)
-            .field("on_restart", &self.on_restart.is_some())
-            .finish()
-    }
-}
+/// The first retry of a failed reconcile: most failures are conflicts with another writer of
+/// the workload, which pass at once.
+const FIRST_RETRY: Duration = Duration::from_secs(1);
 
 /// A kind of workload whose pods can be rolled by changing its pod template.
 pub trait Workload:
@@ -161,72 +142,41 @@ type ShutdownSignal = Shared<BoxFuture<'static, ()>>;
 /// Wakes the workloads of one kind that use Secret `(namespace, name)`.
 type Notify = Box<dyn Fn(&str, &str) + Send + Sync>;
 
-/// What every scope shares.
-struct Common {
-    client: Client,
-    events: EventSink,
-    auto_restart_default: bool,
-    on_restart: Option<Arc<dyn Fn(&'static str) + Send + Sync>>,
-    /// Namespace -> (read at, its `auto-restart` annotation).
-    namespaces: Mutex<HashMap<String, (Instant, Option<String>)>>,
-    /// Consecutive failures per workload, for the backoff.
-    failures: Mutex<HashMap<String, u32>>,
-}
-
-struct Ctx {
-    common: Arc<Common>,
+/// What the watches of one scope keep, beside the context every controller shares.
+struct Scope {
+    shared: Arc<Context>,
     /// Managed Secrets of this scope: metadata only (values are never fetched).
     secrets: Store<SecretMeta>,
     /// The recent digests of each managed Secret of this scope, with their revisions.
     digests: Mutex<DigestTracker>,
     /// The revision at which each workload of this scope got its current pod template.
     templates: Mutex<TemplateRevisions>,
+    /// Namespace -> (read at, its `auto-restart` annotation).
+    namespaces: Mutex<HashMap<String, (Instant, Option<String>)>>,
 }
 
-/// Runs until `shutdown` resolves, then lets running reconciles finish.
-pub async fn run(
-    client: Client,
-    config: RestartConfig,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) {
+/// Runs one scope per watched namespace (or one for all) until `shutdown` resolves, then lets
+/// running reconciles finish.
+pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 'static) {
     let shutdown: ShutdownSignal = shutdown.boxed().shared();
-    let scopes: Vec<Option<String>> = match &config.namespaces {
-        None => vec![None],
-        Some(list) => {
-            let mut list = list.clone();
-            list.sort();
-            list.dedup();
-            list.into_iter().map(Some).collect()
-        }
-    };
-    if scopes.is_empty() {
-        tracing::warn!("no namespace to watch: workloads will not be restarted");
-        shutdown.await;
-        return;
-    }
-    let common = Arc::new(Common {
-        events: EventSink::new(client.clone(), FIELD_MANAGER),
-        client,
-        auto_restart_default: config.auto_restart_default,
-        on_restart: config.on_restart.clone(),
-        namespaces: Mutex::default(),
-        failures: Mutex::default(),
-    });
     futures::future::join_all(
-        scopes
+        ctx.config
+            .namespaces
+            .scopes()
             .into_iter()
-            .map(|scope| run_scope(common.clone(), scope, shutdown.clone())),
+            .map(|scope| run_scope(ctx.clone(), scope, shutdown.clone())),
     )
     .await;
 }
 
-async fn run_scope(common: Arc<Common>, scope: Option<String>, shutdown: ShutdownSignal) {
+async fn run_scope(shared: Arc<Context>, scope: Option<String>, shutdown: ShutdownSignal) {
     let (secrets, writer) = reflector::store();
-    let ctx = Arc::new(Ctx {
-        common: common.clone(),
+    let ctx = Arc::new(Scope {
+        shared: shared.clone(),
         secrets,
         digests: Mutex::default(),
         templates: Mutex::default(),
+        namespaces: Mutex::default(),
     });
     let scope = scope.as_deref();
     let (deployments, notify_deployments) =
@@ -236,7 +186,7 @@ async fn run_scope(common: Arc<Common>, scope: Option<String>, shutdown: Shutdow
     let (daemonsets, notify_daemonsets) =
         workload_controller::<DaemonSet>(&ctx, scope, shutdown.clone());
     // Only the digest and the auto-restart setting are read from the cached Secrets.
-    let events = watch_managed_secrets(&common.client, scope).modify(|s| {
+    let events = watch_managed_secrets(&shared.client, scope).modify(|s| {
         s.metadata.labels = None;
         if let Some(a) = s.metadata.annotations.as_mut() {
             a.retain(|k, _| k == DIGEST_ANNOTATION || k == AUTO_RESTART_ANNOTATION);
@@ -253,11 +203,11 @@ async fn run_scope(common: Arc<Common>, scope: Option<String>, shutdown: Shutdow
 }
 
 fn workload_controller<K: Workload>(
-    ctx: &Arc<Ctx>,
+    ctx: &Arc<Scope>,
     scope: Option<&str>,
     shutdown: ShutdownSignal,
 ) -> (BoxFuture<'static, ()>, Notify) {
-    let api: Api<K> = scoped_api(&ctx.common.client, scope);
+    let api: Api<K> = scoped_api(&ctx.shared.client, scope);
     let (reader, writer) = reflector::store();
     let templates = ctx.clone();
     // Status updates cannot change what we decide: only spec (generation) and annotations can.
@@ -315,7 +265,7 @@ fn uses<K: Workload>(workload: &K, secret: &str) -> bool {
 async fn watch_secrets(
     events: impl futures::Stream<Item = Result<watcher::Event<SecretMeta>, watcher::Error>>,
     writer: Writer<SecretMeta>,
-    ctx: Arc<Ctx>,
+    ctx: Arc<Scope>,
     notify: Vec<Notify>,
     shutdown: ShutdownSignal,
 ) {
@@ -491,22 +441,17 @@ fn key(s: &SecretMeta) -> (String, String) {
     (s.namespace().unwrap_or_default(), s.name_any())
 }
 
+/// The key of a workload in the backoff: `restart/<Kind>/<ns>/<name>`.
 fn workload_key<K: Workload>(w: &K) -> String {
     format!(
-        "{}/{}/{}",
+        "restart/{}/{}/{}",
         K::KIND,
         w.namespace().unwrap_or_default(),
         w.name_any()
     )
 }
 
-fn error_policy<K: Workload>(obj: Arc<K>, error: &Error, ctx: Arc<Ctx>) -> Action {
-    let failures = {
-        let mut failures = ctx.common.failures.lock().expect("failures lock");
-        let n = failures.entry(workload_key(&*obj)).or_default();
-        *n = n.saturating_add(1);
-        *n
-    };
+fn error_policy<K: Workload>(obj: Arc<K>, error: &Error, ctx: Arc<Scope>) -> Action {
     if matches!(error, Error::Conflict) {
         tracing::debug!(kind = K::KIND, namespace = obj.namespace(), name = %obj.name_any(), "{error}");
     } else {
@@ -519,29 +464,19 @@ fn error_policy<K: Workload>(obj: Arc<K>, error: &Error, ctx: Arc<Ctx>) -> Actio
             "restart reconcile failed"
         );
     }
-    Action::requeue(backoff(failures))
-}
-
-/// 1 s, 2 s, 4 s, ... up to 5 minutes.
-fn backoff(failures: u32) -> Duration {
-    let exponent = failures.saturating_sub(1).min(16);
-    Duration::from_secs(1u64 << exponent).min(MAX_BACKOFF)
+    Action::requeue(ctx.shared.backoff.next(&workload_key(&*obj), FIRST_RETRY))
 }
 
 #[tracing::instrument(skip_all, fields(kind = K::KIND, namespace = obj.namespace(), name = %obj.name_any()))]
-async fn reconcile<K: Workload>(obj: Arc<K>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+async fn reconcile<K: Workload>(obj: Arc<K>, ctx: Arc<Scope>) -> Result<Action, Error> {
     let result = reconcile_workload(&*obj, &ctx).await;
     if result.is_ok() {
-        ctx.common
-            .failures
-            .lock()
-            .expect("failures lock")
-            .remove(&workload_key(&*obj));
+        ctx.shared.backoff.reset(&workload_key(&*obj));
     }
     result
 }
 
-async fn reconcile_workload<K: Workload>(obj: &K, ctx: &Ctx) -> Result<Action, Error> {
+async fn reconcile_workload<K: Workload>(obj: &K, ctx: &Scope) -> Result<Action, Error> {
     if obj.meta().deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
@@ -557,7 +492,7 @@ async fn reconcile_workload<K: Workload>(obj: &K, ctx: &Ctx) -> Result<Action, E
     // The cache can lag behind our own last write; decide again on the object as it is, and
     // make the apply conditional on it (resourceVersion).
     let name = obj.name_any();
-    let api: Api<K> = Api::namespaced(ctx.common.client.clone(), &namespace);
+    let api: Api<K> = Api::namespaced(ctx.shared.client.clone(), &namespace);
     let Some(fresh) = api.get_opt(&name).await.map_err(Error::Read)? else {
         return Ok(Action::await_change());
     };
@@ -593,9 +528,7 @@ async fn reconcile_workload<K: Workload>(obj: &K, ctx: &Ctx) -> Result<Action, E
         Some(secrets) => {
             tracing::info!(secrets = ?secrets, "restarted: Secret data changed");
             publish_restarted(ctx, &fresh, &secrets).await;
-            if let Some(on_restart) = &ctx.common.on_restart {
-                on_restart(K::KIND);
-            }
+            ctx.shared.metrics.workload_restarted(K::KIND);
         }
     }
     Ok(Action::await_change())
@@ -606,7 +539,7 @@ async fn reconcile_workload<K: Workload>(obj: &K, ctx: &Ctx) -> Result<Action, E
 async fn decide<K: Workload>(
     obj: &K,
     namespace: &str,
-    ctx: &Ctx,
+    ctx: &Scope,
     warn: bool,
 ) -> Result<Plan, Error> {
     let Some(template) = obj.pod_template() else {
@@ -655,7 +588,7 @@ async fn decide<K: Workload>(
             secret_setting(name),
             workload,
             namespace_value.as_deref(),
-            ctx.common.auto_restart_default,
+            ctx.shared.config.auto_restart,
         );
         if warn && decision.invalid {
             tracing::warn!(
@@ -680,7 +613,7 @@ async fn decide<K: Workload>(
 fn started_with<K: Workload>(
     obj: &K,
     namespace: &str,
-    ctx: &Ctx,
+    ctx: &Scope,
     known: &DigestMap,
     current: &DigestMap,
 ) -> DigestMap {
@@ -725,9 +658,8 @@ fn live_restarted_for<K: Workload>(obj: &K) -> Option<String> {
 
 /// The Namespace's `auto-restart` annotation, read with a GET and kept for a short while.
 /// A Namespace we may not read (403) or that is gone counts as unset.
-async fn namespace_setting(ctx: &Ctx, namespace: &str) -> Result<Option<String>, Error> {
+async fn namespace_setting(ctx: &Scope, namespace: &str) -> Result<Option<String>, Error> {
     let cached = ctx
-        .common
         .namespaces
         .lock()
         .expect("namespace cache lock")
@@ -737,7 +669,7 @@ async fn namespace_setting(ctx: &Ctx, namespace: &str) -> Result<Option<String>,
     if let Some(value) = cached {
         return Ok(value);
     }
-    let api: Api<Namespace> = Api::all(ctx.common.client.clone());
+    let api: Api<Namespace> = Api::all(ctx.shared.client.clone());
     let value = match api.get_opt(namespace).await {
         Ok(ns) => ns.and_then(|ns| rule::setting(Some(ns.annotations())).map(str::to_string)),
         Err(kube::Error::Api(status)) if status.code == 403 => {
@@ -755,28 +687,19 @@ async fn namespace_setting(ctx: &Ctx, namespace: &str) -> Result<Option<String>,
             });
         }
     };
-    let mut cache = ctx.common.namespaces.lock().expect("namespace cache lock");
+    let mut cache = ctx.namespaces.lock().expect("namespace cache lock");
     cache.retain(|_, (at, _)| at.elapsed() < NAMESPACE_CACHE_TTL);
     cache.insert(namespace.to_string(), (Instant::now(), value.clone()));
     Ok(value)
 }
 
-async fn publish_restarted<K: Workload>(ctx: &Ctx, workload: &K, secrets: &[String]) {
+async fn publish_restarted<K: Workload>(ctx: &Scope, workload: &K, secrets: &[String]) {
     let note = restart_note(secrets);
-    let event = Note {
-        type_: EventType::Normal,
-        action: "Restart",
-        reason: Reason::Restarted,
-        note: &note,
-    };
-    if let Err(e) = ctx
-        .common
-        .events
-        .publish(&workload.object_ref(&()), &event)
-        .await
-    {
-        tracing::warn!(error = %e, "publishing the Restarted event failed");
-    }
+    let object = workload.object_ref(&());
+    let (type_, reason) = (EventType::Normal, Reason::Restarted);
+    ctx.shared
+        .publish(&object, "Restart", type_, reason, &note)
+        .await;
 }
 
 /// `Restarted because Secret(s) a, b changed`, cut to fit an event note.
@@ -955,15 +878,6 @@ mod tests {
     }
 
     #[test]
-    fn backoff_doubles_from_one_second_up_to_five_minutes() {
-        let secs: Vec<u64> = [1, 2, 3, 4, 9, 10, 100]
-            .into_iter()
-            .map(|n| backoff(n).as_secs())
-            .collect();
-        assert_eq!(secs, [1, 2, 4, 8, 256, 300, 300]);
-    }
-
-    #[test]
     fn the_event_note_names_the_changed_secrets() {
         assert_eq!(
             restart_note(&["api".into(), "db".into()]),
@@ -1051,7 +965,8 @@ spec:
         use http::{Request, Response};
         use kube::client::Body;
         use serde_json::{Value, json};
-        use std::sync::atomic::{AtomicUsize, Ordering};
+        use crate::controller::{Settings, testing};
+        use kube::Client;
         use tower_test::mock::{self, Handle};
 
         type ApiHandle = Handle<Request<Body>, Response<Body>>;
@@ -1110,43 +1025,40 @@ spec:
         }
 
         struct Harness {
-            ctx: Ctx,
+            ctx: Scope,
             handle: ApiHandle,
-            restarts: Arc<AtomicUsize>,
         }
 
         fn harness(secrets: Vec<SecretMeta>, auto_restart_default: bool) -> Harness {
             let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
-            let client = Client::new(service, "default");
             let (store, mut writer) = reflector::store();
             writer.apply_watcher_event(&watcher::Event::Init);
             for s in secrets {
                 writer.apply_watcher_event(&watcher::Event::InitApply(s));
             }
             writer.apply_watcher_event(&watcher::Event::InitDone);
-            let restarts = Arc::new(AtomicUsize::new(0));
-            let counter = restarts.clone();
-            let common = Common {
-                events: EventSink::new(client.clone(), FIELD_MANAGER),
-                client,
-                auto_restart_default,
-                on_restart: Some(Arc::new(move |kind| {
-                    assert_eq!(kind, "Deployment");
-                    counter.fetch_add(1, Ordering::SeqCst);
-                })),
-                namespaces: Mutex::default(),
-                failures: Mutex::default(),
+            let settings = Settings {
+                auto_restart: auto_restart_default,
+                ..testing::settings()
             };
             Harness {
-                ctx: Ctx {
-                    common: Arc::new(common),
+                ctx: Scope {
+                    shared: testing::context_with(Client::new(service, "default"), settings),
                     secrets: store,
                     digests: Mutex::default(),
                     templates: Mutex::default(),
+                    namespaces: Mutex::default(),
                 },
                 handle,
-                restarts,
             }
+        }
+
+        /// The restarts counted in the metrics.
+        fn restarts(ctx: &Scope) -> usize {
+            let text = ctx.shared.metrics.encode();
+            let prefix = "onepassword_workload_restarts_total{kind=\"Deployment\"} ";
+            let counted = text.lines().find_map(|l| l.strip_prefix(prefix));
+            counted.map_or(0, |n| n.parse().unwrap())
         }
 
         fn managed(name: &str, digest: &str, auto_restart: Option<&str>) -> SecretMeta {
@@ -1242,7 +1154,7 @@ spec:
             let result = reconcile_workload(obj, &h.ctx).await;
             let (handle, seen) = server.await.unwrap();
             assert_no_more_requests(handle);
-            (result, seen, h.restarts.load(Ordering::SeqCst))
+            (result, seen, restarts(&h.ctx))
         }
 
         #[tokio::test]
