@@ -283,7 +283,11 @@ pub async fn run(
 
 fn error_policy(obj: Arc<Deployment>, error: &Error, dctx: Arc<Scope>) -> Action {
     tracing::warn!(deployment = %obj.name_any(), error = %error, "Deployment reconcile failed");
-    Action::requeue(dctx.shared.backoff.next(&key_of(&obj), super::context::FIRST_RETRY))
+    Action::requeue(
+        dctx.shared
+            .backoff
+            .next(&key_of(&obj), super::context::FIRST_RETRY),
+    )
 }
 
 fn key_of(d: &Deployment) -> String {
@@ -368,7 +372,11 @@ async fn report(
             ));
             // Warnings are found when the item is fetched: said with the write they go with.
             if !s.warnings.is_empty() {
-                events.push((EventType::Warning, Reason::SyncWarning, s.warnings.join("; ")));
+                events.push((
+                    EventType::Warning,
+                    Reason::SyncWarning,
+                    s.warnings.join("; "),
+                ));
             }
         }
         Ok(s) if previous.is_some_and(|p| p != reason) => events.push((
@@ -742,6 +750,147 @@ mod tests {
             None,
             "its own stale cache entry does not count as another Deployment"
         );
+    }
+
+    /// The whole reconcile against a mocked API server and a simulated Connect server.
+    mod reconcile_verifier {
+        use super::*;
+        use crate::{
+            controller::testing::{self, Expect, Seen, assert_no_more_requests, serve},
+            sim::{ItemSpec, Seed, Simulator, TokenAccess, VaultSpec},
+            vocabulary::{FIELD_MANAGER, MANAGED_LABEL, MANAGED_VALUE},
+        };
+        use kube::{api::PartialObjectMetaExt, runtime::watcher};
+        use serde_json::json;
+
+        const SECRET: &str = "/api/v1/namespaces/apps/secrets/web-db";
+        const DEPLOYMENT: &str = "/apis/apps/v1/namespaces/apps/deployments/web";
+
+        fn asking() -> Deployment {
+            deployment(
+                "web",
+                &[
+                    (ITEM_PATH_ANNOTATION, "vaults/Prod/items/db"),
+                    (ITEM_NAME_ANNOTATION, "web-db"),
+                ],
+                &[],
+            )
+        }
+
+        /// A store holding `objects`, listed.
+        fn store_of<K>(objects: Vec<K>) -> Store<K>
+        where
+            K: Resource<DynamicType = ()> + Clone + 'static,
+        {
+            let (store, mut writer) = reflector::store();
+            writer.apply_watcher_event(&watcher::Event::Init);
+            for o in objects {
+                writer.apply_watcher_event(&watcher::Event::InitApply(o));
+            }
+            writer.apply_watcher_event(&watcher::Event::InitDone);
+            store
+        }
+
+        /// Reconciles `obj` among `deployments`, the managed Secrets being `secrets`, with the
+        /// API server answering `script`.
+        async fn reconcile_with(
+            obj: Deployment,
+            deployments: Vec<Deployment>,
+            secrets: Vec<SecretMeta>,
+            script: Vec<Expect>,
+        ) -> (Result<Action, Error>, Vec<Seen>) {
+            let item = ItemSpec::new("db").password("hunter2");
+            let seed = Seed::new()
+                .vault(VaultSpec::new("Prod").item(item))
+                .token("token", TokenAccess::All);
+            let sim = Simulator::start(seed).unwrap();
+            let (client, handle) = testing::mock_client();
+            let scope = Arc::new(Scope {
+                shared: testing::context_on(client, &sim.url()),
+                deployments: store_of(deployments),
+                secrets: store_of(secrets),
+            });
+            let server = tokio::spawn(serve(handle, script));
+            let result = reconcile(Arc::new(obj), scope).await;
+            let (handle, seen) = server.await.unwrap();
+            assert_no_more_requests(handle);
+            (result, seen)
+        }
+
+        #[tokio::test]
+        async fn an_annotated_deployment_gets_its_secret_applied_with_an_owner_reference_to_it_and_one_synced_event()
+         {
+            let obj = asking();
+            let script = vec![
+                Expect::failing("GET", SECRET, 404),
+                Expect::apply(SECRET),
+                Expect::event("apps"),
+            ];
+            let (result, seen) = reconcile_with(obj.clone(), vec![obj], vec![], script).await;
+            result.unwrap();
+            let (method, uri, secret) = &seen[1];
+            assert_eq!(method, "PATCH");
+            assert!(
+                uri.contains(&format!("fieldManager={FIELD_MANAGER}")),
+                "{uri}"
+            );
+            assert_eq!(secret["data"], json!({"password": "aHVudGVyMg=="}));
+            let meta = &secret["metadata"];
+            assert_eq!(
+                meta["ownerReferences"],
+                json!([{"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": "uid-web"}]),
+                "an owner, not the controller: Deployments may share it"
+            );
+            assert_eq!(meta["labels"][MANAGED_LABEL], MANAGED_VALUE);
+            assert_eq!(meta["annotations"][ITEM_NAME_ANNOTATION], "web-db");
+            let path = meta["annotations"][ITEM_PATH_ANNOTATION].as_str().unwrap();
+            assert!(
+                path.starts_with("vaults/") && !path.contains("Prod"),
+                "the ids the Secret holds, not the Deployment's title path: {path}"
+            );
+            let event = &seen[2].2;
+            assert_eq!(event["reason"], "SecretSynced");
+            assert_eq!(event["regarding"]["kind"], "Deployment");
+        }
+
+        #[tokio::test]
+        async fn a_deployment_that_no_longer_asks_deletes_its_secret_only_as_it_was_seen() {
+            let obj = deployment("web", &[], &[]);
+            let secret = ObjectMeta {
+                name: Some("web-db".into()),
+                namespace: Some("apps".into()),
+                uid: Some("s-uid".into()),
+                resource_version: Some("5".into()),
+                owner_references: Some(vec![owner_reference(&obj)]),
+                ..Default::default()
+            }
+            .into_response_partial::<Secret>();
+            let live = serde_json::to_value(&obj).unwrap();
+            let gone = json!({"apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "web-db", "namespace": "apps"}});
+            let script = vec![
+                // The Deployment as it is now, not as cached, decides.
+                Expect::new("GET", DEPLOYMENT, 200, live),
+                Expect::new("DELETE", SECRET, 200, gone),
+            ];
+            let (result, seen) = reconcile_with(obj.clone(), vec![obj], vec![secret], script).await;
+            assert_eq!(result.unwrap(), Action::await_change());
+            assert_eq!(
+                seen[1].2["preconditions"],
+                json!({"uid": "s-uid", "resourceVersion": "5"}),
+                "a Secret changed since (a new owner) is not deleted"
+            );
+        }
+
+        #[tokio::test]
+        async fn half_a_pair_makes_no_request_but_one_warning_event() {
+            let obj = deployment("web", &[(ITEM_NAME_ANNOTATION, "web-db")], &[]);
+            let script = vec![Expect::event("apps")];
+            let (result, seen) = reconcile_with(obj.clone(), vec![obj], vec![], script).await;
+            assert_eq!(result.unwrap(), Action::await_change());
+            assert_eq!(seen[0].2["type"], "Warning");
+            assert_eq!(seen[0].2["reason"], "Unsupported");
+        }
     }
 
     #[test]

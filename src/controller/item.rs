@@ -419,7 +419,11 @@ async fn publish_events(
                 && !warnings.is_empty()
                 && warnings != warnings_of(&old_message, &name)
             {
-                events.push((EventType::Warning, Reason::SyncWarning, warnings.to_string()));
+                events.push((
+                    EventType::Warning,
+                    Reason::SyncWarning,
+                    warnings.to_string(),
+                ));
             }
         }
         Err(e) if old_reason != Some(e.reason().as_str()) => {
@@ -624,6 +628,169 @@ mod tests {
                 handle.next_request().now_or_never().is_none(),
                 "no further request"
             );
+        }
+    }
+
+    /// The whole reconcile against a mocked API server and a simulated Connect server.
+    mod reconcile_verifier {
+        use super::*;
+        use crate::{
+            controller::testing::{self, Expect, Seen, assert_no_more_requests, serve},
+            sim::{ItemSpec, Seed, Simulator, TokenAccess, VaultSpec},
+            vocabulary::{DIGEST_ANNOTATION, FIELD_MANAGER, ITEM_PATH_ANNOTATION},
+        };
+        use serde_json::Value;
+        use std::time::Duration;
+
+        const VAULT: &str = "vvvvvvvvvvvvvvvvvvvvvvvvvv";
+        const ITEM: &str = "iiiiiiiiiiiiiiiiiiiiiiiiii";
+        const SECRET: &str = "/api/v1/namespaces/apps/secrets/db";
+        const STATUS: &str = "/apis/onepassword.com/v1/namespaces/apps/onepassworditems/db/status";
+
+        fn connect() -> Simulator {
+            let item = ItemSpec::new("db").id(ITEM).password("hunter2");
+            let vault = VaultSpec::new("Prod").id(VAULT).item(item);
+            let seed = Seed::new().vault(vault).token("token", TokenAccess::All);
+            Simulator::start(seed).unwrap()
+        }
+
+        /// Reconciles `item("vaults/Prod/items/db")` with the API server answering `script`.
+        async fn reconcile_with(script: Vec<Expect>) -> (Result<Action, Error>, Vec<Seen>) {
+            let sim = connect();
+            let (client, handle) = testing::mock_client();
+            let ctx = testing::context_on(client, &sim.url());
+            let server = tokio::spawn(serve(handle, script));
+            let result = reconcile(Arc::new(item("vaults/Prod/items/db")), ctx).await;
+            let (handle, seen) = server.await.unwrap();
+            assert_no_more_requests(handle);
+            (result, seen)
+        }
+
+        #[tokio::test]
+        async fn a_new_item_is_applied_as_a_secret_it_owns_then_its_status_is_ready_and_one_event_says_created()
+         {
+            let script = vec![
+                Expect::failing("GET", SECRET, 404),
+                Expect::apply(SECRET),
+                Expect::apply(STATUS),
+                Expect::event("apps"),
+            ];
+            let (result, seen) = reconcile_with(script).await;
+            assert_eq!(result.unwrap(), Action::requeue(Duration::from_secs(3600)));
+
+            let (method, uri, secret) = &seen[1];
+            assert_eq!(method, "PATCH");
+            assert!(
+                uri.contains(&format!("fieldManager={FIELD_MANAGER}")),
+                "{uri}"
+            );
+            assert_eq!(secret["apiVersion"], "v1");
+            assert_eq!(secret["kind"], "Secret");
+            assert_eq!(secret["type"], "Opaque");
+            assert_eq!(secret["data"], json!({"password": "aHVudGVyMg=="}));
+            let meta = &secret["metadata"];
+            assert_eq!(meta["name"], "db");
+            assert_eq!(meta["namespace"], "apps");
+            assert_eq!(
+                meta["labels"],
+                json!({"team": "a", "operator.1password.io/managed-by": "onepassword-secrets-operator"}),
+                "the Argo CD instance label is not copied"
+            );
+            assert_eq!(
+                meta["ownerReferences"],
+                json!([{"apiVersion": "onepassword.com/v1", "kind": "OnePasswordItem",
+                        "name": "db", "uid": "uid-1", "controller": true}])
+            );
+            let annotations = &meta["annotations"];
+            assert_eq!(
+                annotations[ITEM_PATH_ANNOTATION],
+                format!("vaults/{VAULT}/items/{ITEM}")
+            );
+            assert_eq!(annotations[AUTO_RESTART_ANNOTATION], "true");
+            let digest = annotations[DIGEST_ANNOTATION].as_str().unwrap();
+            assert!(
+                digest.starts_with("v1:") && !digest.contains("hunter2"),
+                "{digest}"
+            );
+
+            let status = &seen[2].2["status"];
+            assert_eq!(status["conditions"][0]["type"], "Ready");
+            assert_eq!(status["conditions"][0]["status"], "True");
+            assert_eq!(status["conditions"][0]["reason"], "Synced");
+            assert_eq!(status["itemId"], ITEM);
+
+            let event = &seen[3].2;
+            assert_eq!(event["type"], "Normal");
+            assert_eq!(event["reason"], "SecretCreated");
+            assert_eq!(event["action"], "Sync");
+            assert_eq!(event["regarding"]["kind"], "OnePasswordItem");
+        }
+
+        #[tokio::test]
+        async fn a_secret_of_that_name_that_is_not_ours_is_never_written_and_the_item_says_secret_conflict()
+         {
+            let foreign = json!({"apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "db", "namespace": "apps", "uid": "s1"},
+                "data": {"password": "dGhlaXJz"}});
+            let script = vec![
+                Expect::new("GET", SECRET, 200, foreign),
+                Expect::apply(STATUS),
+                Expect::event("apps"),
+            ];
+            let (result, seen) = reconcile_with(script).await;
+            // Looked at again at the next poll: the other Secret may go.
+            assert_eq!(result.unwrap(), Action::requeue(Duration::from_secs(10)));
+            let ready = &seen[1].2["status"]["conditions"][0];
+            assert_eq!(ready["status"], "False");
+            assert_eq!(ready["reason"], "SecretConflict");
+            let event = &seen[2].2;
+            assert_eq!(event["type"], "Warning");
+            assert_eq!(event["reason"], "SecretConflict");
+            assert!(
+                event["note"]
+                    .as_str()
+                    .unwrap()
+                    .contains("no owner reference to this OnePasswordItem"),
+                "{event}"
+            );
+        }
+
+        #[tokio::test]
+        async fn a_secret_already_holding_the_listed_version_costs_one_get_and_no_write() {
+            // The first pass writes it; the API server's copy is what the second pass reads.
+            let sim = connect();
+            let (client, handle) = testing::mock_client();
+            let ctx = testing::context_on(client, &sim.url());
+            let first = vec![
+                Expect::failing("GET", SECRET, 404),
+                Expect::apply(SECRET),
+                Expect::apply(STATUS),
+                Expect::event("apps"),
+            ];
+            let server = tokio::spawn(serve(handle, first));
+            let mut obj = item("vaults/Prod/items/db");
+            reconcile(Arc::new(obj.clone()), ctx.clone()).await.unwrap();
+            let (handle, seen) = server.await.unwrap();
+            let mut written: Value = seen[1].2.clone();
+            // As the API server stores it: our manager owns the keys it applied.
+            written["metadata"]["managedFields"] = json!([{
+                "manager": FIELD_MANAGER, "operation": "Apply", "fieldsType": "FieldsV1",
+                "fieldsV1": {"f:data": {"f:password": {}}, "f:metadata": {
+                    "f:labels": {"f:team": {}, "f:operator.1password.io/managed-by": {}},
+                    "f:annotations": written["metadata"]["annotations"].as_object().unwrap()
+                        .keys().map(|k| (format!("f:{k}"), json!({}))).collect::<serde_json::Map<_, _>>(),
+                }},
+            }]);
+            obj.status = serde_json::from_value(seen[2].2["status"].clone()).unwrap();
+
+            let server = tokio::spawn(serve(
+                handle,
+                vec![Expect::new("GET", SECRET, 200, written)],
+            ));
+            let action = reconcile(Arc::new(obj), ctx).await.unwrap();
+            let (handle, _) = server.await.unwrap();
+            assert_no_more_requests(handle);
+            assert_eq!(action, Action::requeue(Duration::from_secs(3600)));
         }
     }
 

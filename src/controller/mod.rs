@@ -23,9 +23,9 @@ pub mod write_rate;
 // The path tests/e2e names the restart controller by.
 pub use crate::restart::controller as restart;
 
-pub use context::{Context, Namespaces, Settings, lag_since, object_key, truncate};
 /// The one field manager every write of ours uses.
 pub use crate::vocabulary::{FIELD_MANAGER, parse_bool};
+pub use context::{Context, Namespaces, Settings, lag_since, object_key, truncate};
 pub use watch::{
     OwnWrites, SecretMeta, forget_deleted, log_run_error, log_watch_error, scoped_api,
     skip_own_echoes, skip_unchanged, watch_managed_secrets,
@@ -40,9 +40,118 @@ pub(crate) mod testing {
         connect::{ConnectClient, ConnectConfig},
         telemetry::Metrics,
     };
-    use kube::Client;
-    use std::time::Duration;
-    use std::sync::Arc;
+    use http::{Request, Response};
+    use kube::{Client, client::Body};
+    use serde_json::{Value, json};
+    use std::{sync::Arc, time::Duration};
+    use tower_test::mock::Handle;
+
+    /// The test side of a mocked API server.
+    pub(crate) type ApiHandle = Handle<Request<Body>, Response<Body>>;
+
+    /// A client whose every request goes to the returned handle.
+    pub(crate) fn mock_client() -> (Client, ApiHandle) {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        (Client::new(service, "default"), handle)
+    }
+
+    /// One request the API server expects, and the answer it gives.
+    pub(crate) struct Expect {
+        pub method: &'static str,
+        /// The URI must start with this (path and, when given, query: `fieldManager` included).
+        pub uri: String,
+        pub status: u16,
+        /// `null`: the request's body is sent back (as the API server does for an apply).
+        pub answer: Value,
+    }
+
+    impl Expect {
+        pub(crate) fn new(method: &'static str, uri: &str, status: u16, answer: Value) -> Self {
+            Expect {
+                method,
+                uri: uri.into(),
+                status,
+                answer,
+            }
+        }
+
+        /// A server-side apply with our field manager, answered with its own body.
+        pub(crate) fn apply(path: &str) -> Self {
+            let uri = format!("{path}?&force=true&fieldManager={FIELD_MANAGER}");
+            Expect::new("PATCH", &uri, 200, Value::Null)
+        }
+
+        /// An event created in `namespace`.
+        pub(crate) fn event(namespace: &str) -> Self {
+            let uri = format!("/apis/events.k8s.io/v1/namespaces/{namespace}/events");
+            Expect::new("POST", &uri, 201, Value::Null)
+        }
+
+        /// A request answered with a `Status` of `code`.
+        pub(crate) fn failing(method: &'static str, uri: &str, code: u16) -> Self {
+            let reason = match code {
+                403 => "Forbidden",
+                404 => "NotFound",
+                409 => "Conflict",
+                422 => "Invalid",
+                _ => "InternalError",
+            };
+            let status = json!({
+                "kind": "Status", "apiVersion": "v1", "status": "Failure",
+                "message": format!("answered {code}"), "reason": reason, "code": code
+            });
+            Expect::new(method, uri, code, status)
+        }
+    }
+
+    /// A request as received: method, URI, JSON body (`null` when empty).
+    pub(crate) type Seen = (String, String, Value);
+
+    /// The API server verifier: answers `script` in order, asserting each request's method and
+    /// URI, and returns what it saw, for the bodies to be asserted.
+    pub(crate) async fn serve(
+        mut handle: ApiHandle,
+        script: Vec<Expect>,
+    ) -> (ApiHandle, Vec<Seen>) {
+        let mut seen = Vec::new();
+        for expect in script {
+            let (request, respond) = handle.next_request().await.expect("a request");
+            let method = request.method().to_string();
+            let uri = request.uri().to_string();
+            let bytes = request.into_body().collect_bytes().await.unwrap();
+            let body = if bytes.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_slice(&bytes).unwrap()
+            };
+            assert_eq!(method, expect.method, "{uri}");
+            assert!(
+                uri.starts_with(&expect.uri),
+                "{uri} should start with {}",
+                expect.uri
+            );
+            let answer = if expect.answer.is_null() {
+                body.clone()
+            } else {
+                expect.answer
+            };
+            respond.send_response(
+                Response::builder()
+                    .status(expect.status)
+                    .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+                    .unwrap(),
+            );
+            seen.push((method, uri, body));
+        }
+        (handle, seen)
+    }
+
+    pub(crate) fn assert_no_more_requests(mut handle: ApiHandle) {
+        use futures::FutureExt;
+        if let Some(Some((request, _))) = handle.next_request().now_or_never() {
+            panic!("unexpected request {} {}", request.method(), request.uri());
+        }
+    }
 
     /// A context on `client` (a mock API server, usually), with a Connect client that is never
     /// called.

@@ -961,76 +961,22 @@ spec:
 
     mod api_server {
         use super::*;
-        use crate::vocabulary::{MANAGED_LABEL, MANAGED_VALUE};
-        use http::{Request, Response};
-        use kube::client::Body;
+        use crate::{
+            controller::{
+                Settings,
+                testing::{self, Expect, Seen, assert_no_more_requests, serve},
+            },
+            vocabulary::{MANAGED_LABEL, MANAGED_VALUE},
+        };
         use serde_json::{Value, json};
-        use crate::controller::{Settings, testing};
-        use kube::Client;
-        use tower_test::mock::{self, Handle};
-
-        type ApiHandle = Handle<Request<Body>, Response<Body>>;
-
-        /// One expected request and the answer to give.
-        struct Expect {
-            method: &'static str,
-            /// The URI must start with this (path and, when given, query).
-            uri: String,
-            status: u16,
-            answer: Value,
-        }
-
-        /// A request as received: method, URI, JSON body.
-        type Seen = (String, String, Value);
-
-        /// Answers `script` in order, asserting each request, and returns what it saw.
-        async fn serve(mut handle: ApiHandle, script: Vec<Expect>) -> (ApiHandle, Vec<Seen>) {
-            let mut seen = Vec::new();
-            for expect in script {
-                let (request, respond) = handle.next_request().await.expect("a request");
-                let method = request.method().to_string();
-                let uri = request.uri().to_string();
-                let bytes = request.into_body().collect_bytes().await.unwrap();
-                let body = if bytes.is_empty() {
-                    Value::Null
-                } else {
-                    serde_json::from_slice(&bytes).unwrap()
-                };
-                assert_eq!(method, expect.method, "{uri}");
-                assert!(
-                    uri.starts_with(&expect.uri),
-                    "{uri} should start with {}",
-                    expect.uri
-                );
-                let answer = if expect.answer.is_null() {
-                    body.clone()
-                } else {
-                    expect.answer
-                };
-                respond.send_response(
-                    Response::builder()
-                        .status(expect.status)
-                        .body(Body::from(serde_json::to_vec(&answer).unwrap()))
-                        .unwrap(),
-                );
-                seen.push((method, uri, body));
-            }
-            (handle, seen)
-        }
-
-        fn assert_no_more_requests(mut handle: ApiHandle) {
-            if let Some(Some((request, _))) = handle.next_request().now_or_never() {
-                panic!("unexpected request {} {}", request.method(), request.uri());
-            }
-        }
 
         struct Harness {
             ctx: Scope,
-            handle: ApiHandle,
+            handle: testing::ApiHandle,
         }
 
         fn harness(secrets: Vec<SecretMeta>, auto_restart_default: bool) -> Harness {
-            let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+            let (client, handle) = testing::mock_client();
             let (store, mut writer) = reflector::store();
             writer.apply_watcher_event(&watcher::Event::Init);
             for s in secrets {
@@ -1043,7 +989,7 @@ spec:
             };
             Harness {
                 ctx: Scope {
-                    shared: testing::context_with(Client::new(service, "default"), settings),
+                    shared: testing::context_with(client, settings),
                     secrets: store,
                     digests: Mutex::default(),
                     templates: Mutex::default(),
@@ -1121,28 +1067,13 @@ spec:
         const APPLY: &str = "/apis/apps/v1/namespaces/apps/deployments/web?&force=true&fieldManager=onepassword-secrets-operator";
 
         fn get(uri: &str, answer: Value) -> Expect {
-            Expect {
-                method: "GET",
-                uri: uri.into(),
-                status: 200,
-                answer,
-            }
+            Expect::new("GET", uri, 200, answer)
         }
         fn apply() -> Expect {
-            Expect {
-                method: "PATCH",
-                uri: APPLY.into(),
-                status: 200,
-                answer: Value::Null,
-            }
+            Expect::apply(DEPLOYMENT)
         }
         fn event() -> Expect {
-            Expect {
-                method: "POST",
-                uri: "/apis/events.k8s.io/v1/namespaces/apps/events".into(),
-                status: 201,
-                answer: Value::Null,
-            }
+            Expect::event("apps")
         }
 
         async fn reconcile_with(
@@ -1358,15 +1289,7 @@ spec:
             let obj = web(Some(&record(&[("db", "v1:s:db1")])), None);
             let secrets = || vec![managed("db", "v1:s:db2", Some("true"))];
             let fresh = serde_json::to_value(&obj).unwrap();
-            let conflict = Expect {
-                method: "PATCH",
-                uri: APPLY.into(),
-                status: 409,
-                answer: json!({
-                    "kind": "Status", "apiVersion": "v1", "status": "Failure",
-                    "message": "the object has been modified", "reason": "Conflict", "code": 409
-                }),
-            };
+            let conflict = Expect::failing("PATCH", APPLY, 409);
             let (result, first, restarts) = reconcile_with(
                 harness(secrets(), false),
                 &obj,
@@ -1390,15 +1313,7 @@ spec:
         async fn a_workload_deleted_meanwhile_is_left_alone() {
             let obj = web(None, None);
             let h = harness(vec![managed("db", "v1:s:db1", None)], true);
-            let not_found = Expect {
-                method: "GET",
-                uri: DEPLOYMENT.into(),
-                status: 404,
-                answer: json!({
-                    "kind": "Status", "apiVersion": "v1", "status": "Failure",
-                    "message": "not found", "reason": "NotFound", "code": 404
-                }),
-            };
+            let not_found = Expect::failing("GET", DEPLOYMENT, 404);
             let (result, _, _) = reconcile_with(h, &obj, vec![not_found]).await;
             result.unwrap();
         }
