@@ -14,12 +14,12 @@ use std::{
 
 use tokio::sync::Mutex;
 
-use crate::vocabulary::IGNORE_TAG;
 use crate::connect::{
     ConnectClient, ConnectError, ItemPath,
     model::{ItemSummary, Vault},
     resolve::{join_notes, resolve_item, resolve_vault},
 };
+use crate::vocabulary::IGNORE_TAG;
 
 /// Where an item path points now, according to the catalog.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,7 +47,6 @@ impl<E> From<ConnectError> for ResolveError<E> {
         ResolveError::Connect(e)
     }
 }
-
 
 #[derive(Clone)]
 struct Listing {

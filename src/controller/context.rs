@@ -13,11 +13,11 @@ use kube::{
 };
 
 use super::{
-    events,
+    crd_probe, events,
     poller::{self, TargetKey, TargetKind, Tracked},
     sync::{self, Change, Retry, SyncError, SyncTarget, Synced},
     watch::OwnWrites,
-    write_rate, crd_probe,
+    write_rate,
 };
 use crate::{
     catalog::{Catalog, Resolution},
@@ -372,7 +372,6 @@ pub fn object_key(kind: TargetKind, namespace: &str, name: &str) -> String {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -384,7 +383,10 @@ mod tests {
         let delays: Vec<Duration> = (0..9).map(|_| backoff.next("a", first)).collect();
         let base = [5, 10, 20, 40, 80, 160, 300, 300, 300].map(Duration::from_secs);
         for (delay, base) in delays.iter().zip(base) {
-            assert!(*delay >= base && *delay <= base.mul_f64(1.2), "{delay:?} for {base:?}");
+            assert!(
+                *delay >= base && *delay <= base.mul_f64(1.2),
+                "{delay:?} for {base:?}"
+            );
         }
         // Each object on its own; a success starts it again.
         assert!(backoff.next("b", Duration::from_secs(1)) < Duration::from_secs(2));
@@ -406,14 +408,13 @@ mod tests {
     }
 }
 
-
 #[cfg(test)]
 mod forget_tests {
     use super::*;
     use crate::controller::{forget_deleted, testing};
-    use kube::runtime::watcher;
     use futures::StreamExt;
     use k8s_openapi::{api::core::v1::ConfigMap, apimachinery::pkg::apis::meta::v1::ObjectMeta};
+    use kube::runtime::watcher;
     use std::sync::Arc;
 
     fn context() -> Arc<Context> {
@@ -612,4 +613,3 @@ mod forget_tests {
         assert_eq!(names(&ctx), ["a/kept", "b/other"]);
     }
 }
-

@@ -231,7 +231,6 @@ where
     }
 }
 
-
 #[cfg(test)]
 mod watch_filter_tests {
     use super::*;
@@ -320,4 +319,3 @@ mod watch_filter_tests {
         assert!(!writes.is_echo(&meta("db", "5")));
     }
 }
-

@@ -97,8 +97,8 @@ fn target(owners: Vec<OwnerReference>) -> SyncTarget {
 }
 
 fn secret(owners: Vec<OwnerReference>, labelled: bool) -> Secret {
-    let labels = labelled
-        .then(|| BTreeMap::from([(MANAGED_LABEL.to_string(), MANAGED_VALUE.to_string())]));
+    let labels =
+        labelled.then(|| BTreeMap::from([(MANAGED_LABEL.to_string(), MANAGED_VALUE.to_string())]));
     Secret {
         metadata: ObjectMeta {
             name: Some("db".into()),
@@ -406,8 +406,7 @@ fn keys_another_operator_left_are_removed_once_at_takeover_only() {
 
 #[test]
 fn leftovers_are_removed_only_from_the_secret_as_applied() {
-    let patch =
-        serde_json::to_value(leftover_removal("42", &["a".into(), "b~c".into()])).unwrap();
+    let patch = serde_json::to_value(leftover_removal("42", &["a".into(), "b~c".into()])).unwrap();
     assert_eq!(
         patch,
         serde_json::json!([
@@ -430,7 +429,10 @@ fn without_a_secret_the_plan_fetches_the_item_then_writes_it() {
         }
     );
     // An ignored item without a Secret gets one made once.
-    assert_eq!(plan(None, &t, &r, true, Seen::Fetched).unwrap(), Plan::Write);
+    assert_eq!(
+        plan(None, &t, &r, true, Seen::Fetched).unwrap(),
+        Plan::Write
+    );
 }
 
 #[test]
