@@ -160,7 +160,7 @@ impl Context {
     }
 
     /// Forgets everything kept about an object that is gone: kube-runtime never reconciles a
-    /// deleted object, so the watch tells us instead (see [`forget_deleted`]).
+    /// deleted object, so the watch tells us instead (see [`super::forget_deleted`]).
     pub fn forget_object(&self, kind: TargetKind, namespace: &str, name: &str) {
         let key = object_key(kind, namespace, name);
         self.registry.forget(&TargetKey {

@@ -2,12 +2,16 @@
 //!
 //! - [`item`]: OnePasswordItem -> Secret of the same name (owner reference, status, events).
 //! - [`deployment`]: Deployments annotated with `item-path` + `item-name` -> that Secret.
+//! - [`sync`]: the observe -> plan -> build -> apply pipeline the first two share.
+//! - [`context`]: the one context every controller shares (client, catalog, event sink,
+//!   metrics, settings, backoff).
+//! - [`watch`]: which watch events wake a reconcile, and what is forgotten when objects go.
 //! - [`poller`]: the poll loop that finds changed items and wakes the two above.
 //! - restarts of workloads whose Secrets' data changed: [`crate::restart`].
-//! - [`sync`]: the observe -> plan -> build -> apply pipeline the first two share.
 //! - [`write_rate`]: notices a Secret we keep writing again (another writer fights us).
 //! - [`crd_probe`]: which status fields the installed CRD declares (ours or the official one).
 //! - [`takeover`]: what the official operator leaves on objects (its finalizer), removed.
+//! - [`events`]: Kubernetes events, written without a cache.
 
 pub mod context;
 pub mod crd_probe;
@@ -31,7 +35,7 @@ pub use watch::{
     skip_own_echoes, skip_unchanged, watch_managed_secrets,
 };
 
-#[cfg(test)]
+/// Test support: a context on a mocked API server, and the API-server verifier.
 #[cfg(test)]
 pub(crate) mod testing {
     use super::*;

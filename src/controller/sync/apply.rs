@@ -75,7 +75,7 @@ pub async fn apply(
     Ok(applied)
 }
 
-/// Removes the keys another operator left (see [`super::plan::leftovers_at_takeover`]), right
+/// Removes the keys another operator left (see [`super::plan::effect_of_write`]), right
 /// after our first apply. If the Secret changed in between (someone else wrote it), the keys
 /// are left: our digest is there by then, so they count as that writer's.
 pub async fn remove_leftovers(

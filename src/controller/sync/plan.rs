@@ -77,7 +77,7 @@ pub enum Plan {
 /// Connect is asked nothing), then again on the fetched item (never `UpToDate` nor `Fetch`).
 ///
 /// It refuses to write a Secret that is not ours ([`is_ours`]), whose type would change, or
-/// that holds a newer version of the same item than `held` ([`refuse_older`]).
+/// that holds a newer version of the same item than `held`.
 pub fn plan(
     live: Option<&Secret>,
     target: &SyncTarget,
@@ -263,7 +263,7 @@ pub(super) fn refuse_older(
 }
 
 /// What applying `desired` over `live` changes, and the keys a Secret taken over from another
-/// operator still has that the item no longer has (see [`leftovers_at_takeover`]).
+/// operator still has that the item no longer has (see `leftovers_at_takeover`).
 pub fn effect_of_write(live: Option<&Secret>, desired: &Secret) -> (Change, Vec<String>) {
     let Some(live) = live else {
         return (Change::Created, Vec::new());
