@@ -900,30 +900,6 @@ mod tests {
     }
 
     #[test]
-    fn the_workload_setting_prefers_metadata_over_the_pod_template() {
-        let both = deployment(
-            r#"
-metadata: { name: web, annotations: { operator.1password.io/auto-restart: "false" } }
-spec:
-  selector: {}
-  template:
-    metadata: { annotations: { operator.1password.io/auto-restart: "true" } }
-"#,
-        );
-        assert_eq!(workload_setting(&both), Some("false"));
-        let template_only = deployment(
-            r#"
-metadata: { name: web, annotations: { operator.1password.io/auto-restart: "" } }
-spec:
-  selector: {}
-  template:
-    metadata: { annotations: { operator.1password.io/auto-restart: "true" } }
-"#,
-        );
-        assert_eq!(workload_setting(&template_only), Some("true"));
-    }
-
-    #[test]
     fn the_live_restarted_for_is_read_from_the_pod_template() {
         let d = deployment(
             r#"

@@ -854,6 +854,22 @@ spec:
 
     // --- auto-restart settings ---
 
+    #[test]
+    fn a_workload_setting_is_its_metadatas_else_its_pod_templates_and_empty_is_unset() {
+        let on_template = template(
+            r#"
+metadata: { annotations: { operator.1password.io/auto-restart: "true" } }
+"#,
+        );
+        let metadata = |value: &str| map(&[(AUTO_RESTART_ANNOTATION, value)]);
+        let both = metadata("false");
+        assert_eq!(workload_setting(&both, Some(&on_template)), Some("false"));
+        let empty = metadata("");
+        assert_eq!(workload_setting(&empty, Some(&on_template)), Some("true"));
+        assert_eq!(workload_setting(&empty, None), None);
+        assert_eq!(setting(Some(&metadata(""))), None);
+    }
+
     /// (secret, workload, namespace, default) -> (enabled, decided by, invalid)
     type Row = (
         Option<&'static str>,
