@@ -91,7 +91,6 @@ pub async fn sync(ctx: &Context, target: &SyncTarget) -> Result<Synced, SyncErro
             });
         }
         Plan::KeepIgnored { move_annotations } => {
-            let live = live.expect("only an existing Secret is kept");
             keep_ignored(ctx, live, target, &listed, move_annotations).await?;
             return Ok(ignored(resolution, listed.version, None));
         }
@@ -112,7 +111,6 @@ pub async fn sync(ctx: &Context, target: &SyncTarget) -> Result<Synced, SyncErro
     if let Plan::KeepIgnored { move_annotations } =
         plan::plan(live, target, &fetched, tagged, Seen::Fetched)?
     {
-        let live = live.expect("only an existing Secret is kept");
         keep_ignored(ctx, live, target, &fetched, move_annotations).await?;
         return Ok(ignored(resolution, fetched.version, updated_at));
     }
@@ -165,15 +163,16 @@ fn secrets(ctx: &Context, target: &SyncTarget) -> Api<Secret> {
     Api::namespaced(ctx.client.clone(), &target.namespace)
 }
 
-/// The ignored item's Secret keeps its data; its annotations move to `held` when they differ.
+/// The ignored item's Secret (the plan keeps only one that exists) keeps its data; its
+/// annotations move to `held` when they differ.
 async fn keep_ignored(
     ctx: &Context,
-    live: &Secret,
+    live: Option<&Secret>,
     target: &SyncTarget,
     held: &Held,
     move_annotations: bool,
 ) -> Result<(), SyncError> {
-    if move_annotations {
+    if let (true, Some(live)) = (move_annotations, live) {
         apply::admit(ctx, target, held)?;
         let secret = build::annotations_moved(live, target, held);
         apply::apply(ctx, &secrets(ctx, target), target, &secret, held).await?;
