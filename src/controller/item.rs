@@ -756,6 +756,56 @@ mod tests {
         }
 
         #[tokio::test]
+        async fn an_ignored_items_secret_keeps_its_data_and_digest_and_only_its_item_version_moves()
+        {
+            let tagged = ItemSpec::new("db")
+                .id(ITEM)
+                .password("new")
+                .tag(crate::vocabulary::IGNORE_TAG);
+            let vault = VaultSpec::new("Prod").id(VAULT).item(tagged);
+            let sim = Simulator::start(Seed::new().vault(vault).token("token", TokenAccess::All))
+                .unwrap();
+            let (client, handle) = testing::mock_client();
+            let ctx = testing::context_on(client, &sim.url());
+            // Written by us at version 0, with "old" as the password.
+            let live = json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                "metadata": {"name": "db", "namespace": "apps",
+                    "ownerReferences": [{"apiVersion": "onepassword.com/v1",
+                        "kind": "OnePasswordItem", "name": "db", "uid": "uid-1"}],
+                    "annotations": {ITEM_PATH_ANNOTATION: format!("vaults/{VAULT}/items/{ITEM}"),
+                        "operator.1password.io/item-version": "0",
+                        DIGEST_ANNOTATION: "v1:00112233445566778899aabbccddeeff:0011"},
+                    "managedFields": [{"manager": FIELD_MANAGER, "operation": "Apply",
+                        "fieldsType": "FieldsV1", "fieldsV1": {"f:data": {"f:password": {}}}}]},
+                "data": {"password": "b2xk"}});
+            let script = vec![
+                Expect::new("GET", SECRET, 200, live),
+                Expect::apply(SECRET),
+                Expect::apply(STATUS),
+            ];
+            let server = tokio::spawn(serve(handle, script));
+            let obj = Arc::new(item("vaults/Prod/items/db"));
+            reconcile(obj, ctx).await.unwrap();
+            let (handle, seen) = server.await.unwrap();
+            assert_no_more_requests(handle);
+            let secret = &seen[1].2;
+            assert_eq!(
+                secret["data"],
+                json!({"password": "b2xk"}),
+                "the old data stays"
+            );
+            let annotations = &secret["metadata"]["annotations"];
+            assert_eq!(annotations["operator.1password.io/item-version"], "1");
+            assert_eq!(
+                annotations[DIGEST_ANNOTATION], "v1:00112233445566778899aabbccddeeff:0011",
+                "the digest, and so the workloads, do not move"
+            );
+            let ready = &seen[2].2["status"]["conditions"][0];
+            assert_eq!(ready["reason"], "Ignored");
+            assert_eq!(ready["status"], "True");
+        }
+
+        #[tokio::test]
         async fn a_secret_already_holding_the_listed_version_costs_one_get_and_no_write() {
             // The first pass writes it; the API server's copy is what the second pass reads.
             let sim = connect();
