@@ -19,6 +19,7 @@ use crate::connect::{
     model::{ItemSummary, Vault},
     resolve::{join_notes, resolve_item, resolve_vault},
 };
+use crate::vocabulary::IGNORE_TAG;
 
 /// Where an item path points now, according to the catalog.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,9 +47,6 @@ impl<E> From<ConnectError> for ResolveError<E> {
         ResolveError::Connect(e)
     }
 }
-
-/// Items with this tag are not updated once their Secret exists (official operator behaviour).
-pub const IGNORE_TAG: &str = "operator.1password.io:ignore-secret";
 
 #[derive(Clone)]
 struct Listing {

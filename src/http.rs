@@ -5,12 +5,13 @@
 //! with [`Routes::All`] to serve everything on one address.
 
 use std::{
+    collections::BTreeMap,
     future::Future,
     io,
     net::SocketAddr,
     sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -30,50 +31,102 @@ use crate::telemetry::Metrics;
 pub const OPENMETRICS_CONTENT_TYPE: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// How long liveness tolerates no [`Health::heartbeat`] by default.
-pub const DEFAULT_STALENESS: Duration = Duration::from_secs(5 * 60);
-
 /// What the probes report. Cheap to clone; all clones share one state.
 ///
-/// Liveness means the process serves HTTP and the controllers' main loop called
-/// [`Health::heartbeat`] within the staleness limit (counted from creation until the first
-/// heartbeat). Readiness means the caller said [`Health::set_ready`]`(true)`, once the informers
-/// synced.
-#[derive(Clone, Debug)]
+/// Liveness (`/healthz`) means that every task registered with [`Health::task`] still runs
+/// (the controllers' watch-and-reconcile loops, the poller) and, for a task registered with a
+/// staleness (the poller), that it called [`Alive::beat`] within it. A task that ended, or a
+/// poller stuck in a cycle, fails it, and the kubelet restarts the pod. A follower that waits
+/// for the leader Lease runs no controller, and is alive. Once the process is stopping
+/// ([`Health::set_stopping`]), tasks that end are expected.
+///
+/// Readiness (`/readyz`) means Connect answered a heartbeat once ([`Health::set_ready`]): the
+/// operator can do its job. It does not depend on leadership (a rolling update waits for the
+/// new pod to be ready before it stops the old leader).
+#[derive(Clone, Debug, Default)]
 pub struct Health {
     inner: Arc<HealthInner>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct HealthInner {
     ready: AtomicBool,
-    /// Milliseconds from `created` to the last heartbeat.
-    last_heartbeat_ms: AtomicU64,
-    created: Instant,
-    staleness: Duration,
+    stopping: AtomicBool,
+    tasks: Mutex<BTreeMap<String, TaskState>>,
 }
 
-impl Default for Health {
-    fn default() -> Self {
-        Self::new()
+#[derive(Debug)]
+struct TaskState {
+    last_beat: Instant,
+    /// How long it may go without a beat; `None`: alive as long as it runs.
+    staleness: Option<Duration>,
+    running: bool,
+}
+
+/// A registered task's part of the liveness: it beats through it, and its drop (the task ended,
+/// or panicked) says it stopped.
+#[derive(Debug)]
+pub struct Alive {
+    health: Health,
+    name: String,
+}
+
+impl Alive {
+    /// Says the task is still making progress.
+    pub fn beat(&self) {
+        if let Some(task) = self.health.tasks().get_mut(&self.name) {
+            task.last_beat = Instant::now();
+        }
+    }
+}
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        if let Some(task) = self.health.tasks().get_mut(&self.name) {
+            task.running = false;
+        }
     }
 }
 
 impl Health {
-    /// Not ready, alive, with the default staleness of 5 minutes.
+    /// Not ready, alive, with no task registered.
     pub fn new() -> Self {
-        Self::with_staleness(DEFAULT_STALENESS)
+        Self::default()
     }
 
-    /// Liveness fails once no heartbeat came for longer than `staleness`.
-    pub fn with_staleness(staleness: Duration) -> Self {
-        Health {
-            inner: Arc::new(HealthInner {
-                ready: AtomicBool::new(false),
-                last_heartbeat_ms: AtomicU64::new(0),
-                created: Instant::now(),
+    fn tasks(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, TaskState>> {
+        self.inner.tasks.lock().expect("health lock")
+    }
+
+    /// Registers a task whose end fails liveness, and which must beat within `staleness` if
+    /// one is given. Keep the returned [`Alive`] in the task.
+    pub fn task(&self, name: impl Into<String>, staleness: Option<Duration>) -> Alive {
+        let name = name.into();
+        self.tasks().insert(
+            name.clone(),
+            TaskState {
+                last_beat: Instant::now(),
                 staleness,
-            }),
+                running: true,
+            },
+        );
+        Alive {
+            health: self.clone(),
+            name,
+        }
+    }
+
+    /// Runs `task` as registered under `name` (no staleness): alive while it runs.
+    pub fn watch<F: Future>(
+        &self,
+        name: String,
+        task: F,
+    ) -> impl Future<Output = F::Output> + use<F> {
+        let alive = self.task(name, None);
+        async move {
+            let output = task.await;
+            drop(alive);
+            output
         }
     }
 
@@ -81,26 +134,39 @@ impl Health {
         self.inner.ready.store(ready, Ordering::Relaxed);
     }
 
-    /// Called by the main loop to show it still runs.
-    pub fn heartbeat(&self) {
-        let ms = u64::try_from(self.inner.created.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.inner
-            .last_heartbeat_ms
-            .fetch_max(ms, Ordering::Relaxed);
+    /// The process is shutting down: tasks that end now are not a failure.
+    pub fn set_stopping(&self) {
+        self.inner.stopping.store(true, Ordering::Relaxed);
     }
 
-    /// `Ok` while heartbeats are fresh, else a one-line reason.
+    /// `Ok` while every registered task runs and beats in time, else a one-line reason.
     pub fn liveness(&self) -> Result<(), String> {
-        let last = Duration::from_millis(self.inner.last_heartbeat_ms.load(Ordering::Relaxed));
-        let silent = self.inner.created.elapsed().saturating_sub(last);
-        if silent > self.inner.staleness {
-            return Err(format!(
-                "no heartbeat from the controllers for {}s (limit {}s)",
-                silent.as_secs(),
-                self.inner.staleness.as_secs()
-            ));
+        if self.inner.stopping.load(Ordering::Relaxed) {
+            return Ok(());
         }
-        Ok(())
+        let tasks = self.tasks();
+        let failing: Vec<String> = tasks
+            .iter()
+            .filter_map(|(name, task)| {
+                let silent = task.last_beat.elapsed();
+                if !task.running {
+                    Some(format!("{name} stopped"))
+                } else if task.staleness.is_some_and(|limit| silent > limit) {
+                    Some(format!(
+                        "{name}: no progress for {}s (limit {}s)",
+                        silent.as_secs(),
+                        task.staleness.unwrap_or_default().as_secs()
+                    ))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        if failing.is_empty() {
+            Ok(())
+        } else {
+            Err(failing.join("; "))
+        }
     }
 
     /// `Ok` once [`Health::set_ready`]`(true)` was called, else a one-line reason.
@@ -108,7 +174,7 @@ impl Health {
         if self.inner.ready.load(Ordering::Relaxed) {
             Ok(())
         } else {
-            Err("not ready: waiting for the controllers' caches to sync".to_string())
+            Err("not ready: Connect has not answered a heartbeat yet".to_string())
         }
     }
 }
@@ -255,22 +321,42 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn healthz_fails_without_a_recent_heartbeat() {
-        // Staleness long enough that the request after `heartbeat()` is served within it even
-        // on a loaded CI machine (100 ms failed there).
-        let health = Health::with_staleness(Duration::from_secs(2));
+    async fn healthz_fails_when_a_task_makes_no_progress_within_its_staleness() {
+        // Staleness long enough that the request after `beat()` is served within it even on a
+        // loaded CI machine (100 ms failed there).
+        let health = Health::new();
+        let poller = health.task("poller", Some(Duration::from_secs(2)));
         let server = start(Routes::Health, Metrics::new(), health.clone()).await;
         tokio::time::sleep(Duration::from_millis(2200)).await;
         let (status, body, _) = get(format!("{}/healthz", server.base)).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-        assert!(
-            body.starts_with("no heartbeat from the controllers"),
-            "{body}"
-        );
+        assert!(body.starts_with("poller: no progress for 2s"), "{body}");
 
-        health.heartbeat();
+        poller.beat();
         let (status, _, _) = get(format!("{}/healthz", server.base)).await;
         assert_eq!(status, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn healthz_fails_once_a_controller_stopped_unless_the_process_is_stopping() {
+        let health = Health::new();
+        let server = start(Routes::Health, Metrics::new(), health.clone()).await;
+        let (finish, finished) = oneshot::channel::<()>();
+        let controller = tokio::spawn(health.watch("OnePasswordItem controller".into(), async {
+            let _ = finished.await;
+        }));
+        let (status, _, _) = get(format!("{}/healthz", server.base)).await;
+        assert_eq!(status, StatusCode::OK, "alive while it runs");
+
+        finish.send(()).unwrap();
+        controller.await.unwrap();
+        let (status, body, _) = get(format!("{}/healthz", server.base)).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body, "OnePasswordItem controller stopped\n");
+
+        health.set_stopping();
+        let (status, _, _) = get(format!("{}/healthz", server.base)).await;
+        assert_eq!(status, StatusCode::OK, "tasks end on the way out");
     }
 
     #[tokio::test]

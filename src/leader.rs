@@ -16,11 +16,14 @@
 //!
 //! Failover after a crash takes at most `lease_duration + retry_period` (17 s by default).
 //!
-//! We keep our own elector rather than `kube-lease-manager`. Its release 0.13.1 fits our kube 5
-//! and k8s-openapi 0.29, but it judges expiry from the `renewTime` written in the Lease against
-//! this node's wall clock (its `state.rs`), so a clock skew between nodes shortens or stretches
-//! the lease, and it bounds neither a renewal in time nor how long a leader goes on without
-//! one: the two faults this module exists to rule out.
+//! We keep our own elector rather than `kube-lease-manager` (looked at again for issue 13).
+//! Its release 0.13.1 fits our kube 5 and k8s-openapi 0.29, but it judges expiry from the
+//! `renewTime` written in the Lease plus `leaseDurationSeconds` against this node's wall clock
+//! (`SystemTime::now()` in its `state.rs`), so a clock skew between nodes shortens or stretches
+//! the lease, and it bounds neither a renewal in time nor how long a leader goes on without one
+//! (the process exiting at the renew deadline, before any follower may take over, is our
+//! fencing). Those are the faults this module exists to rule out; adopting it would give them
+//! back for about 250 lines saved.
 
 use std::time::Duration;
 

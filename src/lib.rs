@@ -14,3 +14,4 @@ pub mod restart;
 pub mod secret;
 pub mod sim;
 pub mod telemetry;
+pub mod vocabulary;

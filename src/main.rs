@@ -13,6 +13,7 @@ use onepassword_secrets_operator::{
     http::{self, Health},
     leader::{Elector, LeaderConfig},
     policy::VaultPolicy,
+    restart,
     telemetry::{self, Metrics},
 };
 use tokio_util::sync::CancellationToken;
@@ -123,8 +124,15 @@ async fn run(args: Args) -> Result<(), String> {
     }
 
     // Probes do not depend on leadership: a follower is alive and ready (a rolling update waits
-    // for the new pod to be ready before it stops the old leader).
-    tasks.spawn(heartbeat(health.clone(), shutdown()));
+    // for the new pod to be ready before it stops the old leader). Liveness follows the tasks
+    // registered below; tasks that end after the signal are expected.
+    tasks.spawn({
+        let (health, stop) = (health.clone(), stop.clone());
+        async move {
+            stop.cancelled().await;
+            health.set_stopping();
+        }
+    });
     tasks.spawn(ready_when_connect_answers(
         connect,
         health.clone(),
@@ -162,39 +170,39 @@ async fn run(args: Args) -> Result<(), String> {
     for scope in namespaces.scopes() {
         let (tx, rx) = mpsc::unbounded();
         triggers.items.insert(scope.clone(), tx);
-        tasks.spawn(controller::item::run(
-            ctx.clone(),
-            scope.clone(),
-            rx,
-            shutdown(),
+        let name = |kind: &str| match &scope {
+            Some(ns) => format!("{kind} controller ({ns})"),
+            None => format!("{kind} controller"),
+        };
+        tasks.spawn(health.watch(
+            name("OnePasswordItem"),
+            controller::item::run(ctx.clone(), scope.clone(), rx, shutdown()),
         ));
         let (tx, rx) = mpsc::unbounded();
         triggers.deployments.insert(scope.clone(), tx);
-        tasks.spawn(controller::deployment::run(
-            ctx.clone(),
-            scope,
-            rx,
-            shutdown(),
+        tasks.spawn(health.watch(
+            name("Deployment"),
+            controller::deployment::run(ctx.clone(), scope.clone(), rx, shutdown()),
         ));
     }
-    tasks.spawn(controller::crd_probe::run(
-        client.clone(),
-        ctx.status_schema.clone(),
+    tasks.spawn(health.watch(
+        "OnePasswordItem CRD watch".into(),
+        controller::crd_probe::run(client.clone(), ctx.status_schema.clone(), shutdown()),
+    ));
+    let poller = health.task(
+        "poller",
+        Some(controller::poller::staleness(args.polling_interval)),
+    );
+    tasks.spawn(controller::poller::run(
+        ctx.clone(),
+        triggers,
+        poller,
         shutdown(),
     ));
-    tasks.spawn(controller::poller::run(ctx.clone(), triggers, shutdown()));
-    let restart = controller::restart::RestartConfig {
-        auto_restart_default: args.auto_restart,
-        namespaces: match &namespaces {
-            controller::Namespaces::All => None,
-            controller::Namespaces::Only(list) => Some(list.clone()),
-        },
-        on_restart: Some({
-            let metrics = metrics.clone();
-            Arc::new(move |kind: &'static str| metrics.workload_restarted(kind))
-        }),
-    };
-    tasks.spawn(controller::restart::run(client, restart, shutdown()));
+    tasks.spawn(health.watch(
+        "restart controller".into(),
+        restart::controller::run(ctx.clone(), shutdown()),
+    ));
 
     // After the signal, tasks get a few seconds to finish what they are doing; a controller
     // stopped before its first listing completed may otherwise wait for it forever.
@@ -314,18 +322,6 @@ async fn ready_when_connect_answers(
         tokio::select! {
             _ = &mut shutdown => return,
             _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
-        }
-    }
-}
-
-/// Tells the liveness probe the runtime is alive.
-async fn heartbeat(health: Health, shutdown: impl std::future::Future<Output = ()>) {
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            _ = tick.tick() => health.heartbeat(),
         }
     }
 }

@@ -34,11 +34,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 
 use crate::connect::model::{ItemUrl, ItemWithFiles};
 
-pub const ANNOTATION_PREFIX: &str = "operator.1password.io";
-/// `vaults/<vaultId>/items/<itemId>` of the item the Secret was built from.
-pub const ITEM_PATH_ANNOTATION: &str = "operator.1password.io/item-path";
-/// The item version the Secret holds, in decimal.
-pub const ITEM_VERSION_ANNOTATION: &str = "operator.1password.io/item-version";
+// Where they were first defined; tests and the fuzz target still name them here.
+use crate::vocabulary::Reason;
+pub use crate::vocabulary::{ITEM_PATH_ANNOTATION, ITEM_VERSION_ANNOTATION};
 /// Kubernetes refuses a Secret whose values add up to more than this (`MaxSecretSize`).
 pub const MAX_SECRET_DATA_BYTES: usize = 1024 * 1024;
 /// etcd's default `--max-request-bytes` (1.5 MiB): the API server cannot store a larger object
@@ -165,11 +163,13 @@ pub enum BuildError {
 
 impl BuildError {
     /// A bounded CamelCase reason, used for conditions, events and metrics.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            BuildError::InvalidName { .. } => "InvalidSecretName",
-            BuildError::InvalidType { .. } => "InvalidSecretType",
-            BuildError::TooLarge { .. } | BuildError::StoredTooLarge { .. } => "SecretTooLarge",
+            BuildError::InvalidName { .. } => Reason::InvalidSecretName,
+            BuildError::InvalidType { .. } => Reason::InvalidSecretType,
+            BuildError::TooLarge { .. } | BuildError::StoredTooLarge { .. } => {
+                Reason::SecretTooLarge
+            }
         }
     }
 }
@@ -441,7 +441,8 @@ pub struct DesiredSecret<'a> {
     /// Extra annotations; [`ITEM_PATH_ANNOTATION`] and [`ITEM_VERSION_ANNOTATION`] replace any
     /// of the same name.
     pub annotations: BTreeMap<String, String>,
-    pub owner: Option<OwnerReference>,
+    /// The objects the Secret belongs to (garbage collection removes it with the last one).
+    pub owners: Vec<OwnerReference>,
     pub options: BuildOptions,
 }
 
@@ -471,7 +472,7 @@ pub fn build_secret(d: &DesiredSecret<'_>) -> Result<(Secret, Vec<KeyWarning>), 
             namespace: Some(d.namespace.to_owned()),
             labels: (!d.labels.is_empty()).then(|| d.labels.clone()),
             annotations: Some(annotations),
-            owner_references: d.owner.clone().map(|o| vec![o]),
+            owner_references: (!d.owners.is_empty()).then(|| d.owners.clone()),
             ..ObjectMeta::default()
         },
         type_: Some(secret_type),
@@ -556,7 +557,7 @@ mod tests {
             secret_type: None,
             labels: BTreeMap::new(),
             annotations: BTreeMap::new(),
-            owner: None,
+            owners: Vec::new(),
             options: BuildOptions::default(),
         }
     }
@@ -1079,8 +1080,8 @@ mod tests {
             ])
         );
         assert_eq!(secret.metadata.labels.unwrap()["app"], "orders");
-        assert!(ITEM_PATH_ANNOTATION.starts_with(ANNOTATION_PREFIX));
-        assert!(ITEM_VERSION_ANNOTATION.starts_with(ANNOTATION_PREFIX));
+        assert!(ITEM_PATH_ANNOTATION.starts_with(crate::vocabulary::ANNOTATION_PREFIX));
+        assert!(ITEM_VERSION_ANNOTATION.starts_with(crate::vocabulary::ANNOTATION_PREFIX));
     }
 
     #[test]
@@ -1095,7 +1096,7 @@ mod tests {
             block_owner_deletion: Some(true),
         };
         let d = DesiredSecret {
-            owner: Some(owner.clone()),
+            owners: vec![owner.clone()],
             ..desired(&item)
         };
         let (secret, _) = build_secret(&d).unwrap();

@@ -3,8 +3,8 @@
 //! Logs go to stderr (as controller-runtime's zap logger does for the official operator), as text
 //! or as one JSON object per line. Metrics are kept in a prometheus-client [`Registry`] and
 //! served as OpenMetrics text by [`crate::http`]. Every label value is drawn from a bounded set:
-//! controller names and workload kinds are `&'static str`, error reasons and Connect statuses are
-//! checked against known sets, so a scrape never grows with the number of user objects or errors.
+//! controller names and workload kinds are `&'static str`, error reasons are a closed enum
+//! ([`Reason`]) and Connect statuses are checked against a known set, so a scrape never grows with the number of user objects or errors.
 
 use std::{
     any::Any,
@@ -26,6 +26,8 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 use tracing_subscriber::{EnvFilter, fmt::MakeWriter, util::SubscriberInitExt};
+
+use crate::vocabulary::Reason;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
@@ -196,46 +198,6 @@ where
                 .finish(),
         ),
     }
-}
-
-/// Reasons a reconcile can fail with, as the controllers' error types name them. Anything else is
-/// counted as [`OTHER_REASON`], so a new or misspelt reason cannot grow the label set.
-pub const ERROR_REASONS: &[&str] = &[
-    "BadRequest",
-    "BadResponse",
-    "ConnectUnavailable",
-    "InvalidItemPath",
-    "InvalidSecretName",
-    "InvalidSecretType",
-    "ItemNotFound",
-    "ItemTooLarge",
-    "KubernetesError",
-    "KubernetesForbidden",
-    "NotFound",
-    "RateLimited",
-    "SecretConflict",
-    "SecretRejected",
-    "SecretTooLarge",
-    "SecretTypeImmutable",
-    "StaleItemVersion",
-    "Unauthorized",
-    "Unsupported",
-    "VaultForbidden",
-    "VaultNotAllowed",
-    "VaultNotFound",
-    "WriteConflict",
-];
-
-/// The label for reasons outside [`ERROR_REASONS`] and Connect statuses outside the known set.
-pub const OTHER_REASON: &str = "Other";
-
-/// The bounded label value for an error reason.
-pub fn reason_label(reason: &str) -> &'static str {
-    ERROR_REASONS
-        .iter()
-        .find(|known| **known == reason)
-        .copied()
-        .unwrap_or(OTHER_REASON)
 }
 
 /// The bounded label value for a Connect request's outcome: an HTTP status code (100-599),
@@ -508,13 +470,13 @@ pub struct ReconcileTimer {
 }
 
 impl ReconcileTimer {
-    /// Ends the reconcile; `Err(reason)` takes a bounded reason such as `"ItemNotFound"`, and
-    /// reasons outside [`ERROR_REASONS`] are counted as `Other`.
-    pub fn finish(self, outcome: Result<(), &str>) {
+    /// Ends the reconcile; `Err(reason)` counts an error under that reason's label (a closed
+    /// set: [`Reason::ALL`]).
+    pub fn finish(self, outcome: Result<(), Reason>) {
         if let Err(reason) = outcome {
             let labels = ErrorLabels {
                 controller: self.controller,
-                reason: reason_label(reason),
+                reason: reason.as_str(),
             };
             self.metrics
                 .inner
@@ -629,10 +591,10 @@ mod tests {
         metrics.reconcile_started("item").finish(Ok(()));
         metrics
             .reconcile_started("item")
-            .finish(Err("ItemNotFound"));
+            .finish(Err(Reason::ItemNotFound));
         metrics
             .reconcile_started("deployment")
-            .finish(Err("ConnectUnavailable"));
+            .finish(Err(Reason::ConnectUnavailable));
 
         let text = metrics.encode();
         assert!(
@@ -654,44 +616,20 @@ mod tests {
     }
 
     #[test]
-    fn every_reason_the_operator_reports_has_its_own_metric_label() {
-        // The reasons of SyncError::reason() and ConnectError::reason() (issue 13 replaces this
-        // list by one Reason enum).
-        for reason in [
-            "KubernetesForbidden",
-            "VaultNotAllowed",
-            "SecretConflict",
-            "Unauthorized",
-            "StaleItemVersion",
-            "WriteConflict",
-        ] {
-            assert_eq!(reason_label(reason), reason);
-        }
-        assert!(
-            ERROR_REASONS.windows(2).all(|w| w[0] < w[1]),
-            "sorted, no duplicates"
-        );
-    }
-
-    #[test]
-    fn unknown_reasons_are_counted_as_other_so_cardinality_stays_bounded() {
+    fn every_reason_is_counted_under_its_own_label() {
         let metrics = Metrics::new();
-        for i in 0..100 {
-            let reason = format!("connection refused to 10.0.0.{i}");
-            metrics
-                .reconcile_started("item")
-                .finish(Err(reason.as_str()));
+        for reason in Reason::ALL {
+            metrics.reconcile_started("item").finish(Err(*reason));
         }
-        metrics
-            .reconcile_started("item")
-            .finish(Err("itemnotfound"));
-
         let text = metrics.encode();
         let series = lines_with(&text, "onepassword_reconcile_errors_total");
-        assert_eq!(
-            series,
-            ["onepassword_reconcile_errors_total{controller=\"item\",reason=\"Other\"} 101"]
-        );
+        assert_eq!(series.len(), Reason::ALL.len(), "{text}");
+        for reason in Reason::ALL {
+            let line = format!(
+                "onepassword_reconcile_errors_total{{controller=\"item\",reason=\"{reason}\"}} 1"
+            );
+            assert!(series.contains(&line.as_str()), "{line} in {text}");
+        }
     }
 
     #[test]

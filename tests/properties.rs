@@ -116,7 +116,7 @@ fn desired(item: &ItemWithFiles, allow_empty_values: bool) -> DesiredSecret<'_> 
         secret_type: None,
         labels: BTreeMap::new(),
         annotations: BTreeMap::new(),
-        owner: None,
+        owners: Vec::new(),
         options: BuildOptions { allow_empty_values },
     }
 }

@@ -83,7 +83,7 @@ fn desired(item: &ItemWithFiles, options: BuildOptions) -> DesiredSecret<'_> {
         secret_type: item.item.tags.first().map(String::as_str),
         labels: BTreeMap::new(),
         annotations: BTreeMap::new(),
-        owner: None,
+        owners: Vec::new(),
         options,
     }
 }

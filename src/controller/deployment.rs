@@ -37,17 +37,16 @@ use super::{
 };
 use crate::{
     connect::ItemPath,
-    restart::{
-        AUTO_RESTART_ANNOTATION, ITEM_NAME_ANNOTATION, RESTARTED_FOR_ANNOTATION,
-        SECRET_DIGESTS_ANNOTATION,
+    secret,
+    vocabulary::{
+        ANNOTATION_PREFIX, AUTO_RESTART_ANNOTATION, ITEM_NAME_ANNOTATION, ITEM_PATH_ANNOTATION,
+        LAST_RESTARTED_ANNOTATION, RESTARTED_FOR_ANNOTATION, Reason, SECRET_DIGESTS_ANNOTATION,
     },
-    secret::{self, ANNOTATION_PREFIX, ITEM_PATH_ANNOTATION},
 };
 
 /// Annotations that describe the workload's restarts, not the Secret: the official operator's
 /// restart stamp and our restart controller's record. Never read as a request nor copied to a
 /// Secret (the record changes with every Secret change, which would rewrite the Secret).
-const LAST_RESTARTED_ANNOTATION: &str = "operator.1password.io/last-restarted";
 const WORKLOAD_ANNOTATIONS: &[&str] = &[
     LAST_RESTARTED_ANNOTATION,
     SECRET_DIGESTS_ANNOTATION,
@@ -70,9 +69,12 @@ pub enum Error {
     NoNamespace,
 }
 
-struct DeploymentContext {
-    ctx: Arc<Context>,
+/// What the watches of one scope keep, beside the context every controller shares.
+struct Scope {
+    shared: Arc<Context>,
+    /// Every Deployment of the scope (to find the others that ask for the same Secret).
     deployments: Store<Deployment>,
+    /// The managed Secrets of the scope, metadata only (to release those no longer asked for).
     secrets: Store<SecretMeta>,
 }
 
@@ -260,8 +262,8 @@ pub async fn run(
     );
     let deployments = super::skip_unchanged(deployments).touched_objects();
     let controller = Controller::for_stream(deployments, deployment_store);
-    let dctx = Arc::new(DeploymentContext {
-        ctx: ctx.clone(),
+    let dctx = Arc::new(Scope {
+        shared: ctx.clone(),
         deployments: controller.store(),
         secrets: secret_store,
     });
@@ -279,9 +281,13 @@ pub async fn run(
         .await;
 }
 
-fn error_policy(obj: Arc<Deployment>, error: &Error, dctx: Arc<DeploymentContext>) -> Action {
+fn error_policy(obj: Arc<Deployment>, error: &Error, dctx: Arc<Scope>) -> Action {
     tracing::warn!(deployment = %obj.name_any(), error = %error, "Deployment reconcile failed");
-    Action::requeue(dctx.ctx.backoff(&key_of(&obj)))
+    Action::requeue(
+        dctx.shared
+            .backoff
+            .next(&key_of(&obj), super::context::FIRST_RETRY),
+    )
 }
 
 fn key_of(d: &Deployment) -> String {
@@ -293,8 +299,8 @@ fn key_of(d: &Deployment) -> String {
 }
 
 #[tracing::instrument(skip_all, fields(namespace = obj.namespace(), deployment = %obj.name_any()))]
-async fn reconcile(obj: Arc<Deployment>, dctx: Arc<DeploymentContext>) -> Result<Action, Error> {
-    let ctx = &dctx.ctx;
+async fn reconcile(obj: Arc<Deployment>, dctx: Arc<Scope>) -> Result<Action, Error> {
+    let ctx = &dctx.shared;
     let namespace = obj.namespace().ok_or(Error::NoNamespace)?;
     let key = TargetKey {
         kind: TargetKind::Deployment,
@@ -332,9 +338,9 @@ async fn reconcile(obj: Arc<Deployment>, dctx: Arc<DeploymentContext>) -> Result
         } => (path, name, annotations),
     };
     let timer = ctx.metrics.reconcile_started("deployment");
-    let before = ctx.cached_resolution(&path).await;
-    let outcome = sync_deployment(&dctx, &obj, &namespace, &path, &asked_name, annotations).await;
-    let outcome = ctx.settle(key, &path, before, outcome).await;
+    let all = dctx.deployments.state();
+    let target = target_for(&all, &obj, &namespace, &path, &asked_name, annotations);
+    let outcome = ctx.sync_tracked(key, &path, target).await;
     report(ctx, &obj, &asked_name, &outcome).await;
     if outcome.is_ok() {
         // After a change of item-name, the Secret of the old name is no longer asked for.
@@ -352,7 +358,7 @@ async fn report(
     outcome: &Result<sync::Synced, SyncError>,
 ) {
     let reason = match outcome {
-        Ok(_) => "Synced",
+        Ok(_) => Reason::Synced,
         Err(e) => e.reason(),
     };
     let previous = ctx.note_reason(&key_of(obj), reason);
@@ -361,17 +367,21 @@ async fn report(
         Ok(s) if matches!(s.change, Change::Created | Change::Updated) => {
             events.push((
                 EventType::Normal,
-                "SecretSynced",
+                Reason::SecretSynced,
                 format!("Secret {asked_name:?} holds item version {}", s.version),
             ));
             // Warnings are found when the item is fetched: said with the write they go with.
             if !s.warnings.is_empty() {
-                events.push((EventType::Warning, "SyncWarning", s.warnings.join("; ")));
+                events.push((
+                    EventType::Warning,
+                    Reason::SyncWarning,
+                    s.warnings.join("; "),
+                ));
             }
         }
         Ok(s) if previous.is_some_and(|p| p != reason) => events.push((
             EventType::Normal,
-            "Synced",
+            Reason::Synced,
             format!("Secret {asked_name:?} holds item version {}", s.version),
         )),
         Err(e) if previous != Some(reason) => {
@@ -380,26 +390,27 @@ async fn report(
         _ => {}
     }
     for (type_, reason, note) in events {
-        ctx.publish(&obj.object_ref(&()), type_, reason, &note)
+        ctx.publish(&obj.object_ref(&()), "Sync", type_, reason, &note)
             .await;
     }
     if let Err(e) = outcome {
-        tracing::info!(reason = e.reason(), error = %e, "Secret for Deployment not synced");
+        tracing::info!(reason = %e.reason(), error = %e, "Secret for Deployment not synced");
     }
 }
 
-async fn sync_deployment(
-    dctx: &DeploymentContext,
+/// What `obj`'s request asks for, among all the Deployments of the scope (`all`), checked
+/// before anything is fetched. The Secret is owned by every Deployment that asks for it.
+fn target_for(
+    all: &[Arc<Deployment>],
     obj: &Deployment,
     namespace: &str,
     path: &str,
     asked_name: &str,
     annotations: BTreeMap<String, String>,
-) -> Result<sync::Synced, SyncError> {
+) -> Result<SyncTarget, SyncError> {
     let path = ItemPath::parse(path)?;
     let name = secret::secret_name(asked_name)?;
-    let all = dctx.deployments.state();
-    let askers = askers(&all, namespace, &name);
+    let askers = askers(all, namespace, &name);
     // Several Deployments may share the Secret when they ask for the same item; the oldest
     // one's path decides when they disagree, and the others are told.
     if let Some((first, first_path)) = askers.first()
@@ -424,7 +435,7 @@ async fn sync_deployment(
         .into_iter()
         .filter(|(k, v)| k != AUTO_RESTART_ANNOTATION || super::parse_bool(v).is_some())
         .collect();
-    let target = SyncTarget {
+    Ok(SyncTarget {
         namespace: namespace.to_string(),
         name,
         path,
@@ -432,8 +443,7 @@ async fn sync_deployment(
         labels: BTreeMap::new(),
         annotations,
         owners,
-    };
-    sync::sync(&dctx.ctx, &target).await
+    })
 }
 
 /// Why a Secret that only `uid`'s Deployment owns, and that its last reconcile found it no
@@ -469,13 +479,13 @@ fn kept_because(
 /// deleted): drop its owner reference from the Secrets it owns but `keep`, and delete a Secret
 /// left with no owner once [`kept_because`] finds no reason to keep it.
 async fn release(
-    dctx: &DeploymentContext,
+    dctx: &Scope,
     obj: &Deployment,
     namespace: &str,
     keep: Option<&str>,
 ) -> Result<(), Error> {
     let Some(uid) = obj.uid() else { return Ok(()) };
-    let api: Api<Secret> = Api::namespaced(dctx.ctx.client.clone(), namespace);
+    let api: Api<Secret> = Api::namespaced(dctx.shared.client.clone(), namespace);
     let owned: Vec<Arc<SecretMeta>> = dctx
         .secrets
         .state()
@@ -501,7 +511,7 @@ async fn release(
                 .map_err(|_| Error::DeploymentCacheGone)?;
             if live.is_none() {
                 let deployments: Api<Deployment> =
-                    Api::namespaced(dctx.ctx.client.clone(), namespace);
+                    Api::namespaced(dctx.shared.client.clone(), namespace);
                 live = Some(
                     deployments
                         .get_opt(&obj.name_any())
@@ -740,6 +750,147 @@ mod tests {
             None,
             "its own stale cache entry does not count as another Deployment"
         );
+    }
+
+    /// The whole reconcile against a mocked API server and a simulated Connect server.
+    mod reconcile_verifier {
+        use super::*;
+        use crate::{
+            controller::testing::{self, Expect, Seen, assert_no_more_requests, serve},
+            sim::{ItemSpec, Seed, Simulator, TokenAccess, VaultSpec},
+            vocabulary::{FIELD_MANAGER, MANAGED_LABEL, MANAGED_VALUE},
+        };
+        use kube::{api::PartialObjectMetaExt, runtime::watcher};
+        use serde_json::json;
+
+        const SECRET: &str = "/api/v1/namespaces/apps/secrets/web-db";
+        const DEPLOYMENT: &str = "/apis/apps/v1/namespaces/apps/deployments/web";
+
+        fn asking() -> Deployment {
+            deployment(
+                "web",
+                &[
+                    (ITEM_PATH_ANNOTATION, "vaults/Prod/items/db"),
+                    (ITEM_NAME_ANNOTATION, "web-db"),
+                ],
+                &[],
+            )
+        }
+
+        /// A store holding `objects`, listed.
+        fn store_of<K>(objects: Vec<K>) -> Store<K>
+        where
+            K: Resource<DynamicType = ()> + Clone + 'static,
+        {
+            let (store, mut writer) = reflector::store();
+            writer.apply_watcher_event(&watcher::Event::Init);
+            for o in objects {
+                writer.apply_watcher_event(&watcher::Event::InitApply(o));
+            }
+            writer.apply_watcher_event(&watcher::Event::InitDone);
+            store
+        }
+
+        /// Reconciles `obj` among `deployments`, the managed Secrets being `secrets`, with the
+        /// API server answering `script`.
+        async fn reconcile_with(
+            obj: Deployment,
+            deployments: Vec<Deployment>,
+            secrets: Vec<SecretMeta>,
+            script: Vec<Expect>,
+        ) -> (Result<Action, Error>, Vec<Seen>) {
+            let item = ItemSpec::new("db").password("hunter2");
+            let seed = Seed::new()
+                .vault(VaultSpec::new("Prod").item(item))
+                .token("token", TokenAccess::All);
+            let sim = Simulator::start(seed).unwrap();
+            let (client, handle) = testing::mock_client();
+            let scope = Arc::new(Scope {
+                shared: testing::context_on(client, &sim.url()),
+                deployments: store_of(deployments),
+                secrets: store_of(secrets),
+            });
+            let server = tokio::spawn(serve(handle, script));
+            let result = reconcile(Arc::new(obj), scope).await;
+            let (handle, seen) = server.await.unwrap();
+            assert_no_more_requests(handle);
+            (result, seen)
+        }
+
+        #[tokio::test]
+        async fn an_annotated_deployment_gets_its_secret_applied_with_an_owner_reference_to_it_and_one_synced_event()
+         {
+            let obj = asking();
+            let script = vec![
+                Expect::failing("GET", SECRET, 404),
+                Expect::apply(SECRET),
+                Expect::event("apps"),
+            ];
+            let (result, seen) = reconcile_with(obj.clone(), vec![obj], vec![], script).await;
+            result.unwrap();
+            let (method, uri, secret) = &seen[1];
+            assert_eq!(method, "PATCH");
+            assert!(
+                uri.contains(&format!("fieldManager={FIELD_MANAGER}")),
+                "{uri}"
+            );
+            assert_eq!(secret["data"], json!({"password": "aHVudGVyMg=="}));
+            let meta = &secret["metadata"];
+            assert_eq!(
+                meta["ownerReferences"],
+                json!([{"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": "uid-web"}]),
+                "an owner, not the controller: Deployments may share it"
+            );
+            assert_eq!(meta["labels"][MANAGED_LABEL], MANAGED_VALUE);
+            assert_eq!(meta["annotations"][ITEM_NAME_ANNOTATION], "web-db");
+            let path = meta["annotations"][ITEM_PATH_ANNOTATION].as_str().unwrap();
+            assert!(
+                path.starts_with("vaults/") && !path.contains("Prod"),
+                "the ids the Secret holds, not the Deployment's title path: {path}"
+            );
+            let event = &seen[2].2;
+            assert_eq!(event["reason"], "SecretSynced");
+            assert_eq!(event["regarding"]["kind"], "Deployment");
+        }
+
+        #[tokio::test]
+        async fn a_deployment_that_no_longer_asks_deletes_its_secret_only_as_it_was_seen() {
+            let obj = deployment("web", &[], &[]);
+            let secret = ObjectMeta {
+                name: Some("web-db".into()),
+                namespace: Some("apps".into()),
+                uid: Some("s-uid".into()),
+                resource_version: Some("5".into()),
+                owner_references: Some(vec![owner_reference(&obj)]),
+                ..Default::default()
+            }
+            .into_response_partial::<Secret>();
+            let live = serde_json::to_value(&obj).unwrap();
+            let gone = json!({"apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "web-db", "namespace": "apps"}});
+            let script = vec![
+                // The Deployment as it is now, not as cached, decides.
+                Expect::new("GET", DEPLOYMENT, 200, live),
+                Expect::new("DELETE", SECRET, 200, gone),
+            ];
+            let (result, seen) = reconcile_with(obj.clone(), vec![obj], vec![secret], script).await;
+            assert_eq!(result.unwrap(), Action::await_change());
+            assert_eq!(
+                seen[1].2["preconditions"],
+                json!({"uid": "s-uid", "resourceVersion": "5"}),
+                "a Secret changed since (a new owner) is not deleted"
+            );
+        }
+
+        #[tokio::test]
+        async fn half_a_pair_makes_no_request_but_one_warning_event() {
+            let obj = deployment("web", &[(ITEM_NAME_ANNOTATION, "web-db")], &[]);
+            let script = vec![Expect::event("apps")];
+            let (result, seen) = reconcile_with(obj.clone(), vec![obj], vec![], script).await;
+            assert_eq!(result.unwrap(), Action::await_change());
+            assert_eq!(seen[0].2["type"], "Warning");
+            assert_eq!(seen[0].2["reason"], "Unsupported");
+        }
     }
 
     #[test]

@@ -14,6 +14,8 @@ use k8s_openapi::{
 };
 use kube::{Api, Client, api::PostParams, runtime::events::EventType};
 
+use crate::vocabulary::Reason;
+
 /// Event notes are limited to 1 kB by the API server.
 pub const MAX_NOTE: usize = 1000;
 
@@ -31,8 +33,8 @@ pub struct Note<'a> {
     pub type_: EventType,
     /// What the controller was doing: `Sync`, `Restart`.
     pub action: &'a str,
-    /// Why, in one CamelCase word.
-    pub reason: &'a str,
+    /// Why.
+    pub reason: Reason,
     /// What happened; cut to [`MAX_NOTE`].
     pub note: &'a str,
 }
@@ -82,7 +84,7 @@ impl EventSink {
                 ..Default::default()
             },
             action: Some(note.action.to_string()),
-            reason: Some(note.reason.to_string()),
+            reason: Some(note.reason.as_str().to_string()),
             note: Some(super::truncate(note.note, MAX_NOTE)),
             type_: Some(
                 match note.type_ {
@@ -134,7 +136,7 @@ mod tests {
         let note = Note {
             type_: EventType::Warning,
             action: "Sync",
-            reason: "ItemNotFound",
+            reason: Reason::ItemNotFound,
             note: &long,
         };
         let now = Timestamp::from_second(1_700_000_000).unwrap();
@@ -156,7 +158,7 @@ mod tests {
         let note = Note {
             type_: EventType::Normal,
             action: "Sync",
-            reason: "SecretCreated",
+            reason: Reason::SecretCreated,
             note: "created",
         };
         let now = Timestamp::from_second(1_700_000_000).unwrap();

@@ -26,14 +26,14 @@ use super::{
     crd_probe::{self, StatusFields},
     poller::{TargetKey, TargetKind},
     scoped_api,
-    sync::{self, Change, SyncError, SyncTarget, Synced},
+    sync::{Change, SyncError, SyncTarget, Synced},
     takeover, truncate,
 };
 use crate::{
     connect::ItemPath,
     crd::{OnePasswordItem, OnePasswordItemCondition, OnePasswordItemStatus},
-    restart::{AUTO_RESTART_ANNOTATION, MANAGED_LABEL},
     secret,
+    vocabulary::{AUTO_RESTART_ANNOTATION, MANAGED_LABEL, Reason},
 };
 
 /// Labels of the item that are not copied to its Secret: Argo CD tracks resources by them, and a
@@ -96,7 +96,7 @@ pub async fn run(
 
 fn error_policy(obj: Arc<OnePasswordItem>, error: &Error, ctx: Arc<Context>) -> Action {
     tracing::warn!(item = %obj.name_any(), error = %error, "OnePasswordItem reconcile failed");
-    Action::requeue(ctx.backoff(&key_of(&obj)))
+    Action::requeue(ctx.backoff.next(&key_of(&obj), super::context::FIRST_RETRY))
 }
 
 fn key_of(obj: &OnePasswordItem) -> String {
@@ -129,9 +129,8 @@ async fn reconcile(obj: Arc<OnePasswordItem>, ctx: Arc<Context>) -> Result<Actio
     }
     let timer = ctx.metrics.reconcile_started("item");
     let path = obj.spec.item_path.as_deref().unwrap_or_default();
-    let before = ctx.cached_resolution(path).await;
-    let outcome = sync_item(&obj, &namespace, &ctx).await;
-    let outcome = ctx.settle(key, path, before, outcome).await;
+    let target = target_for(&obj, &namespace, ctx.config.enable_annotations);
+    let outcome = ctx.sync_tracked(key, path, target).await;
 
     let status = desired_status(&obj, &outcome, Timestamp::now());
     if obj.status.as_ref() != Some(&ctx.status_schema.fields().project(&status)) {
@@ -140,19 +139,10 @@ async fn reconcile(obj: Arc<OnePasswordItem>, ctx: Arc<Context>) -> Result<Actio
     publish_events(&ctx, &obj, &outcome, &status).await;
 
     if let Err(e) = &outcome {
-        tracing::info!(reason = e.reason(), error = %e, "OnePasswordItem not synced");
+        tracing::info!(reason = %e.reason(), error = %e, "OnePasswordItem not synced");
     }
     ctx.note_ready(&key_of(&obj), Some(outcome.is_ok()));
     Ok(ctx.after_sync("item", &key_of(&obj), &outcome, timer))
-}
-
-async fn sync_item(
-    obj: &OnePasswordItem,
-    namespace: &str,
-    ctx: &Context,
-) -> Result<Synced, SyncError> {
-    let target = target_for(obj, namespace, ctx.config.enable_annotations)?;
-    sync::sync(ctx, &target).await
 }
 
 /// What the item asks for, checked before anything is fetched.
@@ -239,13 +229,7 @@ pub fn desired_status(
         .and_then(|m| held_part(m, &name));
     let (ready, reason, message) = match outcome {
         Ok(s) => {
-            // A Secret just made for an ignored item is Ignored from the start: later changes
-            // of the item will not reach it.
-            let reason = if s.change == Change::Ignored || s.resolution.ignored {
-                "Ignored"
-            } else {
-                "Synced"
-            };
+            let reason = synced_reason(s);
             let head = held_head(&name, s);
             let carried = previous_held.filter(|held| {
                 s.change == Change::Unchanged
@@ -288,7 +272,7 @@ pub fn desired_status(
         status: status.into(),
         last_transition_time,
         message: Some(truncate(&message, 1024)),
-        reason: Some(reason.into()),
+        reason: Some(reason.as_str().into()),
         observed_generation: obj.metadata.generation,
     };
     let mut conditions: Vec<OnePasswordItemCondition> = previous
@@ -313,6 +297,16 @@ pub fn desired_status(
         vault_id,
         item_id,
         item_version,
+    }
+}
+
+/// The Ready reason of a sync that went through. A Secret just made for an ignored item is
+/// Ignored from the start: later changes of the item will not reach it.
+fn synced_reason(s: &Synced) -> Reason {
+    if s.change == Change::Ignored || s.resolution.ignored {
+        Reason::Ignored
+    } else {
+        Reason::Synced
     }
 }
 
@@ -394,24 +388,23 @@ async fn publish_events(
     let old_reason = old_ready.and_then(crd_probe::reason_of);
     let old_reason = old_reason.as_deref();
     let new_ready = status.conditions.iter().find(|c| c.type_ == "Ready");
-    let new_reason = new_ready.and_then(|c| c.reason.as_deref());
     let mut events = Vec::new();
     match outcome {
         Ok(s) => {
             match s.change {
                 Change::Created => events.push((
                     EventType::Normal,
-                    "SecretCreated",
+                    Reason::SecretCreated,
                     format!("Created Secret from item version {}", s.version),
                 )),
                 Change::Updated => events.push((
                     EventType::Normal,
-                    "SecretUpdated",
+                    Reason::SecretUpdated,
                     format!("Updated Secret to item version {}", s.version),
                 )),
-                _ if old_reason.is_some() && old_reason != new_reason => events.push((
+                _ if old_reason.is_some_and(|old| synced_reason(s) != old) => events.push((
                     EventType::Normal,
-                    new_reason.unwrap_or("Synced"),
+                    synced_reason(s),
                     format!("Secret holds item version {}", s.version),
                 )),
                 _ => {}
@@ -426,16 +419,20 @@ async fn publish_events(
                 && !warnings.is_empty()
                 && warnings != warnings_of(&old_message, &name)
             {
-                events.push((EventType::Warning, "SyncWarning", warnings.to_string()));
+                events.push((
+                    EventType::Warning,
+                    Reason::SyncWarning,
+                    warnings.to_string(),
+                ));
             }
         }
-        Err(e) if old_reason != Some(e.reason()) => {
+        Err(e) if old_reason != Some(e.reason().as_str()) => {
             events.push((EventType::Warning, e.reason(), e.to_string()))
         }
         Err(_) => {}
     }
     for (type_, reason, note) in events {
-        ctx.publish(&obj.object_ref(&()), type_, reason, &note)
+        ctx.publish(&obj.object_ref(&()), "Sync", type_, reason, &note)
             .await;
     }
 }
@@ -631,6 +628,219 @@ mod tests {
                 handle.next_request().now_or_never().is_none(),
                 "no further request"
             );
+        }
+    }
+
+    /// The whole reconcile against a mocked API server and a simulated Connect server.
+    mod reconcile_verifier {
+        use super::*;
+        use crate::{
+            controller::testing::{self, Expect, Seen, assert_no_more_requests, serve},
+            sim::{ItemSpec, Seed, Simulator, TokenAccess, VaultSpec},
+            vocabulary::{DIGEST_ANNOTATION, FIELD_MANAGER, ITEM_PATH_ANNOTATION},
+        };
+        use serde_json::Value;
+        use std::time::Duration;
+
+        const VAULT: &str = "vvvvvvvvvvvvvvvvvvvvvvvvvv";
+        const ITEM: &str = "iiiiiiiiiiiiiiiiiiiiiiiiii";
+        const SECRET: &str = "/api/v1/namespaces/apps/secrets/db";
+        const STATUS: &str = "/apis/onepassword.com/v1/namespaces/apps/onepassworditems/db/status";
+
+        fn connect() -> Simulator {
+            let item = ItemSpec::new("db").id(ITEM).password("hunter2");
+            let vault = VaultSpec::new("Prod").id(VAULT).item(item);
+            let seed = Seed::new().vault(vault).token("token", TokenAccess::All);
+            Simulator::start(seed).unwrap()
+        }
+
+        /// Reconciles `item("vaults/Prod/items/db")` with the API server answering `script`.
+        async fn reconcile_with(script: Vec<Expect>) -> (Result<Action, Error>, Vec<Seen>) {
+            let sim = connect();
+            let (client, handle) = testing::mock_client();
+            let ctx = testing::context_on(client, &sim.url());
+            let server = tokio::spawn(serve(handle, script));
+            let result = reconcile(Arc::new(item("vaults/Prod/items/db")), ctx).await;
+            let (handle, seen) = server.await.unwrap();
+            assert_no_more_requests(handle);
+            (result, seen)
+        }
+
+        #[tokio::test]
+        async fn a_new_item_is_applied_as_a_secret_it_owns_then_its_status_is_ready_and_one_event_says_created()
+         {
+            let script = vec![
+                Expect::failing("GET", SECRET, 404),
+                Expect::apply(SECRET),
+                Expect::apply(STATUS),
+                Expect::event("apps"),
+            ];
+            let (result, seen) = reconcile_with(script).await;
+            assert_eq!(result.unwrap(), Action::requeue(Duration::from_secs(3600)));
+
+            let (method, uri, secret) = &seen[1];
+            assert_eq!(method, "PATCH");
+            assert!(
+                uri.contains(&format!("fieldManager={FIELD_MANAGER}")),
+                "{uri}"
+            );
+            assert_eq!(secret["apiVersion"], "v1");
+            assert_eq!(secret["kind"], "Secret");
+            assert_eq!(secret["type"], "Opaque");
+            assert_eq!(secret["data"], json!({"password": "aHVudGVyMg=="}));
+            let meta = &secret["metadata"];
+            assert_eq!(meta["name"], "db");
+            assert_eq!(meta["namespace"], "apps");
+            assert_eq!(
+                meta["labels"],
+                json!({"team": "a", "operator.1password.io/managed-by": "onepassword-secrets-operator"}),
+                "the Argo CD instance label is not copied"
+            );
+            assert_eq!(
+                meta["ownerReferences"],
+                json!([{"apiVersion": "onepassword.com/v1", "kind": "OnePasswordItem",
+                        "name": "db", "uid": "uid-1", "controller": true}])
+            );
+            let annotations = &meta["annotations"];
+            assert_eq!(
+                annotations[ITEM_PATH_ANNOTATION],
+                format!("vaults/{VAULT}/items/{ITEM}")
+            );
+            assert_eq!(annotations[AUTO_RESTART_ANNOTATION], "true");
+            let digest = annotations[DIGEST_ANNOTATION].as_str().unwrap();
+            assert!(
+                digest.starts_with("v1:") && !digest.contains("hunter2"),
+                "{digest}"
+            );
+
+            let status = &seen[2].2["status"];
+            assert_eq!(status["conditions"][0]["type"], "Ready");
+            assert_eq!(status["conditions"][0]["status"], "True");
+            assert_eq!(status["conditions"][0]["reason"], "Synced");
+            assert_eq!(status["itemId"], ITEM);
+
+            let event = &seen[3].2;
+            assert_eq!(event["type"], "Normal");
+            assert_eq!(event["reason"], "SecretCreated");
+            assert_eq!(event["action"], "Sync");
+            assert_eq!(event["regarding"]["kind"], "OnePasswordItem");
+        }
+
+        #[tokio::test]
+        async fn a_secret_of_that_name_that_is_not_ours_is_never_written_and_the_item_says_secret_conflict()
+         {
+            let foreign = json!({"apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "db", "namespace": "apps", "uid": "s1"},
+                "data": {"password": "dGhlaXJz"}});
+            let script = vec![
+                Expect::new("GET", SECRET, 200, foreign),
+                Expect::apply(STATUS),
+                Expect::event("apps"),
+            ];
+            let (result, seen) = reconcile_with(script).await;
+            // Looked at again at the next poll: the other Secret may go.
+            assert_eq!(result.unwrap(), Action::requeue(Duration::from_secs(10)));
+            let ready = &seen[1].2["status"]["conditions"][0];
+            assert_eq!(ready["status"], "False");
+            assert_eq!(ready["reason"], "SecretConflict");
+            let event = &seen[2].2;
+            assert_eq!(event["type"], "Warning");
+            assert_eq!(event["reason"], "SecretConflict");
+            assert!(
+                event["note"]
+                    .as_str()
+                    .unwrap()
+                    .contains("no owner reference to this OnePasswordItem"),
+                "{event}"
+            );
+        }
+
+        #[tokio::test]
+        async fn an_ignored_items_secret_keeps_its_data_and_digest_and_only_its_item_version_moves()
+        {
+            let tagged = ItemSpec::new("db")
+                .id(ITEM)
+                .password("new")
+                .tag(crate::vocabulary::IGNORE_TAG);
+            let vault = VaultSpec::new("Prod").id(VAULT).item(tagged);
+            let sim = Simulator::start(Seed::new().vault(vault).token("token", TokenAccess::All))
+                .unwrap();
+            let (client, handle) = testing::mock_client();
+            let ctx = testing::context_on(client, &sim.url());
+            // Written by us at version 0, with "old" as the password.
+            let live = json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                "metadata": {"name": "db", "namespace": "apps",
+                    "ownerReferences": [{"apiVersion": "onepassword.com/v1",
+                        "kind": "OnePasswordItem", "name": "db", "uid": "uid-1"}],
+                    "annotations": {ITEM_PATH_ANNOTATION: format!("vaults/{VAULT}/items/{ITEM}"),
+                        "operator.1password.io/item-version": "0",
+                        DIGEST_ANNOTATION: "v1:00112233445566778899aabbccddeeff:0011"},
+                    "managedFields": [{"manager": FIELD_MANAGER, "operation": "Apply",
+                        "fieldsType": "FieldsV1", "fieldsV1": {"f:data": {"f:password": {}}}}]},
+                "data": {"password": "b2xk"}});
+            let script = vec![
+                Expect::new("GET", SECRET, 200, live),
+                Expect::apply(SECRET),
+                Expect::apply(STATUS),
+            ];
+            let server = tokio::spawn(serve(handle, script));
+            let obj = Arc::new(item("vaults/Prod/items/db"));
+            reconcile(obj, ctx).await.unwrap();
+            let (handle, seen) = server.await.unwrap();
+            assert_no_more_requests(handle);
+            let secret = &seen[1].2;
+            assert_eq!(
+                secret["data"],
+                json!({"password": "b2xk"}),
+                "the old data stays"
+            );
+            let annotations = &secret["metadata"]["annotations"];
+            assert_eq!(annotations["operator.1password.io/item-version"], "1");
+            assert_eq!(
+                annotations[DIGEST_ANNOTATION], "v1:00112233445566778899aabbccddeeff:0011",
+                "the digest, and so the workloads, do not move"
+            );
+            let ready = &seen[2].2["status"]["conditions"][0];
+            assert_eq!(ready["reason"], "Ignored");
+            assert_eq!(ready["status"], "True");
+        }
+
+        #[tokio::test]
+        async fn a_secret_already_holding_the_listed_version_costs_one_get_and_no_write() {
+            // The first pass writes it; the API server's copy is what the second pass reads.
+            let sim = connect();
+            let (client, handle) = testing::mock_client();
+            let ctx = testing::context_on(client, &sim.url());
+            let first = vec![
+                Expect::failing("GET", SECRET, 404),
+                Expect::apply(SECRET),
+                Expect::apply(STATUS),
+                Expect::event("apps"),
+            ];
+            let server = tokio::spawn(serve(handle, first));
+            let mut obj = item("vaults/Prod/items/db");
+            reconcile(Arc::new(obj.clone()), ctx.clone()).await.unwrap();
+            let (handle, seen) = server.await.unwrap();
+            let mut written: Value = seen[1].2.clone();
+            // As the API server stores it: our manager owns the keys it applied.
+            written["metadata"]["managedFields"] = json!([{
+                "manager": FIELD_MANAGER, "operation": "Apply", "fieldsType": "FieldsV1",
+                "fieldsV1": {"f:data": {"f:password": {}}, "f:metadata": {
+                    "f:labels": {"f:team": {}, "f:operator.1password.io/managed-by": {}},
+                    "f:annotations": written["metadata"]["annotations"].as_object().unwrap()
+                        .keys().map(|k| (format!("f:{k}"), json!({}))).collect::<serde_json::Map<_, _>>(),
+                }},
+            }]);
+            obj.status = serde_json::from_value(seen[2].2["status"].clone()).unwrap();
+
+            let server = tokio::spawn(serve(
+                handle,
+                vec![Expect::new("GET", SECRET, 200, written)],
+            ));
+            let action = reconcile(Arc::new(obj), ctx).await.unwrap();
+            let (handle, _) = server.await.unwrap();
+            assert_no_more_requests(handle);
+            assert_eq!(action, Action::requeue(Duration::from_secs(3600)));
         }
     }
 

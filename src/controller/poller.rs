@@ -13,7 +13,7 @@ use std::{
     collections::{HashMap, HashSet},
     future::Future,
     sync::{Arc, Mutex},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use futures::channel::mpsc::UnboundedSender;
@@ -21,7 +21,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use kube::runtime::reflector::ObjectRef;
 
 use super::Context;
-use crate::{connect::ItemPath, crd::OnePasswordItem};
+use crate::{connect::ItemPath, crd::OnePasswordItem, http::Alive};
 
 /// Every tenth cycle lists every vault in use, whatever `contentVersion` says.
 const FULL_LISTING_EVERY: u64 = 10;
@@ -222,8 +222,21 @@ pub async fn poll_once(ctx: &Context, triggers: &Triggers, cycle: u64) -> usize 
     due
 }
 
-/// Polls every `ctx.config.poll_interval` until `shutdown` resolves.
-pub async fn run(ctx: Arc<Context>, triggers: Triggers, shutdown: impl Future<Output = ()>) {
+/// How long the poller may go without finishing a cycle before the liveness probe fails: two
+/// intervals (a cycle longer than the interval starts the next at once) and a margin for the
+/// Connect requests of a cycle (each bounded by a timeout).
+pub fn staleness(poll_interval: Duration) -> Duration {
+    poll_interval.saturating_mul(2) + Duration::from_secs(300)
+}
+
+/// Polls every `ctx.config.poll_interval` until `shutdown` resolves; `alive` beats after each
+/// cycle (see [`staleness`]).
+pub async fn run(
+    ctx: Arc<Context>,
+    triggers: Triggers,
+    alive: Alive,
+    shutdown: impl Future<Output = ()>,
+) {
     let mut interval = tokio::time::interval(ctx.config.poll_interval);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The first tick fires at once; the reconcilers' first pass is the first look at Connect.
@@ -237,6 +250,7 @@ pub async fn run(ctx: Arc<Context>, triggers: Triggers, shutdown: impl Future<Ou
         }
         cycle += 1;
         poll_once(&ctx, &triggers, cycle).await;
+        alive.beat();
     }
 }
 

@@ -9,7 +9,7 @@
 //! from the objects we look after, live (at take-over) or being deleted.
 //!
 //! The rest of what it leaves needs nothing: its Secrets carry owner references to the same
-//! objects (by uid, without `controller`), which [`super::sync::is_ours`] recognises, and the
+//! objects (by uid, without `controller`), which [`super::sync::plan::is_ours`] recognises, and the
 //! annotations it writes (`item-path`, `item-version` on Secrets, `last-restarted` on pod
 //! templates) are never taken for requests.
 

@@ -1,5 +1,5 @@
 //! Restarts Deployments, StatefulSets and DaemonSets once for each real change of the data of
-//! a managed Secret they use (see [`crate::restart`] for the decisions).
+//! a managed Secret they use (see [`super::rule`] for the decisions).
 //!
 //! Per scope (all namespaces, or each watched namespace), one watch on managed Secrets feeds a
 //! store of their annotations (never their data) and wakes the workloads that use a Secret whose
@@ -36,7 +36,7 @@ use k8s_openapi::{
     },
 };
 use kube::{
-    Api, Client, Resource, ResourceExt,
+    Api, Resource, ResourceExt,
     api::{Patch, PatchParams},
     runtime::{
         Controller, Predicate, WatchStreamExt,
@@ -49,40 +49,24 @@ use kube::{
 };
 use serde::{Serialize, de::DeserializeOwned};
 
-use super::{
-    SecretMeta,
-    events::{EventSink, MAX_NOTE, Note},
-    scoped_api,
-};
-use crate::restart::{
-    self, AUTO_RESTART_ANNOTATION, DIGEST_ANNOTATION, DigestMap, FIELD_MANAGER, History, Plan,
-    RESTARTED_FOR_ANNOTATION, SECRET_DIGESTS_ANNOTATION, UNKNOWN_FINGERPRINT,
+use super::rule::{self, DigestMap, History, Plan, UNKNOWN_FINGERPRINT};
+use crate::{
+    controller::{
+        Context, SecretMeta, events::MAX_NOTE, log_run_error, log_watch_error, scoped_api,
+        watch_managed_secrets,
+    },
+    vocabulary::{
+        AUTO_RESTART_ANNOTATION, DIGEST_ANNOTATION, FIELD_MANAGER, RESTARTED_FOR_ANNOTATION,
+        Reason, SECRET_DIGESTS_ANNOTATION,
+    },
 };
 
 /// Long enough for the Secrets of one sync pass to land together, short enough not to be noticed.
 const DEBOUNCE: Duration = Duration::from_secs(2);
 const NAMESPACE_CACHE_TTL: Duration = Duration::from_secs(30);
-const MAX_BACKOFF: Duration = Duration::from_secs(300);
-
-#[derive(Clone)]
-pub struct RestartConfig {
-    /// `AUTO_RESTART`: whether to restart when no annotation says otherwise.
-    pub auto_restart_default: bool,
-    /// `None`: all namespaces. `Some`: only these (an empty list watches nothing).
-    pub namespaces: Option<Vec<String>>,
-    /// Called with the workload kind after each restart (for metrics).
-    pub on_restart: Option<Arc<dyn Fn(&'static str) + Send + Sync>>,
-}
-
-impl Debug for RestartConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RestartConfig")
-            .field("auto_restart_default", &self.auto_restart_default)
-            .field("namespaces", &self.namespaces)
-            .field("on_restart", &self.on_restart.is_some())
-            .finish()
-    }
-}
+/// The first retry of a failed reconcile: most failures are conflicts with another writer of
+/// the workload, which pass at once.
+const FIRST_RETRY: Duration = Duration::from_secs(1);
 
 /// A kind of workload whose pods can be rolled by changing its pod template.
 pub trait Workload:
@@ -158,72 +142,41 @@ type ShutdownSignal = Shared<BoxFuture<'static, ()>>;
 /// Wakes the workloads of one kind that use Secret `(namespace, name)`.
 type Notify = Box<dyn Fn(&str, &str) + Send + Sync>;
 
-/// What every scope shares.
-struct Common {
-    client: Client,
-    events: EventSink,
-    auto_restart_default: bool,
-    on_restart: Option<Arc<dyn Fn(&'static str) + Send + Sync>>,
-    /// Namespace -> (read at, its `auto-restart` annotation).
-    namespaces: Mutex<HashMap<String, (Instant, Option<String>)>>,
-    /// Consecutive failures per workload, for the backoff.
-    failures: Mutex<HashMap<String, u32>>,
-}
-
-struct Ctx {
-    common: Arc<Common>,
+/// What the watches of one scope keep, beside the context every controller shares.
+struct Scope {
+    shared: Arc<Context>,
     /// Managed Secrets of this scope: metadata only (values are never fetched).
     secrets: Store<SecretMeta>,
     /// The recent digests of each managed Secret of this scope, with their revisions.
     digests: Mutex<DigestTracker>,
     /// The revision at which each workload of this scope got its current pod template.
     templates: Mutex<TemplateRevisions>,
+    /// Namespace -> (read at, its `auto-restart` annotation).
+    namespaces: Mutex<HashMap<String, (Instant, Option<String>)>>,
 }
 
-/// Runs until `shutdown` resolves, then lets running reconciles finish.
-pub async fn run(
-    client: Client,
-    config: RestartConfig,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) {
+/// Runs one scope per watched namespace (or one for all) until `shutdown` resolves, then lets
+/// running reconciles finish.
+pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 'static) {
     let shutdown: ShutdownSignal = shutdown.boxed().shared();
-    let scopes: Vec<Option<String>> = match &config.namespaces {
-        None => vec![None],
-        Some(list) => {
-            let mut list = list.clone();
-            list.sort();
-            list.dedup();
-            list.into_iter().map(Some).collect()
-        }
-    };
-    if scopes.is_empty() {
-        tracing::warn!("no namespace to watch: workloads will not be restarted");
-        shutdown.await;
-        return;
-    }
-    let common = Arc::new(Common {
-        events: EventSink::new(client.clone(), FIELD_MANAGER),
-        client,
-        auto_restart_default: config.auto_restart_default,
-        on_restart: config.on_restart.clone(),
-        namespaces: Mutex::default(),
-        failures: Mutex::default(),
-    });
     futures::future::join_all(
-        scopes
+        ctx.config
+            .namespaces
+            .scopes()
             .into_iter()
-            .map(|scope| run_scope(common.clone(), scope, shutdown.clone())),
+            .map(|scope| run_scope(ctx.clone(), scope, shutdown.clone())),
     )
     .await;
 }
 
-async fn run_scope(common: Arc<Common>, scope: Option<String>, shutdown: ShutdownSignal) {
+async fn run_scope(shared: Arc<Context>, scope: Option<String>, shutdown: ShutdownSignal) {
     let (secrets, writer) = reflector::store();
-    let ctx = Arc::new(Ctx {
-        common: common.clone(),
+    let ctx = Arc::new(Scope {
+        shared: shared.clone(),
         secrets,
         digests: Mutex::default(),
         templates: Mutex::default(),
+        namespaces: Mutex::default(),
     });
     let scope = scope.as_deref();
     let (deployments, notify_deployments) =
@@ -233,7 +186,7 @@ async fn run_scope(common: Arc<Common>, scope: Option<String>, shutdown: Shutdow
     let (daemonsets, notify_daemonsets) =
         workload_controller::<DaemonSet>(&ctx, scope, shutdown.clone());
     // Only the digest and the auto-restart setting are read from the cached Secrets.
-    let events = super::watch_managed_secrets(&common.client, scope).modify(|s| {
+    let events = watch_managed_secrets(&shared.client, scope).modify(|s| {
         s.metadata.labels = None;
         if let Some(a) = s.metadata.annotations.as_mut() {
             a.retain(|k, _| k == DIGEST_ANNOTATION || k == AUTO_RESTART_ANNOTATION);
@@ -250,11 +203,11 @@ async fn run_scope(common: Arc<Common>, scope: Option<String>, shutdown: Shutdow
 }
 
 fn workload_controller<K: Workload>(
-    ctx: &Arc<Ctx>,
+    ctx: &Arc<Scope>,
     scope: Option<&str>,
     shutdown: ShutdownSignal,
 ) -> (BoxFuture<'static, ()>, Notify) {
-    let api: Api<K> = scoped_api(&ctx.common.client, scope);
+    let api: Api<K> = scoped_api(&ctx.shared.client, scope);
     let (reader, writer) = reflector::store();
     let templates = ctx.clone();
     // Status updates cannot change what we decide: only spec (generation) and annotations can.
@@ -283,7 +236,7 @@ fn workload_controller<K: Workload>(
         .run(reconcile::<K>, error_policy::<K>, ctx.clone())
         .for_each(|result| async move {
             if let Err(e) = result {
-                super::log_run_error(K::KIND, &e);
+                log_run_error(K::KIND, &e);
             }
         });
     (controller.boxed(), notify)
@@ -303,7 +256,7 @@ fn notifier<K: Workload>(store: Store<K>, tx: mpsc::UnboundedSender<ObjectRef<K>
 fn uses<K: Workload>(workload: &K, secret: &str) -> bool {
     workload
         .pod_template()
-        .is_some_and(|t| restart::secrets_used(t, workload.annotations()).contains(secret))
+        .is_some_and(|t| rule::secrets_used(t, workload.annotations()).contains(secret))
 }
 
 /// Keeps the Secret store filled and wakes the workloads of a Secret whose digest changed, or
@@ -312,7 +265,7 @@ fn uses<K: Workload>(workload: &K, secret: &str) -> bool {
 async fn watch_secrets(
     events: impl futures::Stream<Item = Result<watcher::Event<SecretMeta>, watcher::Error>>,
     writer: Writer<SecretMeta>,
-    ctx: Arc<Ctx>,
+    ctx: Arc<Scope>,
     notify: Vec<Notify>,
     shutdown: ShutdownSignal,
 ) {
@@ -330,7 +283,7 @@ async fn watch_secrets(
                 let woken = ctx.digests.lock().expect("digests lock").observe(&event);
                 woken.into_iter().for_each(wake);
             }
-            Err(e) => super::log_watch_error("restart (managed Secrets)", &e),
+            Err(e) => log_watch_error("restart (managed Secrets)", &e),
         }
     }
 }
@@ -488,22 +441,17 @@ fn key(s: &SecretMeta) -> (String, String) {
     (s.namespace().unwrap_or_default(), s.name_any())
 }
 
+/// The key of a workload in the backoff: `restart/<Kind>/<ns>/<name>`.
 fn workload_key<K: Workload>(w: &K) -> String {
     format!(
-        "{}/{}/{}",
+        "restart/{}/{}/{}",
         K::KIND,
         w.namespace().unwrap_or_default(),
         w.name_any()
     )
 }
 
-fn error_policy<K: Workload>(obj: Arc<K>, error: &Error, ctx: Arc<Ctx>) -> Action {
-    let failures = {
-        let mut failures = ctx.common.failures.lock().expect("failures lock");
-        let n = failures.entry(workload_key(&*obj)).or_default();
-        *n = n.saturating_add(1);
-        *n
-    };
+fn error_policy<K: Workload>(obj: Arc<K>, error: &Error, ctx: Arc<Scope>) -> Action {
     if matches!(error, Error::Conflict) {
         tracing::debug!(kind = K::KIND, namespace = obj.namespace(), name = %obj.name_any(), "{error}");
     } else {
@@ -516,29 +464,19 @@ fn error_policy<K: Workload>(obj: Arc<K>, error: &Error, ctx: Arc<Ctx>) -> Actio
             "restart reconcile failed"
         );
     }
-    Action::requeue(backoff(failures))
-}
-
-/// 1 s, 2 s, 4 s, ... up to 5 minutes.
-fn backoff(failures: u32) -> Duration {
-    let exponent = failures.saturating_sub(1).min(16);
-    Duration::from_secs(1u64 << exponent).min(MAX_BACKOFF)
+    Action::requeue(ctx.shared.backoff.next(&workload_key(&*obj), FIRST_RETRY))
 }
 
 #[tracing::instrument(skip_all, fields(kind = K::KIND, namespace = obj.namespace(), name = %obj.name_any()))]
-async fn reconcile<K: Workload>(obj: Arc<K>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+async fn reconcile<K: Workload>(obj: Arc<K>, ctx: Arc<Scope>) -> Result<Action, Error> {
     let result = reconcile_workload(&*obj, &ctx).await;
     if result.is_ok() {
-        ctx.common
-            .failures
-            .lock()
-            .expect("failures lock")
-            .remove(&workload_key(&*obj));
+        ctx.shared.backoff.reset(&workload_key(&*obj));
     }
     result
 }
 
-async fn reconcile_workload<K: Workload>(obj: &K, ctx: &Ctx) -> Result<Action, Error> {
+async fn reconcile_workload<K: Workload>(obj: &K, ctx: &Scope) -> Result<Action, Error> {
     if obj.meta().deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
@@ -554,7 +492,7 @@ async fn reconcile_workload<K: Workload>(obj: &K, ctx: &Ctx) -> Result<Action, E
     // The cache can lag behind our own last write; decide again on the object as it is, and
     // make the apply conditional on it (resourceVersion).
     let name = obj.name_any();
-    let api: Api<K> = Api::namespaced(ctx.common.client.clone(), &namespace);
+    let api: Api<K> = Api::namespaced(ctx.shared.client.clone(), &namespace);
     let Some(fresh) = api.get_opt(&name).await.map_err(Error::Read)? else {
         return Ok(Action::await_change());
     };
@@ -567,7 +505,7 @@ async fn reconcile_workload<K: Workload>(obj: &K, ctx: &Ctx) -> Result<Action, E
             secrets,
         } => (record, Some(restarted_for), Some(secrets)),
     };
-    let body = restart::apply_body(
+    let body = rule::apply_body(
         &K::api_version(&()),
         &K::kind(&()),
         &name,
@@ -590,9 +528,7 @@ async fn reconcile_workload<K: Workload>(obj: &K, ctx: &Ctx) -> Result<Action, E
         Some(secrets) => {
             tracing::info!(secrets = ?secrets, "restarted: Secret data changed");
             publish_restarted(ctx, &fresh, &secrets).await;
-            if let Some(on_restart) = &ctx.common.on_restart {
-                on_restart(K::KIND);
-            }
+            ctx.shared.metrics.workload_restarted(K::KIND);
         }
     }
     Ok(Action::await_change())
@@ -603,13 +539,13 @@ async fn reconcile_workload<K: Workload>(obj: &K, ctx: &Ctx) -> Result<Action, E
 async fn decide<K: Workload>(
     obj: &K,
     namespace: &str,
-    ctx: &Ctx,
+    ctx: &Scope,
     warn: bool,
 ) -> Result<Plan, Error> {
     let Some(template) = obj.pod_template() else {
         return Ok(Plan::Nothing);
     };
-    let used = restart::secrets_used(template, obj.annotations());
+    let used = rule::secrets_used(template, obj.annotations());
     let secrets: BTreeMap<String, Arc<SecretMeta>> = used
         .into_iter()
         .filter_map(|name| {
@@ -624,7 +560,7 @@ async fn decide<K: Workload>(
         .iter()
         .map(|(name, s)| {
             let digest = &s.annotations()[DIGEST_ANNOTATION];
-            (name.clone(), restart::fingerprint(digest))
+            (name.clone(), rule::fingerprint(digest))
         })
         .collect();
     let recorded = obj
@@ -632,12 +568,12 @@ async fn decide<K: Workload>(
         .get(SECRET_DIGESTS_ANNOTATION)
         .map(String::as_str);
     // An unreadable record knows nothing (the plan replaces it, without a restart).
-    let known = recorded.and_then(restart::decode).unwrap_or_default();
+    let known = recorded.and_then(rule::decode).unwrap_or_default();
     let started_with = started_with(obj, namespace, ctx, &known, &current);
-    let secret_setting = |name: &str| setting(secrets.get(name).map(|s| s.annotations()));
+    let secret_setting = |name: &str| rule::setting(secrets.get(name).map(|s| s.annotations()));
     let workload = workload_setting(obj);
-    let changed = restart::changed_secrets(
-        &restart::seen_by_pods(&known, &current, &started_with),
+    let changed = rule::changed_secrets(
+        &rule::seen_by_pods(&known, &current, &started_with),
         &current,
     );
     let needs_namespace =
@@ -647,12 +583,12 @@ async fn decide<K: Workload>(
     } else {
         None
     };
-    Ok(restart::plan(recorded, &current, &started_with, |name| {
-        let decision = restart::auto_restart(
+    Ok(rule::plan(recorded, &current, &started_with, |name| {
+        let decision = rule::auto_restart(
             secret_setting(name),
             workload,
             namespace_value.as_deref(),
-            ctx.common.auto_restart_default,
+            ctx.shared.config.auto_restart,
         );
         if warn && decision.invalid {
             tracing::warn!(
@@ -677,7 +613,7 @@ async fn decide<K: Workload>(
 fn started_with<K: Workload>(
     obj: &K,
     namespace: &str,
-    ctx: &Ctx,
+    ctx: &Scope,
     known: &DigestMap,
     current: &DigestMap,
 ) -> DigestMap {
@@ -697,7 +633,7 @@ fn started_with<K: Workload>(
         .filter_map(|(name, now)| {
             let key = (namespace.to_string(), name.clone());
             let then = match digests.digest_at(&key, template_revision)? {
-                Some(digest) => restart::fingerprint(digest),
+                Some(digest) => rule::fingerprint(digest),
                 None => UNKNOWN_FINGERPRINT.to_string(),
             };
             (then != *now).then(|| (name.clone(), then))
@@ -705,23 +641,9 @@ fn started_with<K: Workload>(
         .collect()
 }
 
-/// The `auto-restart` annotation value in `annotations`, when set and not empty.
-fn setting(annotations: Option<&BTreeMap<String, String>>) -> Option<&str> {
-    annotations?
-        .get(AUTO_RESTART_ANNOTATION)
-        .map(String::as_str)
-        .filter(|v| !v.is_empty())
-}
-
 /// The workload's own `auto-restart` annotation, else its pod template's.
 fn workload_setting<K: Workload>(obj: &K) -> Option<&str> {
-    setting(Some(obj.annotations())).or_else(|| {
-        setting(
-            obj.pod_template()
-                .and_then(|t| t.metadata.as_ref())
-                .and_then(|m| m.annotations.as_ref()),
-        )
-    })
+    rule::workload_setting(obj.annotations(), obj.pod_template())
 }
 
 fn live_restarted_for<K: Workload>(obj: &K) -> Option<String> {
@@ -736,9 +658,8 @@ fn live_restarted_for<K: Workload>(obj: &K) -> Option<String> {
 
 /// The Namespace's `auto-restart` annotation, read with a GET and kept for a short while.
 /// A Namespace we may not read (403) or that is gone counts as unset.
-async fn namespace_setting(ctx: &Ctx, namespace: &str) -> Result<Option<String>, Error> {
+async fn namespace_setting(ctx: &Scope, namespace: &str) -> Result<Option<String>, Error> {
     let cached = ctx
-        .common
         .namespaces
         .lock()
         .expect("namespace cache lock")
@@ -748,9 +669,9 @@ async fn namespace_setting(ctx: &Ctx, namespace: &str) -> Result<Option<String>,
     if let Some(value) = cached {
         return Ok(value);
     }
-    let api: Api<Namespace> = Api::all(ctx.common.client.clone());
+    let api: Api<Namespace> = Api::all(ctx.shared.client.clone());
     let value = match api.get_opt(namespace).await {
-        Ok(ns) => ns.and_then(|ns| setting(Some(ns.annotations())).map(str::to_string)),
+        Ok(ns) => ns.and_then(|ns| rule::setting(Some(ns.annotations())).map(str::to_string)),
         Err(kube::Error::Api(status)) if status.code == 403 => {
             tracing::warn!(
                 %namespace,
@@ -766,28 +687,19 @@ async fn namespace_setting(ctx: &Ctx, namespace: &str) -> Result<Option<String>,
             });
         }
     };
-    let mut cache = ctx.common.namespaces.lock().expect("namespace cache lock");
+    let mut cache = ctx.namespaces.lock().expect("namespace cache lock");
     cache.retain(|_, (at, _)| at.elapsed() < NAMESPACE_CACHE_TTL);
     cache.insert(namespace.to_string(), (Instant::now(), value.clone()));
     Ok(value)
 }
 
-async fn publish_restarted<K: Workload>(ctx: &Ctx, workload: &K, secrets: &[String]) {
+async fn publish_restarted<K: Workload>(ctx: &Scope, workload: &K, secrets: &[String]) {
     let note = restart_note(secrets);
-    let event = Note {
-        type_: EventType::Normal,
-        action: "Restart",
-        reason: "Restarted",
-        note: &note,
-    };
-    if let Err(e) = ctx
-        .common
-        .events
-        .publish(&workload.object_ref(&()), &event)
-        .await
-    {
-        tracing::warn!(error = %e, "publishing the Restarted event failed");
-    }
+    let object = workload.object_ref(&());
+    let (type_, reason) = (EventType::Normal, Reason::Restarted);
+    ctx.shared
+        .publish(&object, "Restart", type_, reason, &note)
+        .await;
 }
 
 /// `Restarted because Secret(s) a, b changed`, cut to fit an event note.
@@ -966,15 +878,6 @@ mod tests {
     }
 
     #[test]
-    fn backoff_doubles_from_one_second_up_to_five_minutes() {
-        let secs: Vec<u64> = [1, 2, 3, 4, 9, 10, 100]
-            .into_iter()
-            .map(|n| backoff(n).as_secs())
-            .collect();
-        assert_eq!(secs, [1, 2, 4, 8, 256, 300, 300]);
-    }
-
-    #[test]
     fn the_event_note_names_the_changed_secrets() {
         assert_eq!(
             restart_note(&["api".into(), "db".into()]),
@@ -994,30 +897,6 @@ mod tests {
 
     fn deployment(yaml: &str) -> Deployment {
         serde_yaml::from_str(yaml).expect("valid Deployment fixture")
-    }
-
-    #[test]
-    fn the_workload_setting_prefers_metadata_over_the_pod_template() {
-        let both = deployment(
-            r#"
-metadata: { name: web, annotations: { operator.1password.io/auto-restart: "false" } }
-spec:
-  selector: {}
-  template:
-    metadata: { annotations: { operator.1password.io/auto-restart: "true" } }
-"#,
-        );
-        assert_eq!(workload_setting(&both), Some("false"));
-        let template_only = deployment(
-            r#"
-metadata: { name: web, annotations: { operator.1password.io/auto-restart: "" } }
-spec:
-  selector: {}
-  template:
-    metadata: { annotations: { operator.1password.io/auto-restart: "true" } }
-"#,
-        );
-        assert_eq!(workload_setting(&template_only), Some("true"));
     }
 
     #[test]
@@ -1058,106 +937,50 @@ spec:
 
     mod api_server {
         use super::*;
-        use crate::restart::{MANAGED_LABEL, MANAGED_VALUE};
-        use http::{Request, Response};
-        use kube::client::Body;
+        use crate::{
+            controller::{
+                Settings,
+                testing::{self, Expect, Seen, assert_no_more_requests, serve},
+            },
+            vocabulary::{MANAGED_LABEL, MANAGED_VALUE},
+        };
         use serde_json::{Value, json};
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        use tower_test::mock::{self, Handle};
-
-        type ApiHandle = Handle<Request<Body>, Response<Body>>;
-
-        /// One expected request and the answer to give.
-        struct Expect {
-            method: &'static str,
-            /// The URI must start with this (path and, when given, query).
-            uri: String,
-            status: u16,
-            answer: Value,
-        }
-
-        /// A request as received: method, URI, JSON body.
-        type Seen = (String, String, Value);
-
-        /// Answers `script` in order, asserting each request, and returns what it saw.
-        async fn serve(mut handle: ApiHandle, script: Vec<Expect>) -> (ApiHandle, Vec<Seen>) {
-            let mut seen = Vec::new();
-            for expect in script {
-                let (request, respond) = handle.next_request().await.expect("a request");
-                let method = request.method().to_string();
-                let uri = request.uri().to_string();
-                let bytes = request.into_body().collect_bytes().await.unwrap();
-                let body = if bytes.is_empty() {
-                    Value::Null
-                } else {
-                    serde_json::from_slice(&bytes).unwrap()
-                };
-                assert_eq!(method, expect.method, "{uri}");
-                assert!(
-                    uri.starts_with(&expect.uri),
-                    "{uri} should start with {}",
-                    expect.uri
-                );
-                let answer = if expect.answer.is_null() {
-                    body.clone()
-                } else {
-                    expect.answer
-                };
-                respond.send_response(
-                    Response::builder()
-                        .status(expect.status)
-                        .body(Body::from(serde_json::to_vec(&answer).unwrap()))
-                        .unwrap(),
-                );
-                seen.push((method, uri, body));
-            }
-            (handle, seen)
-        }
-
-        fn assert_no_more_requests(mut handle: ApiHandle) {
-            if let Some(Some((request, _))) = handle.next_request().now_or_never() {
-                panic!("unexpected request {} {}", request.method(), request.uri());
-            }
-        }
 
         struct Harness {
-            ctx: Ctx,
-            handle: ApiHandle,
-            restarts: Arc<AtomicUsize>,
+            ctx: Scope,
+            handle: testing::ApiHandle,
         }
 
         fn harness(secrets: Vec<SecretMeta>, auto_restart_default: bool) -> Harness {
-            let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
-            let client = Client::new(service, "default");
+            let (client, handle) = testing::mock_client();
             let (store, mut writer) = reflector::store();
             writer.apply_watcher_event(&watcher::Event::Init);
             for s in secrets {
                 writer.apply_watcher_event(&watcher::Event::InitApply(s));
             }
             writer.apply_watcher_event(&watcher::Event::InitDone);
-            let restarts = Arc::new(AtomicUsize::new(0));
-            let counter = restarts.clone();
-            let common = Common {
-                events: EventSink::new(client.clone(), FIELD_MANAGER),
-                client,
-                auto_restart_default,
-                on_restart: Some(Arc::new(move |kind| {
-                    assert_eq!(kind, "Deployment");
-                    counter.fetch_add(1, Ordering::SeqCst);
-                })),
-                namespaces: Mutex::default(),
-                failures: Mutex::default(),
+            let settings = Settings {
+                auto_restart: auto_restart_default,
+                ..testing::settings()
             };
             Harness {
-                ctx: Ctx {
-                    common: Arc::new(common),
+                ctx: Scope {
+                    shared: testing::context_with(client, settings),
                     secrets: store,
                     digests: Mutex::default(),
                     templates: Mutex::default(),
+                    namespaces: Mutex::default(),
                 },
                 handle,
-                restarts,
             }
+        }
+
+        /// The restarts counted in the metrics.
+        fn restarts(ctx: &Scope) -> usize {
+            let text = ctx.shared.metrics.encode();
+            let prefix = "onepassword_workload_restarts_total{kind=\"Deployment\"} ";
+            let counted = text.lines().find_map(|l| l.strip_prefix(prefix));
+            counted.map_or(0, |n| n.parse().unwrap())
         }
 
         fn managed(name: &str, digest: &str, auto_restart: Option<&str>) -> SecretMeta {
@@ -1208,10 +1031,10 @@ spec:
         }
 
         fn record(pairs: &[(&str, &str)]) -> String {
-            restart::encode(
+            rule::encode(
                 &pairs
                     .iter()
-                    .map(|(n, d)| (n.to_string(), restart::fingerprint(d)))
+                    .map(|(n, d)| (n.to_string(), rule::fingerprint(d)))
                     .collect(),
             )
         }
@@ -1220,28 +1043,13 @@ spec:
         const APPLY: &str = "/apis/apps/v1/namespaces/apps/deployments/web?&force=true&fieldManager=onepassword-secrets-operator";
 
         fn get(uri: &str, answer: Value) -> Expect {
-            Expect {
-                method: "GET",
-                uri: uri.into(),
-                status: 200,
-                answer,
-            }
+            Expect::new("GET", uri, 200, answer)
         }
         fn apply() -> Expect {
-            Expect {
-                method: "PATCH",
-                uri: APPLY.into(),
-                status: 200,
-                answer: Value::Null,
-            }
+            Expect::apply(DEPLOYMENT)
         }
         fn event() -> Expect {
-            Expect {
-                method: "POST",
-                uri: "/apis/events.k8s.io/v1/namespaces/apps/events".into(),
-                status: 201,
-                answer: Value::Null,
-            }
+            Expect::event("apps")
         }
 
         async fn reconcile_with(
@@ -1253,7 +1061,7 @@ spec:
             let result = reconcile_workload(obj, &h.ctx).await;
             let (handle, seen) = server.await.unwrap();
             assert_no_more_requests(handle);
-            (result, seen, h.restarts.load(Ordering::SeqCst))
+            (result, seen, restarts(&h.ctx))
         }
 
         #[tokio::test]
@@ -1272,7 +1080,7 @@ spec:
             let (result, seen, restarts) = reconcile_with(h, &obj, script).await;
             result.unwrap();
             let new = record(&[("api", "v1:s:api1"), ("db", "v1:s:db2")]);
-            let current = restart::decode(&new).unwrap();
+            let current = rule::decode(&new).unwrap();
             assert_eq!(
                 seen[1].2,
                 json!({
@@ -1282,7 +1090,7 @@ spec:
                         "annotations": { SECRET_DIGESTS_ANNOTATION: new }
                     },
                     "spec": { "template": { "metadata": { "annotations": {
-                        RESTARTED_FOR_ANNOTATION: restart::restarted_for(&current)
+                        RESTARTED_FOR_ANNOTATION: rule::restarted_for(&current)
                     } } } }
                 })
             );
@@ -1362,7 +1170,7 @@ spec:
             );
             assert_eq!(
                 seen[1].2["spec"]["template"]["metadata"]["annotations"][RESTARTED_FOR_ANNOTATION],
-                restart::restarted_for(&restart::decode(&new).unwrap())
+                rule::restarted_for(&rule::decode(&new).unwrap())
             );
             assert_eq!(restarts, 1);
         }
@@ -1457,15 +1265,7 @@ spec:
             let obj = web(Some(&record(&[("db", "v1:s:db1")])), None);
             let secrets = || vec![managed("db", "v1:s:db2", Some("true"))];
             let fresh = serde_json::to_value(&obj).unwrap();
-            let conflict = Expect {
-                method: "PATCH",
-                uri: APPLY.into(),
-                status: 409,
-                answer: json!({
-                    "kind": "Status", "apiVersion": "v1", "status": "Failure",
-                    "message": "the object has been modified", "reason": "Conflict", "code": 409
-                }),
-            };
+            let conflict = Expect::failing("PATCH", APPLY, 409);
             let (result, first, restarts) = reconcile_with(
                 harness(secrets(), false),
                 &obj,
@@ -1489,15 +1289,7 @@ spec:
         async fn a_workload_deleted_meanwhile_is_left_alone() {
             let obj = web(None, None);
             let h = harness(vec![managed("db", "v1:s:db1", None)], true);
-            let not_found = Expect {
-                method: "GET",
-                uri: DEPLOYMENT.into(),
-                status: 404,
-                answer: json!({
-                    "kind": "Status", "apiVersion": "v1", "status": "Failure",
-                    "message": "not found", "reason": "NotFound", "code": 404
-                }),
-            };
+            let not_found = Expect::failing("GET", DEPLOYMENT, 404);
             let (result, _, _) = reconcile_with(h, &obj, vec![not_found]).await;
             result.unwrap();
         }

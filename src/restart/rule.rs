@@ -1,4 +1,4 @@
-//! When to restart a workload because a Secret it uses changed: pure decisions, no I/O.
+//! When to restart a workload because a Secret it uses changed: the whole rule, pure, no I/O.
 //!
 //! A workload records on itself (annotation [`SECRET_DIGESTS_ANNOTATION`]) a fingerprint of the
 //! data of each managed Secret it uses, as last seen. Comparing that record with the Secrets as
@@ -13,21 +13,10 @@ use k8s_openapi::api::core::v1::{Container, EnvFromSource, EnvVar, PodTemplateSp
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-/// Label on every Secret the operator manages.
-pub const MANAGED_LABEL: &str = "operator.1password.io/managed-by";
-pub const MANAGED_VALUE: &str = "onepassword-secrets-operator";
-/// Annotation on a managed Secret: opaque, changes exactly when the Secret's data changes.
-pub const DIGEST_ANNOTATION: &str = "operator.1password.io/data-digest";
-/// The one field manager of every server-side apply the operator makes.
-pub const FIELD_MANAGER: &str = "onepassword-secrets-operator";
-/// `true`/`false` on a Secret, a workload or a Namespace; the most specific one wins.
-pub const AUTO_RESTART_ANNOTATION: &str = "operator.1password.io/auto-restart";
-/// On a workload (metadata or pod template): the name of the Secret made for it.
-pub const ITEM_NAME_ANNOTATION: &str = "operator.1password.io/item-name";
-/// On a workload's metadata: the last seen fingerprints of the managed Secrets it uses.
-pub const SECRET_DIGESTS_ANNOTATION: &str = "operator.1password.io/secret-digests";
-/// On a workload's pod template: changing it is what rolls the pods.
-pub const RESTARTED_FOR_ANNOTATION: &str = "operator.1password.io/restarted-for";
+use crate::vocabulary::{
+    AUTO_RESTART_ANNOTATION, ITEM_NAME_ANNOTATION, RESTARTED_FOR_ANNOTATION,
+    SECRET_DIGESTS_ANNOTATION, parse_bool,
+};
 
 /// Secret name -> fingerprint of its data digest, sorted by name.
 pub type DigestMap = BTreeMap<String, String>;
@@ -272,16 +261,6 @@ impl History {
     }
 }
 
-/// Go's `strconv.ParseBool` after lower-casing, as the official operator reads these
-/// annotations: `1`, `t`, `true`, `0`, `f`, `false` in any case.
-pub fn parse_bool(value: &str) -> Option<bool> {
-    match value.to_ascii_lowercase().as_str() {
-        "1" | "t" | "true" => Some(true),
-        "0" | "f" | "false" => Some(false),
-        _ => None,
-    }
-}
-
 /// Where an auto-restart decision came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Level {
@@ -312,9 +291,32 @@ pub struct AutoRestart {
     pub invalid: bool,
 }
 
-/// The `auto-restart` setting for a (workload, Secret) pair: the first annotation set (not
-/// empty) among the Secret's, the workload's and the Namespace's, else the default. An invalid
-/// value counts as `false`, as in the official operator.
+/// The `auto-restart` annotation value in `annotations`, when set: an empty value means unset.
+pub fn setting(annotations: Option<&BTreeMap<String, String>>) -> Option<&str> {
+    annotations?
+        .get(AUTO_RESTART_ANNOTATION)
+        .map(String::as_str)
+        .filter(|v| !v.is_empty())
+}
+
+/// A workload's `auto-restart` setting: its metadata's, else its pod template's.
+pub fn workload_setting<'a>(
+    metadata: &'a BTreeMap<String, String>,
+    template: Option<&'a PodTemplateSpec>,
+) -> Option<&'a str> {
+    setting(Some(metadata)).or_else(|| {
+        setting(
+            template
+                .and_then(|t| t.metadata.as_ref())
+                .and_then(|m| m.annotations.as_ref()),
+        )
+    })
+}
+
+/// The `auto-restart` setting for a (workload, Secret) pair: the first one set among the
+/// Secret's, the workload's ([`workload_setting`]) and the Namespace's (each read with
+/// [`setting`]), else the default (`AUTO_RESTART`). An invalid value counts as `false`, as in
+/// the official operator.
 pub fn auto_restart(
     secret: Option<&str>,
     workload: Option<&str>,
@@ -853,16 +855,19 @@ spec:
     // --- auto-restart settings ---
 
     #[test]
-    fn parse_bool_accepts_what_the_official_operator_accepts() {
-        for yes in ["1", "t", "T", "true", "TRUE", "True", "tRuE"] {
-            assert_eq!(parse_bool(yes), Some(true), "{yes}");
-        }
-        for no in ["0", "f", "F", "false", "FALSE", "False"] {
-            assert_eq!(parse_bool(no), Some(false), "{no}");
-        }
-        for invalid in ["", "yes", "no", "on", " true", "2"] {
-            assert_eq!(parse_bool(invalid), None, "{invalid:?}");
-        }
+    fn a_workload_setting_is_its_metadatas_else_its_pod_templates_and_empty_is_unset() {
+        let on_template = template(
+            r#"
+metadata: { annotations: { operator.1password.io/auto-restart: "true" } }
+"#,
+        );
+        let metadata = |value: &str| map(&[(AUTO_RESTART_ANNOTATION, value)]);
+        let both = metadata("false");
+        assert_eq!(workload_setting(&both, Some(&on_template)), Some("false"));
+        let empty = metadata("");
+        assert_eq!(workload_setting(&empty, Some(&on_template)), Some("true"));
+        assert_eq!(workload_setting(&empty, None), None);
+        assert_eq!(setting(Some(&metadata(""))), None);
     }
 
     /// (secret, workload, namespace, default) -> (enabled, decided by, invalid)

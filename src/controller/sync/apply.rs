@@ -1,0 +1,109 @@
+//! The writes of a sync: server-side apply of the built Secret with our one field manager, and,
+//! once at take-over, the removal of keys another operator left.
+
+use std::time::Instant;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    Api, ResourceExt,
+    api::{Patch, PatchParams},
+};
+
+use super::{SyncError, SyncTarget, build::leftover_removal, plan::Held};
+use crate::{
+    controller::{Context, write_rate::Paused},
+    vocabulary::FIELD_MANAGER,
+};
+
+/// Whether writing `held` to the target's Secret may go ahead, or the Secret is being fought
+/// over and is left alone for a while.
+pub fn admit(ctx: &Context, target: &SyncTarget, held: &Held) -> Result<(), SyncError> {
+    let (namespace, name) = (&target.namespace, &target.name);
+    ctx.write_rate
+        .admit(
+            namespace,
+            name,
+            &held.item_path(),
+            held.version,
+            Instant::now(),
+        )
+        .map_err(
+            |Paused {
+                 remaining,
+                 rewrites,
+             }| {
+                tracing::warn!(
+                    secret = %name,
+                    rewrites,
+                    paused_s = remaining.as_secs(),
+                    "Secret written again and again for the same item version: another writer \
+                     changes it back; leaving it alone for a while"
+                );
+                SyncError::WriteConflict {
+                    name: name.clone(),
+                    rewrites,
+                    paused: remaining,
+                }
+            },
+        )
+}
+
+/// Server-side apply of `secret` (with force: the fields we own hold what we say, whoever
+/// changed them; fields others own, such as keys they added, stay theirs and stay as they are).
+/// The write is remembered: its watch event is our own echo, and its rate tells a fight.
+pub async fn apply(
+    ctx: &Context,
+    api: &Api<Secret>,
+    target: &SyncTarget,
+    secret: &Secret,
+    held: &Held,
+) -> Result<Secret, SyncError> {
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let applied = api
+        .patch(&target.name, &params, &Patch::Apply(secret))
+        .await?;
+    let (namespace, name) = (&target.namespace, &target.name);
+    ctx.own_writes
+        .record(namespace, name, applied.resource_version());
+    ctx.write_rate.record(
+        namespace,
+        name,
+        &held.item_path(),
+        held.version,
+        Instant::now(),
+    );
+    Ok(applied)
+}
+
+/// Removes the keys another operator left (see [`super::plan::effect_of_write`]), right
+/// after our first apply. If the Secret changed in between (someone else wrote it), the keys
+/// are left: our digest is there by then, so they count as that writer's.
+pub async fn remove_leftovers(
+    ctx: &Context,
+    api: &Api<Secret>,
+    target: &SyncTarget,
+    applied: &Secret,
+    keys: &[String],
+) -> Result<(), SyncError> {
+    let Some(rv) = applied.resource_version() else {
+        return Ok(());
+    };
+    let patch = leftover_removal(&rv, keys);
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    };
+    match api
+        .patch(&target.name, &params, &Patch::<()>::Json(patch))
+        .await
+    {
+        Ok(done) => {
+            tracing::info!(secret = %target.name, keys = ?keys, "removed keys the item no longer has from a Secret taken over from another operator");
+            ctx.own_writes
+                .record(&target.namespace, &target.name, done.resource_version());
+            Ok(())
+        }
+        Err(kube::Error::Api(e)) if e.code == 409 || e.code == 422 || e.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,193 @@
+//! The one pipeline both reconcilers use to keep a Secret equal to a 1Password item:
+//!
+//! 1. observe: where the item path resolves (the catalog, without asking Connect when it is
+//!    cached) and the live Secret;
+//! 2. [`plan`]: what to do, pure: nothing (up to date), refuse (someone else's Secret, a type
+//!    change, an older version), keep an ignored item's data, or fetch the item;
+//! 3. fetch the item, and [`plan`] again on what was fetched;
+//! 4. [`build`]: the whole Secret, pure (data, labels, annotations, digest, owners);
+//! 5. [`apply`]: server-side apply, with one field manager;
+//!
+//! then the reconciler writes the status from the [`Synced`] or [`SyncError`] returned;
+//! [`error`] says what each failure means (its reason, and when to look again).
+//!
+//! Nothing here ever deletes or blanks a Secret: every failure returns before the write. It
+//! writes only a Secret that names the asking object as an owner (by uid), never an older
+//! version of the item than the Secret holds, never keys it does not own (someone else's keys
+//! stay), and it stops writing a Secret that another writer keeps changing back
+//! ([`super::write_rate`]).
+
+pub mod apply;
+pub mod build;
+pub mod error;
+pub mod plan;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::OwnerReference};
+use kube::Api;
+
+use super::Context;
+use crate::{
+    catalog::{Resolution, ResolveError},
+    connect::ItemPath,
+    vocabulary::IGNORE_TAG,
+};
+pub use error::{Retry, SyncError};
+use plan::{Held, Plan, Seen};
+
+/// What to sync, whichever object asked for it.
+#[derive(Clone, Debug)]
+pub struct SyncTarget {
+    pub namespace: String,
+    /// The Secret's name (already a valid name; callers sanitise).
+    pub name: String,
+    pub path: ItemPath,
+    pub secret_type: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    pub owners: Vec<OwnerReference>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    Created,
+    Updated,
+    /// The Secret already held this version: nothing was fetched or written.
+    Unchanged,
+    /// Only labels, annotations or owners were written; the data is the same.
+    MetadataOnly,
+    /// The item carries the ignore tag; the existing Secret's data was left alone.
+    Ignored,
+}
+
+#[derive(Clone, Debug)]
+pub struct Synced {
+    pub resolution: Resolution,
+    /// The item version the Secret holds now.
+    pub version: u64,
+    pub change: Change,
+    /// Things the user should know (skipped keys, duplicate titles); never values.
+    pub warnings: Vec<String>,
+    /// The item's `updatedAt`, when the item was fetched.
+    pub updated_at: Option<String>,
+}
+
+/// Brings the Secret of `target` in line with its item.
+pub async fn sync(ctx: &Context, target: &SyncTarget) -> Result<Synced, SyncError> {
+    let (resolution, live) = observe(ctx, target).await?;
+    let live = live.as_ref();
+    let listed = Held::listed(&resolution);
+    match plan::plan(live, target, &listed, resolution.ignored, Seen::Listed)? {
+        Plan::UpToDate => {
+            return Ok(Synced {
+                version: resolution.version,
+                resolution,
+                change: Change::Unchanged,
+                warnings: Vec::new(),
+                updated_at: None,
+            });
+        }
+        Plan::KeepIgnored { move_annotations } => {
+            keep_ignored(ctx, live, target, &listed, move_annotations).await?;
+            return Ok(ignored(resolution, listed.version, None));
+        }
+        Plan::Fetch { why } => tracing::debug!(secret = %target.name, why, "fetching the item"),
+        Plan::Write => {}
+    }
+
+    // A Secret we keep writing back is left alone for a while: nothing is fetched or written.
+    apply::admit(ctx, target, &listed)?;
+    let item = ctx
+        .catalog
+        .client()
+        .fetch_item(&resolution.vault_id, &resolution.item_id)
+        .await?;
+    let fetched = Held::fetched(&item);
+    let updated_at = item.item.updated_at.clone();
+    let tagged = item.item.tags.iter().any(|t| t == IGNORE_TAG);
+    if let Plan::KeepIgnored { move_annotations } =
+        plan::plan(live, target, &fetched, tagged, Seen::Fetched)?
+    {
+        keep_ignored(ctx, live, target, &fetched, move_annotations).await?;
+        return Ok(ignored(resolution, fetched.version, updated_at));
+    }
+
+    let salt = build::salt_of(live).unwrap_or_else(|| {
+        let key = |message: &[u8]| ctx.catalog.client().token_mac(message);
+        build::derived_salt(key, &target.namespace, &target.name)
+    });
+    let (secret, warnings) = build::build(target, &item, &salt, ctx.config.allow_empty_values)?;
+    let (change, leftovers) = plan::effect_of_write(live, &secret);
+    let api = secrets(ctx, target);
+    let applied = apply::apply(ctx, &api, target, &secret, &fetched).await?;
+    if !leftovers.is_empty() {
+        apply::remove_leftovers(ctx, &api, target, &applied, &leftovers).await?;
+    }
+    let mut notes: Vec<String> = resolution.note.iter().cloned().collect();
+    notes.extend(warnings);
+    Ok(Synced {
+        resolution,
+        version: fetched.version,
+        change,
+        warnings: notes,
+        updated_at,
+    })
+}
+
+/// Where the target's item path resolves, checked against the vault policy, and the live
+/// Secret. The policy is checked on the resolved vault alone, before the vault's items are
+/// listed: a denied namespace learns nothing about what the vault holds.
+async fn observe(
+    ctx: &Context,
+    target: &SyncTarget,
+) -> Result<(Resolution, Option<Secret>), SyncError> {
+    let policy = ctx.config.vault_policy.as_deref();
+    let resolution = ctx
+        .catalog
+        .resolve_allowed(&target.path, |vault_id, vault_name| {
+            policy.map_or(Ok(()), |p| p.check(&target.namespace, vault_id, vault_name))
+        })
+        .await
+        .map_err(|e| match e {
+            ResolveError::Connect(e) => SyncError::Connect(e),
+            ResolveError::Refused(denied) => SyncError::VaultNotAllowed(denied),
+        })?;
+    let live = secrets(ctx, target).get_opt(&target.name).await?;
+    Ok((resolution, live))
+}
+
+fn secrets(ctx: &Context, target: &SyncTarget) -> Api<Secret> {
+    Api::namespaced(ctx.client.clone(), &target.namespace)
+}
+
+/// The ignored item's Secret (the plan keeps only one that exists) keeps its data; its
+/// annotations move to `held` when they differ.
+async fn keep_ignored(
+    ctx: &Context,
+    live: Option<&Secret>,
+    target: &SyncTarget,
+    held: &Held,
+    move_annotations: bool,
+) -> Result<(), SyncError> {
+    if let (true, Some(live)) = (move_annotations, live) {
+        apply::admit(ctx, target, held)?;
+        let secret = build::annotations_moved(live, target, held);
+        apply::apply(ctx, &secrets(ctx, target), target, &secret, held).await?;
+    }
+    Ok(())
+}
+
+fn ignored(resolution: Resolution, version: u64, updated_at: Option<String>) -> Synced {
+    Synced {
+        resolution,
+        version,
+        change: Change::Ignored,
+        warnings: vec![format!(
+            "the item is tagged {IGNORE_TAG}: its changes are not synced"
+        )],
+        updated_at,
+    }
+}

@@ -1,0 +1,17 @@
+//! Restarts: workloads roll once for each real change of the data of a managed Secret they use.
+//!
+//! - [`rule`]: the whole rule, pure: which Secrets a pod template uses, what the workload
+//!   records of them, when a change restarts it (`auto-restart`: the Secret's, else the
+//!   workload's, else the Namespace's, else `AUTO_RESTART`; the workload's metadata before its
+//!   pod template; an empty value is unset), and the one annotation whose change rolls the pods.
+//! - [`controller`]: the watches and reconcilers that apply it to Deployments, StatefulSets and
+//!   DaemonSets.
+
+pub mod controller;
+pub mod rule;
+
+// The paths tests/e2e names them by.
+pub use crate::vocabulary::{
+    DIGEST_ANNOTATION, RESTARTED_FOR_ANNOTATION, SECRET_DIGESTS_ANNOTATION,
+};
+pub use rule::{DigestMap, encode, fingerprint, restarted_for};
