@@ -16,6 +16,7 @@ mod official;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use connect_sim::{Fault, ItemSpec, Seed, Simulator, TokenAccess, VaultSpec};
 use k8s_openapi::api::{
     apps::v1::{DaemonSet, Deployment, StatefulSet},
     coordination::v1::Lease,
@@ -27,7 +28,6 @@ use onepassword_secrets_operator::{
         self, DIGEST_ANNOTATION, DigestMap, RESTARTED_FOR_ANNOTATION, SECRET_DIGESTS_ANNOTATION,
     },
     secret::{ITEM_PATH_ANNOTATION, ITEM_VERSION_ANNOTATION},
-    sim::{Fault, ItemSpec, Seed, Simulator, TokenAccess, VaultSpec},
 };
 use support::{
     POLL, StallingProxy, TestEnv, annotation, api_server_addr, data_of, has_data, has_item_version,

@@ -17,7 +17,7 @@ use std::{
 };
 
 use base64::Engine as _;
-use onepassword_secrets_operator::sim::{Seed, Simulator};
+use connect_sim::{Seed, Simulator};
 use serde_json::{Value, json};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");

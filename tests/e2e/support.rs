@@ -18,6 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use connect_sim::{Seed, Simulator, TokenAccess};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::{
     apps::v1::ReplicaSet,
@@ -29,11 +30,7 @@ use kube::{
     api::{ListParams, PostParams},
     config::{KubeConfigOptions, Kubeconfig},
 };
-use onepassword_secrets_operator::{
-    crd::OnePasswordItem,
-    secret::ITEM_VERSION_ANNOTATION,
-    sim::{Seed, Simulator, TokenAccess},
-};
+use onepassword_secrets_operator::{crd::OnePasswordItem, secret::ITEM_VERSION_ANNOTATION};
 use serde::de::DeserializeOwned;
 use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 

@@ -10,8 +10,10 @@ use serde::de::DeserializeOwned;
 use url::Url;
 
 use super::{
+    endpoint::Endpoint,
     error::ConnectError,
     listing::{ArrayReader, ListError, ListLimits, parse_element},
+    mac::hmac_sha256,
     model::{
         ErrorBody, File, FileContent, FullItem, Health, ItemSummary, ItemWithFiles, Vault,
         is_valid_id,
@@ -223,34 +225,6 @@ pub enum ConfigError {
     InvalidCaBundle(String),
     #[error("cannot build the HTTP client: {0}")]
     Http(String),
-}
-
-/// The Connect endpoints we call, as bounded names for metrics.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Endpoint {
-    ListVaults,
-    GetVault,
-    ListItems,
-    GetItem,
-    ListFiles,
-    GetFileContent,
-    Heartbeat,
-    Health,
-}
-
-impl Endpoint {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Endpoint::ListVaults => "list_vaults",
-            Endpoint::GetVault => "get_vault",
-            Endpoint::ListItems => "list_items",
-            Endpoint::GetItem => "get_item",
-            Endpoint::ListFiles => "list_files",
-            Endpoint::GetFileContent => "get_file_content",
-            Endpoint::Heartbeat => "heartbeat",
-            Endpoint::Health => "health",
-        }
-    }
 }
 
 /// Called once per HTTP attempt with the endpoint and the outcome: the status code as text, or
@@ -632,7 +606,7 @@ impl ConnectClient {
     /// can compute, stable while the token is (the digest salt of a new Secret). The token
     /// itself never leaves the client.
     pub fn token_mac(&self, message: &[u8]) -> [u8; 32] {
-        crate::digest::hmac_sha256(self.current_token().expose().as_bytes(), message)
+        hmac_sha256(self.current_token().expose().as_bytes(), message)
     }
 
     fn current_token(&self) -> Token {
