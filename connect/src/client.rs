@@ -158,7 +158,7 @@ impl ConnectConfig {
 
 /// A URL for logs, errors and `Debug`: any `user:password@` becomes `<redacted>@`, and the
 /// query and fragment are left out (`OP_CONNECT_HOST` may carry credentials).
-pub fn redact_url(url: &Url) -> String {
+fn redact_url(url: &Url) -> String {
     let mut shown = format!("{}://", url.scheme());
     if !url.username().is_empty() || url.password().is_some() {
         shown.push_str("<redacted>@");
@@ -308,7 +308,7 @@ impl ConnectClient {
     }
 
     /// The files of an item; with `inline`, small files carry their content (base64).
-    pub async fn list_files(
+    async fn list_files(
         &self,
         vault_id: &str,
         item_id: &str,
@@ -328,7 +328,7 @@ impl ConnectClient {
     }
 
     /// The raw content of a file, from the `content_path` Connect gave for it.
-    pub async fn file_content(&self, file: &File) -> Result<Vec<u8>, ConnectError> {
+    async fn file_content(&self, file: &File) -> Result<Vec<u8>, ConnectError> {
         let path = file.content_path.trim_start_matches('/');
         if !path.starts_with("v1/vaults/") || path.contains("..") {
             return Err(ConnectError::BadResponse(format!(
