@@ -20,7 +20,9 @@ use std::{
 
 use base64::Engine as _;
 use connect_sim::{Seed, Simulator};
-use opsync_test_support::{ControlPlane, OperatorProcess, kubeconfig, unique, wait_for_blocking};
+use opsync_test_support::{
+    ControlPlane, OperatorProcess, b64, kubeconfig, unique, wait_for_blocking,
+};
 use serde_json::{Value, json};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -512,10 +514,6 @@ fn impersonating_kubeconfig(sa_ns: &str, sa: &str, file: &Path) {
         ],
     );
     fs::write(file, config).expect("write the kubeconfig");
-}
-
-fn b64(text: &str) -> String {
-    base64::engine::general_purpose::STANDARD.encode(text)
 }
 
 fn secret_key(secret: &Value, key: &str) -> Option<String> {

@@ -5,6 +5,8 @@
 //!
 //! Nothing here knows the operator's types: the tests bring those.
 
+use base64::Engine as _;
+
 mod control_plane;
 pub mod kubeconfig;
 mod process;
@@ -17,6 +19,11 @@ pub use wait::{wait_for, wait_for_blocking};
 /// `<prefix>-<6 hex digits>`: a name no other test or run uses.
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{:06x}", rand::random::<u32>() & 0xff_ffff)
+}
+
+/// Standard base64, as in a Secret's `data`.
+pub fn b64(text: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(text)
 }
 
 /// The repository's root (the operator crate's folder).
