@@ -1,4 +1,8 @@
-//! Everything that talks to, or describes, the 1Password Connect REST API.
+//! Everything that talks to, or describes, the 1Password Connect REST API: the client
+//! (`client`), its wire types (`model`), item paths (`path`), how titles and ids resolve
+//! (`resolve`), streamed listings (`listing`), the endpoint names the client's metrics and the
+//! simulator's counts share (`endpoint`), and HMAC-SHA256 (`mac`). No Kubernetes in it: the
+//! operator crate turns what it reads into Secrets.
 
 mod client;
 mod endpoint;
