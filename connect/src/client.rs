@@ -70,7 +70,8 @@ impl Default for RetryPolicy {
 #[derive(Clone)]
 pub struct ConnectConfig {
     /// `OP_CONNECT_HOST`, e.g. `http://onepassword-connect:8080`. It may carry credentials
-    /// (`http://user:pass@host`): print it only through [`redact_url`].
+    /// (`http://user:pass@host`): it is only ever printed redacted
+    /// ([`ConnectClient::host`], `Debug`).
     pub host: Url,
     pub token: Token,
     /// Whole-request timeout, including reading the body.
