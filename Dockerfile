@@ -6,14 +6,20 @@
 FROM rust:1.89-alpine AS build
 RUN apk add --no-cache musl-dev
 WORKDIR /src
+# Cargo reads every workspace member's manifest (and finds its targets) to resolve the lock file,
+# so all of them are copied; only the operator binary and what it links (src/, connect/) is built:
+# the simulator (connect-sim/) and the test harness (test-support/) are dev-dependencies.
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+COPY connect ./connect
+COPY connect-sim ./connect-sim
+COPY test-support ./test-support
 # The cache mounts keep downloaded crates and compiled dependencies between builds (the binary is
 # copied out of the cached target dir). Symbols are stripped: a smaller image, same behaviour.
 ENV CARGO_PROFILE_RELEASE_STRIP=symbols
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin onepassword-operator \
+    cargo build --release --locked -p onepassword-secrets-operator --bin onepassword-operator \
  && cp target/release/onepassword-operator /onepassword-operator
 
 FROM gcr.io/distroless/static-debian12:nonroot

@@ -20,11 +20,11 @@ CHART_CRD = charts/onepassword-secrets-operator/templates/crd.yaml
 # Each file is written whole or not at all: a failed crdgen leaves the old ones.
 crds:
 	tmp=$$(mktemp) && helm=$$(mktemp) \
-	  && cargo run --quiet --locked --bin crdgen > $$tmp \
-	  && cargo run --quiet --locked --bin crdgen -- --helm > $$helm \
+	  && cargo run --quiet --locked -p onepassword-secrets-operator --bin crdgen > $$tmp \
+	  && cargo run --quiet --locked -p onepassword-secrets-operator --bin crdgen -- --helm > $$helm \
 	  && for f in $(CRD_COPIES); do cp $$tmp $$f; done && cp $$helm $(CHART_CRD); \
 	  status=$$?; rm -f $$tmp $$helm; exit $$status
 
 lint:
 	cargo fmt --all -- --check
-	cargo clippy --locked --all-targets -- -D warnings
+	cargo clippy --locked --workspace --all-targets -- -D warnings

@@ -95,7 +95,8 @@ free_port() {
 
 bold "building the operator and the Connect simulator"
 t=$SECONDS
-cargo build --locked --bin onepassword-operator --bin connect-sim 2>&1 | tail -n 1
+cargo build --locked -p onepassword-secrets-operator --bin onepassword-operator \
+	-p connect-sim --bin connect-sim 2>&1 | tail -n 1
 TARGET="$(cargo metadata --format-version 1 --no-deps 2>/dev/null | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
 BIN="${TARGET:-${CARGO_TARGET_DIR:-target}}/debug"
 [[ -x "$BIN/onepassword-operator" && -x "$BIN/connect-sim" ]] || die "no binaries in $BIN"

@@ -180,12 +180,16 @@ pub fn parse_interval(value: &str) -> Result<Duration, String> {
     let n: u64 = number
         .parse()
         .map_err(|_| format!("{value:?} is not a number of seconds (or 30s, 10m, 1h)"))?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
+    let per_unit: u64 = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
         _ => return Err(format!("{value:?}: unknown unit {unit:?} (use s, m or h)")),
     };
+    // Checked: in a release build `n * 3600` would wrap to a short interval without a word.
+    let secs = n
+        .checked_mul(per_unit)
+        .ok_or_else(|| format!("{value:?} is too long an interval"))?;
     if secs == 0 {
         return Err("the interval must be at least one second".into());
     }
@@ -319,6 +323,22 @@ mod tests {
         let why = check(&[("OP_SERVICE_ACCOUNT_TOKEN", "ops_x")]).unwrap();
         assert!(why.contains("OP_SERVICE_ACCOUNT_TOKEN"), "{why}");
         assert!(!why.contains("ops_x"), "{why}");
+    }
+
+    #[test]
+    fn an_interval_too_long_to_count_in_seconds_is_refused_not_wrapped() {
+        let most_hours = u64::MAX / 3600;
+        assert_eq!(
+            parse_interval(&format!("{most_hours}h")).unwrap(),
+            Duration::from_secs(most_hours * 3600)
+        );
+        // Multiplied unchecked, this would wrap to 3,584 s (about an hour) in a release build.
+        let too_long = format!("{}h", most_hours + 1);
+        assert_eq!(
+            parse_interval(&too_long).unwrap_err(),
+            format!("{too_long:?} is too long an interval")
+        );
+        assert!(parse_interval(&format!("{}m", u64::MAX / 60 + 1)).is_err());
     }
 
     #[test]

@@ -4,10 +4,10 @@
 
 use std::{collections::HashSet, time::Duration};
 
+use connect_sim::{Fault, ItemSpec, Seed, Simulator, TokenAccess, VaultSpec};
 use onepassword_secrets_operator::{
     catalog::Catalog,
     connect::{ConnectClient, ConnectConfig, ConnectError, ItemPath, RetryPolicy, Token},
-    sim::{Fault, ItemSpec, Seed, Simulator, TokenAccess, VaultSpec},
 };
 
 const TOKEN: &str = "tok-eyJhbGciOiJFUzI1NiIsImtpZCI6InNlY3JldC10b2tlbiJ9";

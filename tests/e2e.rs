@@ -15,7 +15,7 @@ mod official;
 
 use std::time::{Duration, Instant};
 
-use base64::Engine;
+use connect_sim::{Fault, ItemSpec, Seed, Simulator, TokenAccess, VaultSpec};
 use k8s_openapi::api::{
     apps::v1::{DaemonSet, Deployment, StatefulSet},
     coordination::v1::Lease,
@@ -27,8 +27,8 @@ use onepassword_secrets_operator::{
         self, DIGEST_ANNOTATION, DigestMap, RESTARTED_FOR_ANNOTATION, SECRET_DIGESTS_ANNOTATION,
     },
     secret::{ITEM_PATH_ANNOTATION, ITEM_VERSION_ANNOTATION},
-    sim::{Fault, ItemSpec, Seed, Simulator, TokenAccess, VaultSpec},
 };
+use opsync_test_support::b64;
 use support::{
     POLL, StallingProxy, TestEnv, annotation, api_server_addr, data_of, has_data, has_item_version,
     map, remember_secret, secret_value, wait_for,
@@ -57,11 +57,6 @@ async fn sync_item(env: &TestEnv, name: &str, path: &str) {
 
 fn login(title: &str, password: &str) -> ItemSpec {
     ItemSpec::new(title).username("app").password(password)
-}
-
-/// Standard base64, as in a Secret's `data`.
-fn b64(value: &str) -> String {
-    base64::engine::general_purpose::STANDARD.encode(value)
 }
 
 /// The pod-template annotation that rolls a workload, if set.

@@ -6,18 +6,23 @@
 //! These tests share the API server with the end-to-end suite: every release and namespace has a
 //! unique name, and nothing cluster-scoped that others use (the CRD) is ever deleted. The CRD is
 //! replaced, by one test at a time (`CRD_LOCK`), and ours is installed again when it ends.
+//!
+//! The control plane, kubectl, helm, the operator process and the waits are those of the
+//! end-to-end tests: the `opsync-test-support` crate (`test-support/`).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
     sync::{OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard},
     time::{Duration, Instant},
 };
 
 use base64::Engine as _;
-use onepassword_secrets_operator::sim::{Seed, Simulator};
+use connect_sim::{Seed, Simulator};
+use opsync_test_support::{
+    ControlPlane, OperatorProcess, b64, kubeconfig, unique, wait_for_blocking,
+};
 use serde_json::{Value, json};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -39,124 +44,24 @@ const DEMO_TOKEN: &str = "demo-token";
 
 // ---- the tools ----
 
-/// kubectl and helm from the control plane of `OPSYNC_E2E_STATE_DIR`.
-struct Tools {
-    kubeconfig: PathBuf,
-    kubectl: PathBuf,
-    helm: PathBuf,
-    /// Helm's cache, config and data homes, and kubectl's cache: nothing in the user's home.
-    scratch: PathBuf,
-}
-
-fn tools() -> &'static Tools {
-    static TOOLS: OnceLock<Result<Tools, String>> = OnceLock::new();
-    match TOOLS.get_or_init(Tools::from_env) {
-        Ok(tools) => tools,
-        Err(e) => panic!("{e}"),
-    }
-}
-
-impl Tools {
-    fn from_env() -> Result<Tools, String> {
-        let state = std::env::var_os("OPSYNC_E2E_STATE_DIR")
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-            .ok_or(
-                "OPSYNC_E2E_STATE_DIR is not set: the packaging tests need helm, kubectl and the \
-                 Kubernetes control plane that `bash tests/run` starts. Run `bash tests/run` (or \
-                 start one with `tests/envtest/start <dir>` and set OPSYNC_E2E_STATE_DIR=<dir>).",
-            )?;
-        let env_file = state.join("env");
-        let env = fs::read_to_string(&env_file).map_err(|e| {
-            format!(
-                "cannot read {} ({e}): is the control plane of OPSYNC_E2E_STATE_DIR running? \
-                 Run `bash tests/run`.",
-                env_file.display()
-            )
-        })?;
-        let bin = env_value(&env, "ENVTEST_BIN_DIR")
-            .map(PathBuf::from)
-            .ok_or_else(|| format!("{} sets no ENVTEST_BIN_DIR", env_file.display()))?;
-        let kubeconfig = env_value(&env, "KUBECONFIG")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| state.join("kubeconfig"));
-        let tools = Tools {
-            kubeconfig,
-            kubectl: bin.join("kubectl"),
-            helm: bin.join("helm"),
-            scratch: PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("packaging"),
-        };
-        for file in [&tools.kubectl, &tools.helm, &tools.kubeconfig] {
-            if !file.exists() {
-                return Err(format!(
-                    "{} is missing; run `bash tests/run`",
-                    file.display()
-                ));
-            }
-        }
-        fs::create_dir_all(&tools.scratch).map_err(|e| e.to_string())?;
-        Ok(tools)
-    }
-}
-
-/// `export KEY=value` in a file written by `tests/envtest/start` (bash `%q` quoting).
-fn env_value(env: &str, key: &str) -> Option<String> {
-    env.lines().find_map(|line| {
-        let rest = line.trim().strip_prefix("export ")?.strip_prefix(key)?;
-        let value = rest.strip_prefix('=')?;
-        Some(
-            value
-                .strip_prefix('\'')
-                .and_then(|v| v.strip_suffix('\''))
-                .map(str::to_string)
-                .unwrap_or_else(|| value.replace('\\', "")),
-        )
+/// Where these tests write files (kubeconfigs, probes, changed charts).
+fn scratch() -> &'static Path {
+    static SCRATCH: OnceLock<PathBuf> = OnceLock::new();
+    SCRATCH.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("packaging");
+        fs::create_dir_all(&dir).expect("create the scratch directory");
+        dir
     })
 }
 
-/// Runs a command; stdout on success, the command line, stderr and stdout on failure.
-fn run(mut cmd: Command) -> Result<String, String> {
-    let line = format!("{cmd:?}");
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run {line}: {e}"))?;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    if out.status.success() {
-        Ok(stdout)
-    } else {
-        Err(format!(
-            "{line} failed ({}):\n{}{stdout}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
-}
-
+/// helm against the control plane of `OPSYNC_E2E_STATE_DIR`.
 fn helm(args: &[&str]) -> Result<String, String> {
-    let t = tools();
-    let mut cmd = Command::new(&t.helm);
-    cmd.env_remove("KUBECONFIG")
-        .env("HELM_CACHE_HOME", t.scratch.join("helm/cache"))
-        .env("HELM_CONFIG_HOME", t.scratch.join("helm/config"))
-        .env("HELM_DATA_HOME", t.scratch.join("helm/data"))
-        .arg("--kubeconfig")
-        .arg(&t.kubeconfig)
-        .args(args);
-    run(cmd)
+    ControlPlane::shared().helm(args)
 }
 
+/// kubectl against the control plane of `OPSYNC_E2E_STATE_DIR`.
 fn kubectl(args: &[&str]) -> Result<String, String> {
-    let t = tools();
-    let mut cmd = Command::new(&t.kubectl);
-    cmd.env_remove("KUBECONFIG")
-        .arg("--kubeconfig")
-        .arg(&t.kubeconfig)
-        .arg("--cache-dir")
-        .arg(t.scratch.join("kubectl-cache"))
-        .arg("--request-timeout=30s")
-        .args(args);
-    run(cmd)
+    ControlPlane::shared().kubectl(None, args, None)
 }
 
 /// An object as JSON, or `None` when it does not exist.
@@ -189,19 +94,9 @@ fn must_get(kind: &str, name: &str, ns: Option<&str>) -> Value {
     })
 }
 
-/// Polls `check` every 250 ms until it says `Ok`; fails the test after `TIMEOUT` with its last
-/// answer.
-fn wait_for<T>(what: &str, mut check: impl FnMut() -> Result<T, String>) -> T {
-    let started = Instant::now();
-    loop {
-        match check() {
-            Ok(value) => return value,
-            Err(last) if started.elapsed() > TIMEOUT => {
-                panic!("timed out after {TIMEOUT:?} waiting for {what}; last check: {last}")
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(250)),
-        }
-    }
+/// Polls `check` until it says `Ok`; fails the test after `TIMEOUT` with its last answer.
+fn wait_for<T>(what: &str, check: impl FnMut() -> Result<T, String>) -> T {
+    wait_for_blocking(what, TIMEOUT, check)
 }
 
 /// Prints how long a test took when it ends (`cargo test -- --show-output`).
@@ -219,11 +114,6 @@ impl Drop for Timed {
     }
 }
 
-/// `<prefix>-<6 hex digits>`: a name no other test or run uses.
-fn unique(prefix: &str) -> String {
-    format!("{prefix}-{:06x}", rand::random::<u32>() & 0xff_ffff)
-}
-
 // ---- things to clean up, pass or fail ----
 
 /// Namespaces created by a test, deleted when it ends.
@@ -238,7 +128,9 @@ impl Namespaces {
 
     fn add(&mut self, prefix: &str) -> String {
         let name = unique(prefix);
-        kubectl(&["create", "namespace", &name]).unwrap_or_else(|e| panic!("{e}"));
+        ControlPlane::shared()
+            .create_namespace(&name)
+            .unwrap_or_else(|e| panic!("{e}"));
         self.0.push(name.clone());
         name
     }
@@ -247,7 +139,7 @@ impl Namespaces {
 impl Drop for Namespaces {
     fn drop(&mut self) {
         for ns in &self.0 {
-            let _ = kubectl(&["delete", "namespace", ns, "--wait=false"]);
+            let _ = ControlPlane::shared().delete_namespace(ns);
         }
     }
 }
@@ -301,38 +193,15 @@ impl Drop for Release {
     }
 }
 
-/// The operator as a process; SIGTERM (then SIGKILL) when dropped.
-struct OperatorProcess {
-    child: Child,
-    log: PathBuf,
-}
+/// The operator as a process; stopped when dropped (SIGTERM, then SIGKILL), and its log shown
+/// if the test failed.
+struct Operator(OperatorProcess);
 
-impl OperatorProcess {
-    fn stop(&mut self) {
-        if let Ok(Some(_)) = self.child.try_wait() {
-            return;
-        }
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(10) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
+impl Operator {
     /// Fails at once when the API server refused the operator something: the RBAC is short.
     fn assert_nothing_forbidden(&self) {
         if let Some(line) = self
+            .0
             .log()
             .lines()
             .find(|l| l.to_ascii_lowercase().contains("forbidden"))
@@ -342,17 +211,11 @@ impl OperatorProcess {
     }
 }
 
-impl Drop for OperatorProcess {
+impl Drop for Operator {
     fn drop(&mut self) {
-        self.stop();
+        self.0.stop();
         if std::thread::panicking() {
-            let log = self.log();
-            let lines: Vec<&str> = log.lines().collect();
-            eprintln!(
-                "===== operator log {} (last 200 lines)\n{}",
-                self.log.display(),
-                lines[lines.len().saturating_sub(200)..].join("\n")
-            );
+            eprintln!("{}", self.0.log_tail(200));
         }
     }
 }
@@ -404,13 +267,8 @@ impl Drop for CrdWriter {
 /// Waits until the API server serves our schema, not just stores it: a dry run of an item with
 /// a malformed `itemPath` is refused by our CRD's pattern (the official CRD has none).
 fn wait_until_our_crd_is_served() -> Result<(), String> {
-    kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        &format!("crd/{CRD_NAME}"),
-    ])?;
-    let probe = tools().scratch.join(unique("crd-probe") + ".yaml");
+    ControlPlane::shared().wait_established(CRD_NAME)?;
+    let probe = scratch().join(unique("crd-probe") + ".yaml");
     fs::write(
         &probe,
         "apiVersion: onepassword.com/v1\nkind: OnePasswordItem\nmetadata:\n  name: crd-probe\n  \
@@ -443,13 +301,9 @@ fn replace_crd(file: &str) {
         "create"
     };
     kubectl(&[verb, "-f", file]).unwrap_or_else(|e| panic!("{e}"));
-    kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        &format!("crd/{CRD_NAME}"),
-    ])
-    .unwrap_or_else(|e| panic!("{e}"));
+    ControlPlane::shared()
+        .wait_established(CRD_NAME)
+        .unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// The schema of a status field in a CRD as the API server returns it (`Null` when undeclared).
@@ -510,13 +364,8 @@ fn render(args: &[&str]) -> Result<Vec<Value>, String> {
 }
 
 fn parse_documents(yaml: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(yaml)
-        .filter_map(|doc| {
-            let value: serde_yaml::Value =
-                serde::Deserialize::deserialize(doc).expect("rendered YAML parses");
-            (!value.is_null()).then(|| serde_json::to_value(value).expect("YAML as JSON"))
-        })
-        .collect()
+    let docs: Vec<Value> = serde_saphyr::from_multiple(yaml).expect("rendered YAML parses");
+    docs.into_iter().filter(|doc| !doc.is_null()).collect()
 }
 
 fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
@@ -618,11 +467,8 @@ fn can_i(sa_ns: &str, sa: &str, query: &[&str]) -> bool {
         group.as_str(),
     ]);
     // can-i exits 1 for "no": read its answer, not its status.
-    let t = tools();
-    let out = Command::new(&t.kubectl)
-        .env_remove("KUBECONFIG")
-        .arg("--kubeconfig")
-        .arg(&t.kubeconfig)
+    let out = ControlPlane::shared()
+        .kubectl_command()
         .args(&args)
         .output()
         .expect("run kubectl auth can-i");
@@ -659,29 +505,15 @@ fn assert_can(sa_ns: &str, sa: &str, yes: &[&[&str]], no: &[&[&str]]) {
 /// A kubeconfig with the admin's credentials that impersonates a ServiceAccount (as the API
 /// server sees a pod's token: the user and its two groups).
 fn impersonating_kubeconfig(sa_ns: &str, sa: &str, file: &Path) {
-    let admin = fs::read_to_string(&tools().kubeconfig).expect("read the kubeconfig");
-    let mut config: serde_yaml::Value = serde_yaml::from_str(&admin).expect("kubeconfig YAML");
-    let users = config["users"].as_sequence_mut().expect("kubeconfig users");
-    for user in users {
-        let user = user["user"].as_mapping_mut().expect("a user entry");
-        user.insert(
-            "as".into(),
-            format!("system:serviceaccount:{sa_ns}:{sa}").into(),
-        );
-        user.insert(
-            "as-groups".into(),
-            serde_yaml::to_value([
-                "system:serviceaccounts".to_string(),
-                format!("system:serviceaccounts:{sa_ns}"),
-            ])
-            .unwrap(),
-        );
-    }
-    fs::write(file, serde_yaml::to_string(&config).unwrap()).expect("write the kubeconfig");
-}
-
-fn b64(text: &str) -> String {
-    base64::engine::general_purpose::STANDARD.encode(text)
+    let config = kubeconfig::impersonating(
+        &ControlPlane::shared().admin_kubeconfig(),
+        &format!("system:serviceaccount:{sa_ns}:{sa}"),
+        &[
+            "system:serviceaccounts".to_string(),
+            format!("system:serviceaccounts:{sa_ns}"),
+        ],
+    );
+    fs::write(file, config).expect("write the kubeconfig");
 }
 
 fn secret_key(secret: &Value, key: &str) -> Option<String> {
@@ -710,9 +542,8 @@ fn ready_reason(item: &Value) -> Option<(String, String)> {
 #[test]
 fn chart_renders_the_crd_unless_disabled_and_keeps_it_unless_told() {
     let _timed = Timed::start("chart_renders_the_crd_unless_disabled_and_keeps_it_unless_told");
-    let generated: serde_yaml::Value =
-        serde_yaml::from_str(&fs::read_to_string(OUR_CRD).unwrap()).unwrap();
-    let mut generated = serde_json::to_value(generated).unwrap();
+    let mut generated: Value =
+        serde_saphyr::from_str(&fs::read_to_string(OUR_CRD).unwrap()).unwrap();
 
     // By default: the generated CRD, with the chart's labels and the keep policy.
     let docs = render(&[]).unwrap();
@@ -764,9 +595,9 @@ fn every_chart_value_has_a_default_a_type_and_a_line_in_the_readme() {
     let schema: Value =
         serde_json::from_str(&fs::read_to_string(format!("{CHART}/values.schema.json")).unwrap())
             .unwrap();
-    let values: serde_yaml::Value =
-        serde_yaml::from_str(&fs::read_to_string(format!("{CHART}/values.yaml")).unwrap()).unwrap();
-    let values = serde_json::to_value(values).unwrap();
+    let values: Value =
+        serde_saphyr::from_str(&fs::read_to_string(format!("{CHART}/values.yaml")).unwrap())
+            .unwrap();
     let readme = fs::read_to_string(format!("{CHART}/README.md")).unwrap();
 
     // The values the schema defines, down to its leaves (Kubernetes objects such as
@@ -810,7 +641,7 @@ fn every_chart_value_has_a_default_a_type_and_a_line_in_the_readme() {
 #[test]
 fn chart_lints_and_renders_for_each_kind_of_install() {
     let _timed = Timed::start("chart_lints_and_renders_for_each_kind_of_install");
-    let credentials = tools().scratch.join("1password-credentials.json");
+    let credentials = scratch().join("1password-credentials.json");
     fs::write(
         &credentials,
         r#"{"verifier":{"salt":"made-up"},"version":"2"}"#,
@@ -1170,7 +1001,7 @@ fn chart_installs_upgrades_and_uninstalls_cluster_wide() {
     let _timed = Timed::start("chart_installs_upgrades_and_uninstalls_cluster_wide");
     let _crd = our_crd();
     let (_namespaces, ns) = Namespaces::create("pkg-install");
-    let credentials = tools().scratch.join("install-credentials.json");
+    let credentials = scratch().join("install-credentials.json");
     fs::write(
         &credentials,
         r#"{"verifier":{"salt":"made-up"},"version":"2"}"#,
@@ -1369,23 +1200,18 @@ fn chart_rbac_lets_the_operator_work_in_its_namespaces_and_nowhere_else() {
     env.insert("METRICS_BIND_ADDRESS".into(), "0".into());
     env.insert("HEALTH_PROBE_BIND_ADDRESS".into(), "0".into());
 
-    let dir = tools().scratch.join(&release.name);
+    let dir = scratch().join(&release.name);
     fs::create_dir_all(&dir).unwrap();
     let kubeconfig = dir.join("kubeconfig");
     impersonating_kubeconfig(&ns, &sa, &kubeconfig);
     let log = dir.join("operator.log");
-    let log_file = fs::File::create(&log).unwrap();
-    let child = Command::new(OPERATOR_BIN)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("KUBECONFIG", &kubeconfig)
-        .envs(&env)
-        .stdin(Stdio::null())
-        .stdout(log_file.try_clone().unwrap())
-        .stderr(log_file)
-        .spawn()
-        .expect("start the operator");
-    let mut operator = OperatorProcess { child, log };
+    let mut operator = Operator(OperatorProcess::start(
+        OPERATOR_BIN,
+        &[],
+        &kubeconfig,
+        &env,
+        log,
+    ));
 
     kubectl(&[
         "apply",
@@ -1454,8 +1280,8 @@ fn chart_rbac_lets_the_operator_work_in_its_namespaces_and_nowhere_else() {
             .ok_or("no restarted-for annotation".to_string())
     });
 
-    operator.stop();
-    let log = operator.log();
+    operator.0.stop();
+    let log = operator.0.log();
     assert!(
         log.contains("restarted"),
         "the log does not tell of the restart"
@@ -1535,7 +1361,7 @@ fn chart_takes_over_the_official_crd_keeps_it_current_and_leaves_it_on_uninstall
     replace_crd(OFFICIAL_CRD);
     let official = must_get("crd", CRD_NAME, None);
     assert!(status_field(&official, "itemId").is_null(), "{official}");
-    let item_file = tools().scratch.join(format!("{ns}-item.yaml"));
+    let item_file = scratch().join(format!("{ns}-item.yaml"));
     fs::write(
         &item_file,
         format!(
@@ -1600,7 +1426,7 @@ fn chart_takes_over_the_official_crd_keeps_it_current_and_leaves_it_on_uninstall
     item_kept("after the install");
 
     // A newer chart whose CRD changed: `helm upgrade` applies the change.
-    let newer = tools().scratch.join(&name).join("newer-chart");
+    let newer = scratch().join(&name).join("newer-chart");
     copy_dir(Path::new(CHART), &newer);
     let mut changed = onepassword_secrets_operator::crd::crd();
     let newer_description = "The id of the item the item path resolved to (newer chart).";
@@ -1652,9 +1478,7 @@ fn chart_takes_over_the_official_crd_keeps_it_current_and_leaves_it_on_uninstall
     assert!(status_field(&must_get("crd", CRD_NAME, None), "itemId").is_null());
     upgrade(Path::new(CHART), &[]);
     let crd = must_get("crd", CRD_NAME, None);
-    let ours: serde_yaml::Value =
-        serde_yaml::from_str(&fs::read_to_string(OUR_CRD).unwrap()).unwrap();
-    let ours = serde_json::to_value(ours).unwrap();
+    let ours: Value = serde_saphyr::from_str(&fs::read_to_string(OUR_CRD).unwrap()).unwrap();
     assert_eq!(
         status_field(&crd, "itemId"),
         status_field(&ours, "itemId"),

@@ -3,10 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use onepassword_secrets_operator::{
-    connect::model::{ErrorBody, File, FullItem, ItemSummary, Vault},
-    sim::{Fault, ItemSpec, Seed, Simulator, TokenAccess, VaultSpec},
-};
+use connect_sim::{Fault, ItemSpec, Seed, Simulator, TokenAccess, VaultSpec};
+use onepassword_secrets_operator::connect::model::{ErrorBody, File, FullItem, ItemSummary, Vault};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 

@@ -518,7 +518,7 @@ mod forget_tests {
 
     #[tokio::test]
     async fn a_poll_refused_for_any_reason_is_reported_once_not_on_every_poll() {
-        use crate::sim::{Fault, Seed, Simulator};
+        use connect_sim::{Fault, Seed, Simulator};
         let sim = Simulator::start(Seed::new()).unwrap();
         let ctx = context_on(&sim.url());
         let key = TargetKey {

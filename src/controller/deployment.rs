@@ -757,9 +757,9 @@ mod tests {
         use super::*;
         use crate::{
             controller::testing::{self, Expect, Seen, assert_no_more_requests, serve},
-            sim::{ItemSpec, Seed, Simulator, TokenAccess, VaultSpec},
             vocabulary::{FIELD_MANAGER, MANAGED_LABEL, MANAGED_VALUE},
         };
+        use connect_sim::{ItemSpec, Seed, Simulator, TokenAccess, VaultSpec};
         use kube::{api::PartialObjectMetaExt, runtime::watcher};
         use serde_json::json;
 

@@ -636,9 +636,9 @@ mod tests {
         use super::*;
         use crate::{
             controller::testing::{self, Expect, Seen, assert_no_more_requests, serve},
-            sim::{ItemSpec, Seed, Simulator, TokenAccess, VaultSpec},
             vocabulary::{DIGEST_ANNOTATION, FIELD_MANAGER, ITEM_PATH_ANNOTATION},
         };
+        use connect_sim::{ItemSpec, Seed, Simulator, TokenAccess, VaultSpec};
         use serde_json::Value;
         use std::time::Duration;
 

@@ -6,12 +6,11 @@
 
 use std::{collections::BTreeMap, path::Path, process::Command};
 
+use connect_sim::{Seed, VaultSpec};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::{Api, ResourceExt};
 use onepassword_secrets_operator::{
-    controller::takeover::OFFICIAL_FINALIZER,
-    crd::OnePasswordItem,
-    sim::{Seed, VaultSpec},
+    controller::takeover::OFFICIAL_FINALIZER, crd::OnePasswordItem,
 };
 
 use super::support::{

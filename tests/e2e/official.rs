@@ -23,8 +23,8 @@
 
 use std::{collections::BTreeMap, path::Path};
 
+use connect_sim::{ItemSpec, Seed, VaultSpec};
 use k8s_openapi::api::core::v1::Secret;
-use onepassword_secrets_operator::sim::{ItemSpec, Seed, VaultSpec};
 
 use super::support::{
     OFFICIAL_CRD, POLL, TestEnv, data_of, has_data, has_item_version, map, secret_value,

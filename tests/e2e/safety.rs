@@ -4,16 +4,13 @@
 
 use std::time::{Duration, Instant};
 
+use connect_sim::{Fault, ItemSpec, Seed, VaultSpec};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, ResourceExt,
     api::{Patch, PatchParams},
 };
-use onepassword_secrets_operator::{
-    restart::DIGEST_ANNOTATION,
-    secret::ITEM_VERSION_ANNOTATION,
-    sim::{Fault, ItemSpec, Seed, VaultSpec},
-};
+use onepassword_secrets_operator::{restart::DIGEST_ANNOTATION, secret::ITEM_VERSION_ANNOTATION};
 
 use super::{
     QUIET, b64, deployment_using_db, item_manifest, login, replica_set_count, sync_item,

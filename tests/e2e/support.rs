@@ -1,6 +1,8 @@
 //! The end-to-end harness: the control plane `bash tests/run` starts (`OPSYNC_E2E_STATE_DIR`), a
 //! Connect simulator and a namespace per test, the operator binary as a process, kubectl for what
-//! a user would type, a `kube::Client` for the checks, and bounded polling.
+//! a user would type, a `kube::Client` for the checks, and bounded polling. What the packaging
+//! tests use too (the control plane, kubectl, the operator process, waits) is in the
+//! `opsync-test-support` crate (`test-support/`); this module adds the operator's world to it.
 //!
 //! Every test holds the API server lock: shared, or exclusive for the test that restarts the API
 //! server; a test that changes what is cluster-wide (a CRD) starts a control plane of its own
@@ -13,27 +15,18 @@ use std::{
     fs,
     io::Write as _,
     path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus, Stdio},
+    process::ExitStatus,
     sync::{Mutex, OnceLock},
     time::{Duration, Instant},
 };
 
+use connect_sim::{Seed, Simulator, TokenAccess};
 use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::api::{
-    apps::v1::ReplicaSet,
-    core::v1::{Namespace, Secret},
-    events::v1::Event,
-};
-use kube::{
-    Api, Client, Config, Resource, ResourceExt,
-    api::{ListParams, PostParams},
-    config::{KubeConfigOptions, Kubeconfig},
-};
-use onepassword_secrets_operator::{
-    crd::OnePasswordItem,
-    secret::ITEM_VERSION_ANNOTATION,
-    sim::{Seed, Simulator, TokenAccess},
-};
+use k8s_openapi::api::{apps::v1::ReplicaSet, core::v1::Secret, events::v1::Event};
+use kube::{Api, Client, Resource, ResourceExt, api::ListParams};
+use onepassword_secrets_operator::{crd::OnePasswordItem, secret::ITEM_VERSION_ANNOTATION};
+pub use opsync_test_support::wait_for;
+use opsync_test_support::{ControlPlane, OperatorProcess, kubeconfig, unique};
 use serde::de::DeserializeOwned;
 use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -56,8 +49,6 @@ pub const OFFICIAL_CRD: &str = concat!(
 );
 const CRD_NAME: &str = "onepassworditems.onepassword.com";
 const OPERATOR_BIN: &str = env!("CARGO_BIN_EXE_onepassword-operator");
-/// SIGTERM, then this long for a graceful stop, then SIGKILL.
-const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// Tests that only use the API server share it; the one that restarts it takes it alone.
 static API_SERVER: RwLock<()> = RwLock::const_new(());
@@ -80,229 +71,28 @@ pub fn remember_secret(value: &str) {
         .push(value.to_string());
 }
 
-/// The control plane started by `tests/envtest/start`.
-struct Cluster {
-    state_dir: PathBuf,
-    kubeconfig: PathBuf,
-    kubectl: PathBuf,
-    /// Started by one test for itself, and stopped when it ends.
-    own: bool,
+/// The shared control plane, with our CRD installed and established (once per test process).
+/// Fails the test, never skips it, when there is none.
+fn cluster() -> &'static ControlPlane {
+    static CRD: OnceLock<Result<(), String>> = OnceLock::new();
+    let cluster = ControlPlane::shared();
+    let installed =
+        CRD.get_or_init(|| install_crd_with(cluster, &["apply", "--server-side", "-f", OUR_CRD]));
+    if let Err(e) = installed {
+        panic!("{e}");
+    }
+    cluster
 }
 
-static CLUSTER: OnceLock<Result<Cluster, String>> = OnceLock::new();
-
-/// The control plane, with the CRD installed and established (once per test process). Fails
-/// the test, never skips it, when there is none.
-fn cluster() -> &'static Cluster {
-    let cluster = CLUSTER.get_or_init(|| {
-        let cluster = Cluster::from_env()?;
-        cluster.install_crd()?;
-        Ok(cluster)
-    });
-    match cluster {
-        Ok(c) => c,
-        Err(e) => panic!("{e}"),
-    }
-}
-
-impl Cluster {
-    fn from_env() -> Result<Cluster, String> {
-        let state_dir = std::env::var_os("OPSYNC_E2E_STATE_DIR")
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-            .ok_or(
-                "OPSYNC_E2E_STATE_DIR is not set: the end-to-end tests need the Kubernetes control \
-                 plane that `bash tests/run` starts. Run `bash tests/run` (or start one with \
-                 `tests/envtest/start <dir>` and set OPSYNC_E2E_STATE_DIR=<dir>).",
-            )?;
-        Cluster::in_state_dir(state_dir)
-    }
-
-    /// A control plane of the caller's own, started with `tests/envtest/start` (a few seconds,
-    /// the binaries being those `bash tests/run` built) in a fresh directory under
-    /// `target/tmp`. [`Cluster::stop`] stops it.
-    fn start_own(name: &str) -> Result<Cluster, String> {
-        let parent = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-control-planes");
-        fs::create_dir_all(&parent).map_err(|e| format!("create {}: {e}", parent.display()))?;
-        let state_dir = parent.join(format!("{name}-{:08x}", rand::random::<u32>()));
-        let start = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/envtest/start");
-        let out = Command::new(&start)
-            .arg(&state_dir)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("cannot run {}: {e}", start.display()))?;
-        if !out.status.success() {
-            let _ = Command::new(start.with_file_name("stop"))
-                .arg(&state_dir)
-                .output();
-            return Err(format!(
-                "tests/envtest/start {} failed ({}): {}",
-                state_dir.display(),
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        let mut cluster = Cluster::in_state_dir(state_dir)?;
-        cluster.own = true;
-        Ok(cluster)
-    }
-
-    /// Stops a control plane of [`Cluster::start_own`] and removes its state, logs included
-    /// unless the test failed.
-    fn stop(&self) {
-        assert!(self.own, "only a test's own control plane is stopped");
-        let stop = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/envtest/stop");
-        let stopped = Command::new(&stop)
-            .arg(&self.state_dir)
-            .stdin(Stdio::null())
-            .output();
-        match stopped {
-            Ok(out) if out.status.success() => {
-                if !std::thread::panicking() {
-                    let _ = fs::remove_dir_all(&self.state_dir);
-                }
-            }
-            other => eprintln!(
-                "stopping the control plane in {} failed: {other:?}",
-                self.state_dir.display()
-            ),
-        }
-    }
-
-    fn in_state_dir(state_dir: PathBuf) -> Result<Cluster, String> {
-        let env_file = state_dir.join("env");
-        let env = fs::read_to_string(&env_file).map_err(|e| {
-            format!(
-                "cannot read {} ({e}): is the control plane of OPSYNC_E2E_STATE_DIR running? \
-                 Run `bash tests/run`.",
-                env_file.display()
-            )
-        })?;
-        let bin_dir = env_value(&env, "ENVTEST_BIN_DIR")
-            .ok_or_else(|| format!("{} sets no ENVTEST_BIN_DIR", env_file.display()))?;
-        let kubectl = PathBuf::from(bin_dir).join("kubectl");
-        let kubeconfig = state_dir.join("kubeconfig");
-        for file in [&kubectl, &kubeconfig] {
-            if !file.exists() {
-                return Err(format!(
-                    "{} is missing; run `bash tests/run`",
-                    file.display()
-                ));
-            }
-        }
-        Ok(Cluster {
-            state_dir,
-            kubeconfig,
-            kubectl,
-            own: false,
-        })
-    }
-
-    fn install_crd(&self) -> Result<(), String> {
-        self.install_crd_with(&["apply", "--server-side", "-f", OUR_CRD])
-    }
-
-    /// Installs a OnePasswordItem CRD (ours, or another one) with `kubectl <args>` and waits
-    /// until it is served.
-    fn install_crd_with(&self, args: &[&str]) -> Result<(), String> {
-        self.kubectl(None, args, None)
-            .map_err(|e| format!("installing the CRD failed: {e}"))?;
-        self.kubectl(
-            None,
-            &[
-                "wait",
-                "--for=condition=Established",
-                "--timeout=60s",
-                &format!("crd/{CRD_NAME}"),
-            ],
-            None,
-        )
-        .map_err(|e| format!("the CRD did not become Established: {e}"))?;
-        Ok(())
-    }
-
-    /// Runs kubectl (blocking); stdout on success, stderr (and stdout) on failure.
-    fn kubectl(
-        &self,
-        namespace: Option<&str>,
-        args: &[&str],
-        stdin: Option<&str>,
-    ) -> Result<String, String> {
-        let mut cmd = Command::new(&self.kubectl);
-        cmd.arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .arg("--cache-dir")
-            .arg(self.state_dir.join("kubectl-cache"))
-            .arg("--request-timeout=20s");
-        if let Some(ns) = namespace {
-            cmd.args(["--namespace", ns]);
-        }
-        cmd.args(args)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot run {}: {e}", self.kubectl.display()))?;
-        if let Some(input) = stdin {
-            let mut pipe = child.stdin.take().expect("stdin is piped");
-            pipe.write_all(input.as_bytes())
-                .map_err(|e| format!("writing kubectl's stdin: {e}"))?;
-        }
-        let out = child
-            .wait_with_output()
-            .map_err(|e| format!("waiting for kubectl: {e}"))?;
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        if out.status.success() {
-            Ok(stdout)
-        } else {
-            Err(format!(
-                "kubectl {} failed ({}): {}{}",
-                args.join(" "),
-                out.status,
-                String::from_utf8_lossy(&out.stderr),
-                stdout
-            ))
-        }
-    }
-}
-
-/// `export KEY=value` in a file written by `tests/envtest/start` (bash `%q` quoting).
-fn env_value(env: &str, key: &str) -> Option<String> {
-    env.lines().find_map(|line| {
-        let rest = line.trim().strip_prefix("export ")?.strip_prefix(key)?;
-        let value = rest.strip_prefix('=')?;
-        let value = value
-            .strip_prefix('\'')
-            .and_then(|v| v.strip_suffix('\''))
-            .map(str::to_string)
-            .unwrap_or_else(|| value.replace('\\', ""));
-        Some(value)
-    })
-}
-
-/// Polls `check` every 250 ms until it returns `Ok`, failing the test after `timeout` with what
-/// the last check said.
-pub async fn wait_for<T>(
-    what: &str,
-    timeout: Duration,
-    mut check: impl AsyncFnMut() -> Result<T, String>,
-) -> T {
-    let started = Instant::now();
-    loop {
-        let last = match check().await {
-            Ok(value) => return value,
-            Err(e) => e,
-        };
-        if started.elapsed() > timeout {
-            panic!("timed out after {timeout:?} waiting for {what}; last check: {last}");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+/// Installs a OnePasswordItem CRD (ours, or another one) with `kubectl <args>` and waits until
+/// it is served.
+fn install_crd_with(cluster: &ControlPlane, args: &[&str]) -> Result<(), String> {
+    cluster
+        .kubectl(None, args, None)
+        .map_err(|e| format!("installing the CRD failed: {e}"))?;
+    cluster
+        .wait_established(CRD_NAME)
+        .map_err(|e| format!("the CRD did not become Established: {e}"))
 }
 
 /// Which operator a test started, to stop or restart it.
@@ -329,75 +119,32 @@ impl OperatorConfig {
     }
 }
 
-/// A running operator process; stopped on drop.
+/// A running operator process and how it was started; stopped on drop.
 struct Operator {
     config: OperatorConfig,
-    child: Option<Child>,
-    log: PathBuf,
+    process: OperatorProcess,
 }
 
 impl Operator {
-    fn spawn(config: OperatorConfig, log: PathBuf, cluster: &Cluster) -> Operator {
-        let file = fs::File::create(&log)
-            .unwrap_or_else(|e| panic!("cannot create {}: {e}", log.display()));
+    fn spawn(config: OperatorConfig, log: PathBuf, cluster: &ControlPlane) -> Operator {
         let (program, args) = match &config.command {
             Some(command) => (command[0].as_str(), &command[1..]),
             None => (OPERATOR_BIN, &[][..]),
         };
-        let mut cmd = Command::new(program);
-        cmd.args(args);
-        // Nothing from the test's environment (KUBECONFIG, in-cluster variables, RUST_LOG, ...).
-        cmd.env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", std::env::var_os("HOME").unwrap_or_default())
-            .env("KUBECONFIG", &cluster.kubeconfig)
-            .env("OP_CONNECT_HOST", &config.connect_host)
-            .env("OP_CONNECT_TOKEN", &config.token)
-            .env("WATCH_NAMESPACE", config.namespaces.join(","))
-            .env("POLLING_INTERVAL", POLL.as_secs().to_string())
-            .env("METRICS_BIND_ADDRESS", "0")
-            .env("HEALTH_PROBE_BIND_ADDRESS", "0")
-            .env("LOG_LEVEL", "debug")
-            .envs(config.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().expect("clone log file handle"))
-            .stderr(file);
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
-        Operator {
-            config,
-            child: Some(child),
-            log,
-        }
-    }
-
-    /// SIGTERM, up to [`STOP_GRACE`] to exit, then SIGKILL. `None` when it was already stopped.
-    fn stop(&mut self) -> Option<(ExitStatus, Duration)> {
-        let mut child = self.child.take()?;
-        let started = Instant::now();
-        if let Ok(Some(status)) = child.try_wait() {
-            return Some((status, Duration::ZERO));
-        }
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .stderr(Stdio::null())
-            .status();
-        while started.elapsed() < STOP_GRACE {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Some((status, started.elapsed()));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        let status = child.wait().expect("wait for the killed operator");
-        Some((status, started.elapsed()))
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        self.stop();
+        let env = [
+            ("OP_CONNECT_HOST", config.connect_host.clone()),
+            ("OP_CONNECT_TOKEN", config.token.clone()),
+            ("WATCH_NAMESPACE", config.namespaces.join(",")),
+            ("POLLING_INTERVAL", POLL.as_secs().to_string()),
+            ("METRICS_BIND_ADDRESS", "0".into()),
+            ("HEALTH_PROBE_BIND_ADDRESS", "0".into()),
+            ("LOG_LEVEL", "debug".into()),
+        ]
+        .map(|(k, v)| (k.to_string(), v))
+        .into_iter()
+        .chain(config.env.iter().cloned());
+        let process = OperatorProcess::start(program, args, &cluster.kubeconfig, env, log);
+        Operator { config, process }
     }
 }
 
@@ -415,7 +162,7 @@ pub struct TestEnv {
     pub ns: String,
     pub client: Client,
     pub sim: Simulator,
-    cluster: &'static Cluster,
+    cluster: &'static ControlPlane,
     namespaces: Vec<String>,
     operators: Vec<Operator>,
     log_dir: PathBuf,
@@ -442,12 +189,14 @@ impl TestEnv {
     /// no CRD installed: for a test that changes what is cluster-wide, such as the CRD.
     pub async fn with_own_control_plane(name: &str, seed: Seed) -> TestEnv {
         let name_owned = name.to_string();
-        let cluster = tokio::task::spawn_blocking(move || Cluster::start_own(&name_owned))
-            .await
-            .expect("control plane task")
-            .unwrap_or_else(|e| panic!("{e}"));
+        let parent = Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e-control-planes");
+        let cluster =
+            tokio::task::spawn_blocking(move || ControlPlane::start_own(&name_owned, &parent))
+                .await
+                .expect("control plane task")
+                .unwrap_or_else(|e| panic!("{e}"));
         // Lives as long as the test process, as the shared one does (a few hundred bytes).
-        let cluster: &'static Cluster = Box::leak(Box::new(cluster));
+        let cluster: &'static ControlPlane = Box::leak(Box::new(cluster));
         Self::create_on(name, seed, ApiServerLock::Own, cluster).await
     }
 
@@ -462,14 +211,9 @@ impl TestEnv {
         name: &str,
         seed: Seed,
         lock: ApiServerLock,
-        cluster: &'static Cluster,
+        cluster: &'static ControlPlane,
     ) -> TestEnv {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let kubeconfig = Kubeconfig::read_from(&cluster.kubeconfig).expect("read the kubeconfig");
-        let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-            .await
-            .expect("a client configuration from the kubeconfig");
-        let client = Client::try_from(config).expect("a Kubernetes client");
+        let client = cluster.client().await;
         let sim = Simulator::start(seed.token(TOKEN, TokenAccess::All))
             .expect("start the Connect simulator");
         let log_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
@@ -513,17 +257,12 @@ impl TestEnv {
             name.push('-');
             name.push_str(suffix);
         }
-        let name = format!("{name}-{:06x}", rand::random::<u32>() & 0xff_ffff);
-        let ns: Namespace = serde_json::from_value(serde_json::json!({
-            "apiVersion": "v1",
-            "kind": "Namespace",
-            "metadata": {"name": name, "labels": {"opsync-e2e": "true"}},
-        }))
-        .expect("a Namespace");
-        Api::<Namespace>::all(self.client.clone())
-            .create(&PostParams::default(), &ns)
+        let name = unique(&name);
+        let (cluster, created) = (self.cluster, name.clone());
+        tokio::task::spawn_blocking(move || cluster.create_namespace(&created))
             .await
-            .unwrap_or_else(|e| panic!("cannot create namespace {name}: {e}"));
+            .expect("kubectl task")
+            .unwrap_or_else(|e| panic!("{e}"));
         self.namespaces.push(name.clone());
         name
     }
@@ -549,8 +288,8 @@ impl TestEnv {
 
     /// Stops an operator gracefully and checks that it exited cleanly and promptly.
     pub fn stop_operator(&mut self, id: OperatorId) {
-        let operator = &mut self.operators[id.0];
-        let log = operator.log.display().to_string();
+        let operator = &mut self.operators[id.0].process;
+        let log = operator.log_path().display().to_string();
         if let Some((status, took)) = operator.stop() {
             assert!(
                 status.success(),
@@ -562,10 +301,7 @@ impl TestEnv {
 
     /// Kills an operator with SIGKILL, as a crash or a lost node would.
     pub fn kill_operator(&mut self, id: OperatorId) {
-        if let Some(mut child) = self.operators[id.0].child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.operators[id.0].process.kill();
     }
 
     /// Freezes an operator (SIGSTOP): its connections stay open but it reads nothing, as a
@@ -579,27 +315,16 @@ impl TestEnv {
     }
 
     fn signal_operator(&mut self, id: OperatorId, signal: &str) {
-        let child = self.operators[id.0]
-            .child
-            .as_ref()
-            .expect("the operator is running");
-        let status = Command::new("kill")
-            .args([signal, &child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill {signal} failed");
+        self.operators[id.0].process.signal(signal);
     }
 
     /// Waits for an operator to exit by itself (a configuration it refuses) and returns how.
     pub async fn wait_exit(&mut self, id: OperatorId) -> ExitStatus {
         let started = Instant::now();
         loop {
-            let child = self.operators[id.0]
-                .child
-                .as_mut()
-                .expect("the operator was started");
-            if let Some(status) = child.try_wait().expect("wait for the operator") {
-                self.operators[id.0].child = None;
+            let process = &mut self.operators[id.0].process;
+            assert!(process.is_running(), "the operator was started");
+            if let Some(status) = process.exited() {
                 return status;
             }
             assert!(
@@ -612,35 +337,21 @@ impl TestEnv {
 
     /// How an operator exited, if it has (it is then no longer stopped at the end of the test).
     pub fn exited(&mut self, id: OperatorId) -> Option<ExitStatus> {
-        let operator = &mut self.operators[id.0];
-        let status = operator
-            .child
-            .as_mut()?
-            .try_wait()
-            .expect("wait for the operator")?;
-        operator.child = None;
-        Some(status)
+        self.operators[id.0].process.exited()
     }
 
     /// A kubeconfig with the admin's credentials that reaches the API server through `proxy`.
     pub fn kubeconfig_through(&self, proxy: &StallingProxy) -> PathBuf {
-        let admin = fs::read_to_string(&cluster().kubeconfig).expect("read the kubeconfig");
-        let mut config: serde_yaml::Value = serde_yaml::from_str(&admin).expect("kubeconfig YAML");
-        for entry in config["clusters"]
-            .as_sequence_mut()
-            .expect("kubeconfig clusters")
-        {
-            entry["cluster"]["server"] = format!("https://{}", proxy.addr()).into();
-        }
+        let admin = cluster().admin_kubeconfig();
         self.test_file(
             &format!("kubeconfig-through-{}", proxy.addr().port()),
-            &serde_yaml::to_string(&config).expect("kubeconfig YAML"),
+            &kubeconfig::with_server(&admin, &format!("https://{}", proxy.addr())),
         )
     }
 
     /// The operator's log so far.
     pub fn operator_log(&self, id: OperatorId) -> String {
-        fs::read_to_string(&self.operators[id.0].log).unwrap_or_default()
+        self.operators[id.0].process.log()
     }
 
     /// A file in this test's log directory (kept after the run, with the operator logs).
@@ -653,17 +364,10 @@ impl TestEnv {
     /// A kubeconfig with the admin's credentials that acts as `user` (impersonation), so the
     /// operator gets exactly the RBAC bound to that user.
     pub fn kubeconfig_as(&self, user: &str) -> PathBuf {
-        let admin = fs::read_to_string(&self.cluster.kubeconfig).expect("read the kubeconfig");
-        let mut config: serde_yaml::Value = serde_yaml::from_str(&admin).expect("kubeconfig YAML");
-        for entry in config["users"].as_sequence_mut().expect("kubeconfig users") {
-            entry["user"]
-                .as_mapping_mut()
-                .expect("a user entry")
-                .insert("as".into(), user.into());
-        }
+        let admin = self.cluster.admin_kubeconfig();
         self.test_file(
             &format!("kubeconfig-as-{user}"),
-            &serde_yaml::to_string(&config).expect("kubeconfig YAML"),
+            &kubeconfig::impersonating(&admin, user, &[]),
         )
     }
 
@@ -685,17 +389,17 @@ impl TestEnv {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         for operator in &self.operators {
-            let log = fs::read_to_string(&operator.log).unwrap_or_default();
+            let (log, file) = (operator.process.log(), operator.process.log_path());
             assert!(
                 !log.contains(TOKEN),
                 "the operator log {} contains the Connect token",
-                operator.log.display()
+                file.display()
             );
             for value in &values {
                 assert!(
                     !log.contains(value.as_str()),
                     "the operator log {} contains a secret value",
-                    operator.log.display()
+                    file.display()
                 );
             }
         }
@@ -740,14 +444,12 @@ impl TestEnv {
 
     /// Removes the test's namespaces, or its own control plane with everything in it.
     fn delete_namespaces(&self) {
-        if self.cluster.own {
+        if self.cluster.is_own() {
             self.cluster.stop();
             return;
         }
         for ns in &self.namespaces {
-            let _ = self
-                .cluster
-                .kubectl(None, &["delete", "namespace", ns, "--wait=false"], None);
+            let _ = self.cluster.delete_namespace(ns);
         }
     }
 
@@ -755,11 +457,11 @@ impl TestEnv {
     /// the test's own control plane, and waits until it is served.
     pub async fn install_crd(&self, file: &str) {
         assert!(
-            self.cluster.own,
+            self.cluster.is_own(),
             "the CRD is changed only on a test's own control plane"
         );
         let (cluster, file) = (self.cluster, file.to_string());
-        tokio::task::spawn_blocking(move || cluster.install_crd_with(&["apply", "-f", &file]))
+        tokio::task::spawn_blocking(move || install_crd_with(cluster, &["apply", "-f", &file]))
             .await
             .expect("kubectl task")
             .unwrap_or_else(|e| panic!("{e}"));
@@ -801,26 +503,16 @@ impl TestEnv {
 
     /// Runs a script of `tests/envtest` against the control plane.
     pub async fn envtest(&self, script: &str) {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/envtest")
-            .join(script);
-        let state = self.cluster.state_dir.clone();
-        let out = tokio::task::spawn_blocking(move || Command::new(&path).arg(&state).output())
+        let (cluster, script) = (self.cluster, script.to_string());
+        tokio::task::spawn_blocking(move || cluster.envtest(&script))
             .await
             .expect("envtest task")
-            .unwrap_or_else(|e| panic!("cannot run tests/envtest/{script}: {e}"));
-        assert!(
-            out.status.success(),
-            "tests/envtest/{script} failed ({}): {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+            .unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// Waits until the operator's log contains `needle` (e.g. it got as far as a poll cycle).
     pub async fn wait_log(&self, id: OperatorId, needle: &str) {
-        let log = self.operators[id.0].log.clone();
+        let log = self.operators[id.0].process.log_path().to_path_buf();
         wait_for(
             &format!("{needle:?} in {}", log.display()),
             TIMEOUT,
@@ -1049,17 +741,7 @@ impl TestEnv {
             );
         }
         for operator in &self.operators {
-            let log = fs::read_to_string(&operator.log).unwrap_or_default();
-            let lines: Vec<&str> = log.lines().collect();
-            let tail = &lines[lines.len().saturating_sub(300)..];
-            let _ = write!(
-                out,
-                "\n===== {} (last {} of {} lines)\n{}\n",
-                operator.log.display(),
-                tail.len(),
-                lines.len(),
-                tail.join("\n")
-            );
+            let _ = write!(out, "\n{}", operator.process.log_tail(300));
         }
         out
     }
@@ -1068,7 +750,7 @@ impl TestEnv {
 impl Drop for TestEnv {
     fn drop(&mut self) {
         for operator in &mut self.operators {
-            operator.stop();
+            operator.process.stop();
         }
         if !self.finished {
             if std::thread::panicking() {
@@ -1133,12 +815,8 @@ pub fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 
 /// The API server's address (`host:port` of the kubeconfig's server).
 pub fn api_server_addr() -> String {
-    let admin = fs::read_to_string(&cluster().kubeconfig).expect("read the kubeconfig");
-    let config: serde_yaml::Value = serde_yaml::from_str(&admin).expect("kubeconfig YAML");
-    let server = config["clusters"][0]["cluster"]["server"]
-        .as_str()
-        .expect("a server in the kubeconfig");
-    let url = url::Url::parse(server).expect("the server is a URL");
+    let server = kubeconfig::server(&cluster().admin_kubeconfig());
+    let url = url::Url::parse(&server).expect("the server is a URL");
     format!(
         "{}:{}",
         url.host_str().expect("a host"),

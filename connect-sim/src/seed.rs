@@ -27,7 +27,7 @@ use base64::Engine;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::store::{SimError, Store, TokenAccess, new_id, section_id};
-use crate::connect::model::{Field, File, FullItem, ItemUrl, Section, SectionRef};
+use onepassword_connect::model::{Field, File, FullItem, ItemUrl, Section, SectionRef};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SeedError {
@@ -78,7 +78,7 @@ impl Seed {
 
     /// Parses YAML (or JSON, which YAML reads too).
     pub fn from_yaml_str(text: &str) -> Result<Self, SeedError> {
-        serde_yaml::from_str(text).map_err(|e| SeedError::Parse(e.to_string()))
+        serde_saphyr::from_str(text).map_err(|e| SeedError::Parse(e.to_string()))
     }
 
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, SeedError> {
@@ -580,7 +580,7 @@ tokens:
     #[test]
     fn seeds_round_trip_through_yaml_and_json() {
         let seed = Seed::from_yaml_str(SEED).unwrap();
-        let yaml = serde_yaml::to_string(&seed).unwrap();
+        let yaml = serde_saphyr::to_string(&seed).unwrap();
         assert_eq!(Seed::from_yaml_str(&yaml).unwrap(), seed);
         let json = serde_json::to_string(&seed).unwrap();
         assert_eq!(Seed::from_yaml_str(&json).unwrap(), seed);

@@ -113,7 +113,7 @@ pub fn resolve_item<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::connect::model::VaultRef;
+    use crate::model::VaultRef;
 
     fn vault(id: &str, name: &str, created: &str) -> Vault {
         Vault {

@@ -10,14 +10,11 @@ use serde::de::DeserializeOwned;
 use url::Url;
 
 use super::{
+    endpoint::Endpoint,
     error::ConnectError,
     listing::{ArrayReader, ListError, ListLimits, parse_element},
-    model::{
-        ErrorBody, File, FileContent, FullItem, Health, ItemSummary, ItemWithFiles, Vault,
-        is_valid_id,
-    },
-    path::ItemPath,
-    resolve::{join_notes, resolve_item, resolve_vault, titles_equal_ignoring_case},
+    mac::hmac_sha256,
+    model::{ErrorBody, File, FileContent, FullItem, ItemSummary, ItemWithFiles, Vault},
 };
 
 /// The Connect token. Its `Debug` and `Display` never show the value.
@@ -73,7 +70,8 @@ impl Default for RetryPolicy {
 #[derive(Clone)]
 pub struct ConnectConfig {
     /// `OP_CONNECT_HOST`, e.g. `http://onepassword-connect:8080`. It may carry credentials
-    /// (`http://user:pass@host`): print it only through [`redact_url`].
+    /// (`http://user:pass@host`): it is only ever printed redacted
+    /// ([`ConnectClient::host`], `Debug`).
     pub host: Url,
     pub token: Token,
     /// Whole-request timeout, including reading the body.
@@ -161,7 +159,7 @@ impl ConnectConfig {
 
 /// A URL for logs, errors and `Debug`: any `user:password@` becomes `<redacted>@`, and the
 /// query and fragment are left out (`OP_CONNECT_HOST` may carry credentials).
-pub fn redact_url(url: &Url) -> String {
+fn redact_url(url: &Url) -> String {
     let mut shown = format!("{}://", url.scheme());
     if !url.username().is_empty() || url.password().is_some() {
         shown.push_str("<redacted>@");
@@ -225,47 +223,9 @@ pub enum ConfigError {
     Http(String),
 }
 
-/// The Connect endpoints we call, as bounded names for metrics.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Endpoint {
-    ListVaults,
-    GetVault,
-    ListItems,
-    GetItem,
-    ListFiles,
-    GetFileContent,
-    Heartbeat,
-    Health,
-}
-
-impl Endpoint {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Endpoint::ListVaults => "list_vaults",
-            Endpoint::GetVault => "get_vault",
-            Endpoint::ListItems => "list_items",
-            Endpoint::GetItem => "get_item",
-            Endpoint::ListFiles => "list_files",
-            Endpoint::GetFileContent => "get_file_content",
-            Endpoint::Heartbeat => "heartbeat",
-            Endpoint::Health => "health",
-        }
-    }
-}
-
 /// Called once per HTTP attempt with the endpoint and the outcome: the status code as text, or
 /// `timeout` / `error` when no response came. Used for metrics.
 pub type RequestObserver = Arc<dyn Fn(Endpoint, &str) + Send + Sync>;
-
-/// Where a title path resolved to, and what the user should know about how it was chosen.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Resolved {
-    pub vault_id: String,
-    pub item_id: String,
-    /// Set when a title matched several vaults or items and the oldest was chosen, as the
-    /// official operator does.
-    pub note: Option<String>,
-}
 
 #[derive(Clone)]
 pub struct ConnectClient {
@@ -336,43 +296,11 @@ impl ConnectClient {
         self.get_list(Endpoint::ListVaults, "v1/vaults", &[]).await
     }
 
-    /// Vaults whose name is `title` ignoring case, as the official operator matches them
-    /// (`strings.EqualFold` in `pkg/onepassword/client/connect/connect.go`, v1.12.0).
-    pub async fn vaults_by_title(&self, title: &str) -> Result<Vec<Vault>, ConnectError> {
-        let filter = title_filter(title);
-        let vaults: Vec<Vault> = self
-            .get_list(Endpoint::ListVaults, "v1/vaults", &[("filter", &filter)])
-            .await?;
-        Ok(vaults
-            .into_iter()
-            .filter(|v| titles_equal_ignoring_case(&v.name, title))
-            .collect())
-    }
-
-    pub async fn get_vault(&self, vault_id: &str) -> Result<Vault, ConnectError> {
-        let path = format!("v1/vaults/{}", segment(vault_id));
-        self.get_json(Endpoint::GetVault, &path, &[]).await
-    }
-
     /// Every item of a vault, without field values: one request, whatever the vault's size,
     /// read as a stream (see `max_list_elements`).
     pub async fn list_items(&self, vault_id: &str) -> Result<Vec<ItemSummary>, ConnectError> {
         let path = format!("v1/vaults/{}/items", segment(vault_id));
         self.get_list(Endpoint::ListItems, &path, &[]).await
-    }
-
-    /// Items of a vault whose title is exactly `title`.
-    pub async fn items_by_title(
-        &self,
-        vault_id: &str,
-        title: &str,
-    ) -> Result<Vec<ItemSummary>, ConnectError> {
-        let path = format!("v1/vaults/{}/items", segment(vault_id));
-        let filter = title_filter(title);
-        let items: Vec<ItemSummary> = self
-            .get_list(Endpoint::ListItems, &path, &[("filter", &filter)])
-            .await?;
-        Ok(items.into_iter().filter(|i| i.title == title).collect())
     }
 
     pub async fn get_item(&self, vault_id: &str, item_id: &str) -> Result<FullItem, ConnectError> {
@@ -381,7 +309,7 @@ impl ConnectClient {
     }
 
     /// The files of an item; with `inline`, small files carry their content (base64).
-    pub async fn list_files(
+    async fn list_files(
         &self,
         vault_id: &str,
         item_id: &str,
@@ -401,7 +329,7 @@ impl ConnectClient {
     }
 
     /// The raw content of a file, from the `content_path` Connect gave for it.
-    pub async fn file_content(&self, file: &File) -> Result<Vec<u8>, ConnectError> {
+    async fn file_content(&self, file: &File) -> Result<Vec<u8>, ConnectError> {
         let path = file.content_path.trim_start_matches('/');
         if !path.starts_with("v1/vaults/") || path.contains("..") {
             return Err(ConnectError::BadResponse(format!(
@@ -419,10 +347,6 @@ impl ConnectClient {
             .map(drop)
     }
 
-    pub async fn health(&self) -> Result<Health, ConnectError> {
-        self.get_json(Endpoint::Health, "health", &[]).await
-    }
-
     /// Fetches an item and the content of its files.
     ///
     /// Files cost one request for all of them (`inline_files=true`) instead of one per file; a
@@ -437,7 +361,7 @@ impl ConnectClient {
         self.with_files(item).await
     }
 
-    async fn with_files(&self, item: FullItem) -> Result<ItemWithFiles, ConnectError> {
+    pub(crate) async fn with_files(&self, item: FullItem) -> Result<ItemWithFiles, ConnectError> {
         if item.files.is_empty() {
             return Ok(ItemWithFiles {
                 item,
@@ -484,42 +408,6 @@ impl ConnectClient {
         Ok(ItemWithFiles { item, files })
     }
 
-    /// Resolves a path and fetches the item with its files, with the official operator's
-    /// requests: a title lookup of the vault (then the string as an id), then the item by id if
-    /// it looks like one (one request; a title lookup if Connect has no such item), else by
-    /// title. Unlike the official operator, an error other than "not found" (bad token, Connect
-    /// down) is returned as is instead of being retried as a title.
-    pub async fn fetch_by_path(
-        &self,
-        path: &ItemPath,
-    ) -> Result<(Resolved, ItemWithFiles), ConnectError> {
-        let vaults = self.vaults_by_title(&path.vault).await?;
-        let (vault_id, vault_note) = resolve_vault(&vaults, &path.vault)?;
-        if is_valid_id(&path.item) {
-            match self.get_item(&vault_id, &path.item).await {
-                Ok(item) => {
-                    let resolved = Resolved {
-                        vault_id,
-                        item_id: item.id.clone(),
-                        note: vault_note,
-                    };
-                    return Ok((resolved, self.with_files(item).await?));
-                }
-                Err(ConnectError::ItemNotFound { .. } | ConnectError::BadRequest { .. }) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        let items = self.items_by_title(&vault_id, &path.item).await?;
-        let (chosen, item_note) = resolve_item(&items, &vault_id, &path.item)?;
-        let item = self.fetch_item(&vault_id, &chosen.id).await?;
-        let resolved = Resolved {
-            vault_id,
-            item_id: chosen.id.clone(),
-            note: join_notes(vault_note, item_note),
-        };
-        Ok((resolved, item))
-    }
-
     async fn get_json<T: DeserializeOwned>(
         &self,
         endpoint: Endpoint,
@@ -547,7 +435,7 @@ impl ConnectClient {
     }
 
     /// A JSON array read as it arrives, one element at a time: the body is never held whole.
-    async fn get_list<T: DeserializeOwned>(
+    pub(crate) async fn get_list<T: DeserializeOwned>(
         &self,
         endpoint: Endpoint,
         path: &str,
@@ -632,7 +520,7 @@ impl ConnectClient {
     /// can compute, stable while the token is (the digest salt of a new Secret). The token
     /// itself never leaves the client.
     pub fn token_mac(&self, message: &[u8]) -> [u8; 32] {
-        crate::digest::hmac_sha256(self.current_token().expose().as_bytes(), message)
+        hmac_sha256(self.current_token().expose().as_bytes(), message)
     }
 
     fn current_token(&self) -> Token {
@@ -769,16 +657,10 @@ async fn read_list<T: DeserializeOwned>(
 }
 
 /// A path segment, percent-encoded so a title-shaped id cannot change the URL's structure.
-fn segment(s: &str) -> String {
+pub(crate) fn segment(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes())
         .collect::<String>()
         .replace('+', "%20")
-}
-
-/// A SCIM `title eq "…"` filter, with `\` and `"` escaped.
-fn title_filter(title: &str) -> String {
-    let escaped = title.replace('\\', "\\\\").replace('"', "\\\"");
-    format!("title eq \"{escaped}\"")
 }
 
 fn backoff(policy: &RetryPolicy, attempt: u32) -> Duration {
@@ -935,12 +817,6 @@ mod tests {
             ConnectConfig::from_env(host_only).unwrap_err(),
             ConfigError::Missing("OP_CONNECT_TOKEN")
         );
-    }
-
-    #[test]
-    fn title_filter_escapes_quotes() {
-        assert_eq!(title_filter("db"), r#"title eq "db""#);
-        assert_eq!(title_filter(r#"a "b" \c"#), r#"title eq "a \"b\" \\c""#);
     }
 
     #[test]

@@ -6,7 +6,10 @@ use http::Method;
 use serde::Serialize;
 
 use super::store::{Access, MAX_INLINE_FILE_BYTES, SimError, Store, View};
-use crate::connect::model::{ErrorBody, File, FullItem, Health, ServiceDependency, is_valid_id};
+use onepassword_connect::{
+    Endpoint,
+    model::{ErrorBody, File, FullItem, Health, ServiceDependency, is_valid_id},
+};
 
 /// The version Connect reports in `1Password-Connect-Version` and `/health`.
 pub const CONNECT_VERSION: &str = "1.7.1";
@@ -109,25 +112,27 @@ impl Route {
         }
     }
 
-    /// A stable name for counts, metrics and fault scoping.
+    /// A stable name for counts, metrics and fault scoping: the Connect client's name for the
+    /// same endpoint ([`Endpoint::as_str`]).
     pub fn endpoint(&self) -> &'static str {
-        match self {
-            Route::ListVaults => "list_vaults",
-            Route::GetVault { .. } => "get_vault",
-            Route::ListItems { .. } => "list_items",
-            Route::CreateItem { .. } => "create_item",
-            Route::GetItem { .. } => "get_item",
-            Route::ReplaceItem { .. } => "replace_item",
-            Route::DeleteItem { .. } => "delete_item",
-            Route::ListFiles { .. } => "list_files",
-            Route::GetFile { .. } => "get_file",
-            Route::GetFileContent { .. } => "get_file_content",
-            Route::Heartbeat => "heartbeat",
-            Route::Health => "health",
-            Route::Metrics => "metrics",
-            Route::MethodNotAllowed => "method_not_allowed",
-            Route::NotFound => "not_found",
-        }
+        let endpoint = match self {
+            Route::ListVaults => Endpoint::ListVaults,
+            Route::GetVault { .. } => Endpoint::GetVault,
+            Route::ListItems { .. } => Endpoint::ListItems,
+            Route::CreateItem { .. } => Endpoint::CreateItem,
+            Route::GetItem { .. } => Endpoint::GetItem,
+            Route::ReplaceItem { .. } => Endpoint::ReplaceItem,
+            Route::DeleteItem { .. } => Endpoint::DeleteItem,
+            Route::ListFiles { .. } => Endpoint::ListFiles,
+            Route::GetFile { .. } => Endpoint::GetFile,
+            Route::GetFileContent { .. } => Endpoint::GetFileContent,
+            Route::Heartbeat => Endpoint::Heartbeat,
+            Route::Health => Endpoint::Health,
+            Route::Metrics => Endpoint::Metrics,
+            Route::MethodNotAllowed => return "method_not_allowed",
+            Route::NotFound => return "not_found",
+        };
+        endpoint.as_str()
     }
 }
 
@@ -432,7 +437,7 @@ impl Api<'_> {
         Ok(Reply::json(200, &items))
     }
 
-    fn vault(&self, vault: &str) -> Result<&crate::connect::model::Vault, Reply> {
+    fn vault(&self, vault: &str) -> Result<&onepassword_connect::model::Vault, Reply> {
         check_id(vault, "Vault")?;
         if !self.access.allows(vault) {
             return Err(not_in_scope(vault));
@@ -500,7 +505,7 @@ fn parse_item(body: &[u8]) -> Result<FullItem, Reply> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::{
+    use crate::{
         seed::{ItemSpec, Seed, VaultSpec},
         store::TokenAccess,
     };

@@ -3,7 +3,7 @@
 //! (`connect-sdk-go`) and the official operator; with failures on demand and request counts.
 //!
 //! ```no_run
-//! use onepassword_secrets_operator::sim::{Fault, ItemSpec, Seed, Simulator, TokenAccess, VaultSpec};
+//! use connect_sim::{Fault, ItemSpec, Seed, Simulator, TokenAccess, VaultSpec};
 //!
 //! let sim = Simulator::start(
 //!     Seed::new()
@@ -49,7 +49,7 @@ pub use store::{
     Access, MAX_INLINE_FILE_BYTES, SimError, Store, TokenAccess, View, content_path, new_id,
 };
 
-use crate::connect::model::{FullItem, ItemSummary, Vault};
+use onepassword_connect::model::{FullItem, ItemSummary, Vault};
 use server::{Control, ServerThread, Shared, lock};
 
 /// What [`Simulator::put_item`] takes: a wire item (files may carry base64 `content`; a file

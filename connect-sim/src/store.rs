@@ -9,7 +9,7 @@ use std::{
 use base64::Engine;
 use rand::Rng;
 
-use crate::connect::model::{
+use onepassword_connect::model::{
     Field, File, FullItem, ItemSummary, Section, Vault, VaultRef, is_valid_id,
 };
 

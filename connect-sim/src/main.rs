@@ -12,7 +12,7 @@
 use std::{net::SocketAddr, path::PathBuf};
 
 use clap::Parser;
-use onepassword_secrets_operator::sim::{Access, Seed, Simulator};
+use connect_sim::{Access, Seed, Simulator};
 
 #[derive(Parser, Debug)]
 #[command(about = "A 1Password Connect simulator serving vaults and items from a seed file")]

@@ -3,7 +3,7 @@
 use std::fmt;
 
 /// A parsed item path. Each part is either a Connect id or a title; which one is decided when the
-/// path is resolved against Connect (see [`super::ConnectClient::resolve`]).
+/// path is resolved against Connect's listings (see [`crate::resolve`]).
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct ItemPath {
     pub vault: String,
