@@ -19,12 +19,19 @@ envtest_state_dir() {
 # envtest_alive <pid> <state-dir>: true if pid runs and is one of ours (its
 # command line mentions the state dir); zombies count as dead.
 envtest_alive() {
-	local pid="$1" state="$2" st
+	local pid="$1" state="$2" st cmd="" i
 	[[ "$pid" =~ ^[0-9]+$ ]] || return 1
-	[[ -r "/proc/$pid/stat" ]] || return 1
-	st="$(awk '{ sub(/.*\) /, ""); print $1 }' "/proc/$pid/stat" 2>/dev/null)" || return 1
-	[[ "$st" != Z && "$st" != X ]] || return 1
-	tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$state/"
+	for ((i = 0; i < 10; i++)); do
+		[[ -r "/proc/$pid/stat" ]] || return 1
+		st="$(awk '{ sub(/.*\) /, ""); print $1 }' "/proc/$pid/stat" 2>/dev/null)" || return 1
+		[[ "$st" != Z && "$st" != X ]] || return 1
+		cmd="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" || true
+		# The command line reads empty while the process execs (a run script becoming its
+		# component, just after it was launched): look again rather than call it gone.
+		[[ -z "$cmd" ]] || break
+		sleep 0.05
+	done
+	[[ "$cmd" == *"$state/"* ]]
 }
 
 envtest_pid() { # <state-dir> <component>: recorded pid, or nothing
