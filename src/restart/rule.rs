@@ -384,10 +384,7 @@ pub fn apply_body(
 }
 
 fn short_sha256(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(&Sha256::digest(bytes)[..8])
 }
 
 #[cfg(test)]
@@ -402,7 +399,7 @@ mod tests {
     }
 
     fn template(yaml: &str) -> PodTemplateSpec {
-        serde_yaml::from_str(yaml).expect("valid pod template fixture")
+        serde_saphyr::from_str(yaml).expect("valid pod template fixture")
     }
 
     fn used(yaml: &str, workload_annotations: &[(&str, &str)]) -> Vec<String> {
