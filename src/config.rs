@@ -197,7 +197,7 @@ pub fn parse_interval(value: &str) -> Result<Duration, String> {
 }
 
 fn parse_go_bool(value: &str) -> Result<bool, String> {
-    crate::controller::parse_bool(value.trim())
+    crate::vocabulary::parse_bool(value.trim())
         .ok_or_else(|| format!("{value:?} is not a boolean (true or false)"))
 }
 

@@ -116,7 +116,7 @@ impl VaultPolicy {
     }
 
     pub fn parse(text: &str) -> Result<Self, String> {
-        let policy: VaultPolicy = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+        let policy: VaultPolicy = serde_saphyr::from_str(text).map_err(|e| e.to_string())?;
         for (i, rule) in policy.rules.iter().enumerate() {
             if rule.namespaces.is_empty() || rule.vaults.is_empty() {
                 return Err(format!(
@@ -239,7 +239,7 @@ rules:
                 "unknown field",
             ),
             ("allow: everything\n", "unknown field"),
-            ("rules: nope\n", "invalid type"),
+            ("rules: nope\n", "expected sequence"),
         ] {
             let e = VaultPolicy::parse(text).unwrap_err();
             assert!(e.contains(why), "{text:?}: {e}");

@@ -35,8 +35,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use crate::connect::model::{ItemUrl, ItemWithFiles};
 
 // Where they were first defined; tests and the fuzz target still name them here.
-use crate::vocabulary::Reason;
-pub use crate::vocabulary::{ITEM_PATH_ANNOTATION, ITEM_VERSION_ANNOTATION};
+use crate::vocabulary::{ITEM_PATH_ANNOTATION, ITEM_VERSION_ANNOTATION, Reason};
 /// Kubernetes refuses a Secret whose values add up to more than this (`MaxSecretSize`).
 pub const MAX_SECRET_DATA_BYTES: usize = 1024 * 1024;
 /// etcd's default `--max-request-bytes` (1.5 MiB): the API server cannot store a larger object

@@ -22,11 +22,14 @@ use k8s_openapi::api::{
 };
 use kube::{Api, ResourceExt};
 use onepassword_secrets_operator::{
-    controller::restart::Workload,
     restart::{
-        self, DIGEST_ANNOTATION, DigestMap, RESTARTED_FOR_ANNOTATION, SECRET_DIGESTS_ANNOTATION,
+        controller::Workload,
+        rule::{self as restart, DigestMap},
     },
-    secret::{ITEM_PATH_ANNOTATION, ITEM_VERSION_ANNOTATION},
+    vocabulary::{
+        DIGEST_ANNOTATION, ITEM_PATH_ANNOTATION, ITEM_VERSION_ANNOTATION, RESTARTED_FOR_ANNOTATION,
+        SECRET_DIGESTS_ANNOTATION,
+    },
 };
 use opsync_test_support::b64;
 use support::{

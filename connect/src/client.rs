@@ -47,7 +47,8 @@ pub struct RetryPolicy {
     /// Retries after the first attempt (0 disables retries).
     pub max_retries: u32,
     /// The first backoff ceiling; each retry doubles it, up to `max_delay`. The actual delay is
-    /// drawn uniformly below the ceiling ("full jitter"), so many operators do not retry in step.
+    /// drawn uniformly between half the ceiling and the ceiling, so many operators do not retry
+    /// in step. (Retries inside one request; a failed reconcile's retry is the operator's.)
     pub base_delay: Duration,
     pub max_delay: Duration,
     /// A 429 whose `Retry-After` is longer than this is not waited for inside a request: the

@@ -356,7 +356,7 @@ mod tests {
     ));
 
     fn official_crd() -> CustomResourceDefinition {
-        serde_yaml::from_str(OFFICIAL_CRD).expect("the official CRD parses")
+        serde_saphyr::from_str(OFFICIAL_CRD).expect("the official CRD parses")
     }
 
     fn not_found() -> OnePasswordItemStatus {
@@ -430,7 +430,7 @@ mod tests {
         assert!(schema.reject(), "the first rejection changes the shape");
         assert_eq!(schema.fields(), StatusFields::official());
         assert!(!schema.reject(), "nothing left to fall back to");
-        schema.learn(&serde_yaml::from_str(&crate::crd::crd_yaml()).unwrap());
+        schema.learn(&serde_saphyr::from_str(&crate::crd::crd_yaml()).unwrap());
         assert!(schema.fields().is_full());
     }
 

@@ -433,7 +433,7 @@ fn target_for(
     }
     let annotations: BTreeMap<String, String> = annotations
         .into_iter()
-        .filter(|(k, v)| k != AUTO_RESTART_ANNOTATION || super::parse_bool(v).is_some())
+        .filter(|(k, v)| k != AUTO_RESTART_ANNOTATION || crate::vocabulary::parse_bool(v).is_some())
         .collect();
     Ok(SyncTarget {
         namespace: namespace.to_string(),

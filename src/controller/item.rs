@@ -22,7 +22,7 @@ use kube::{
 use serde_json::json;
 
 use super::{
-    Context, FIELD_MANAGER,
+    Context,
     crd_probe::{self, StatusFields},
     poller::{TargetKey, TargetKind},
     scoped_api,
@@ -33,7 +33,7 @@ use crate::{
     connect::ItemPath,
     crd::{OnePasswordItem, OnePasswordItemCondition, OnePasswordItemStatus},
     secret,
-    vocabulary::{AUTO_RESTART_ANNOTATION, MANAGED_LABEL, Reason},
+    vocabulary::{AUTO_RESTART_ANNOTATION, FIELD_MANAGER, MANAGED_LABEL, Reason},
 };
 
 /// Labels of the item that are not copied to its Secret: Argo CD tracks resources by them, and a
@@ -179,7 +179,7 @@ pub fn target_for(
         );
     }
     if let Some(value) = obj.annotations().get(AUTO_RESTART_ANNOTATION) {
-        if super::parse_bool(value).is_none() {
+        if crate::vocabulary::parse_bool(value).is_none() {
             return Err(SyncError::Unsupported(format!(
                 "annotation {AUTO_RESTART_ANNOTATION} is {value:?}; it must be true or false"
             )));
@@ -636,7 +636,7 @@ mod tests {
         use super::*;
         use crate::{
             controller::testing::{self, Expect, Seen, assert_no_more_requests, serve},
-            vocabulary::{DIGEST_ANNOTATION, FIELD_MANAGER, ITEM_PATH_ANNOTATION},
+            vocabulary::{DIGEST_ANNOTATION, ITEM_PATH_ANNOTATION},
         };
         use connect_sim::{ItemSpec, Seed, Simulator, TokenAccess, VaultSpec};
         use serde_json::Value;

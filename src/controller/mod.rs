@@ -24,11 +24,6 @@ pub mod takeover;
 pub mod watch;
 pub mod write_rate;
 
-// The path tests/e2e names the restart controller by.
-pub use crate::restart::controller as restart;
-
-/// The one field manager every write of ours uses.
-pub use crate::vocabulary::{FIELD_MANAGER, parse_bool};
 pub use context::{Context, Namespaces, Settings, lag_since, object_key, truncate};
 pub use watch::{
     OwnWrites, SecretMeta, forget_deleted, log_run_error, log_watch_error, scoped_api,
@@ -81,7 +76,10 @@ pub(crate) mod testing {
 
         /// A server-side apply with our field manager, answered with its own body.
         pub(crate) fn apply(path: &str) -> Self {
-            let uri = format!("{path}?&force=true&fieldManager={FIELD_MANAGER}");
+            let uri = format!(
+                "{path}?&force=true&fieldManager={}",
+                crate::vocabulary::FIELD_MANAGER
+            );
             Expect::new("PATCH", &uri, 200, Value::Null)
         }
 

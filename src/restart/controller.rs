@@ -896,7 +896,7 @@ mod tests {
     }
 
     fn deployment(yaml: &str) -> Deployment {
-        serde_yaml::from_str(yaml).expect("valid Deployment fixture")
+        serde_saphyr::from_str(yaml).expect("valid Deployment fixture")
     }
 
     #[test]

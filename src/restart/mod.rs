@@ -9,9 +9,3 @@
 
 pub mod controller;
 pub mod rule;
-
-// The paths tests/e2e names them by.
-pub use crate::vocabulary::{
-    DIGEST_ANNOTATION, RESTARTED_FOR_ANNOTATION, SECRET_DIGESTS_ANNOTATION,
-};
-pub use rule::{DigestMap, encode, fingerprint, restarted_for};

@@ -10,7 +10,7 @@ use kube::{
     Api, ResourceExt,
     api::{Patch, PatchParams},
 };
-use onepassword_secrets_operator::{restart::DIGEST_ANNOTATION, secret::ITEM_VERSION_ANNOTATION};
+use onepassword_secrets_operator::vocabulary::{DIGEST_ANNOTATION, ITEM_VERSION_ANNOTATION};
 
 use super::{
     QUIET, b64, deployment_using_db, item_manifest, login, replica_set_count, sync_item,

@@ -24,7 +24,7 @@ use connect_sim::{Seed, Simulator, TokenAccess};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::{apps::v1::ReplicaSet, core::v1::Secret, events::v1::Event};
 use kube::{Api, Client, Resource, ResourceExt, api::ListParams};
-use onepassword_secrets_operator::{crd::OnePasswordItem, secret::ITEM_VERSION_ANNOTATION};
+use onepassword_secrets_operator::{crd::OnePasswordItem, vocabulary::ITEM_VERSION_ANNOTATION};
 pub use opsync_test_support::wait_for;
 use opsync_test_support::{ControlPlane, OperatorProcess, kubeconfig, unique};
 use serde::de::DeserializeOwned;
