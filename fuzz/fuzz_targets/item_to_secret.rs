@@ -24,9 +24,10 @@ use base64::Engine;
 use libfuzzer_sys::fuzz_target;
 use onepassword_secrets_operator::connect::model::{FileContent, FullItem, ItemWithFiles};
 use onepassword_secrets_operator::secret::{
-    BuildError, BuildOptions, DesiredSecret, ITEM_PATH_ANNOTATION, ITEM_VERSION_ANNOTATION,
-    MAX_SECRET_DATA_BYTES, build_secret, data_key, secret_data, secret_name,
+    BuildError, BuildOptions, DesiredSecret, MAX_SECRET_DATA_BYTES, build_secret, data_key,
+    secret_data, secret_name,
 };
+use onepassword_secrets_operator::vocabulary::{ITEM_PATH_ANNOTATION, ITEM_VERSION_ANNOTATION};
 
 /// Filler bytes for files without inline content, over all files of one input.
 const FILLER_BUDGET: u64 = MAX_SECRET_DATA_BYTES as u64 + 1;
@@ -156,7 +157,7 @@ fn check(item: &ItemWithFiles, options: BuildOptions) {
                 // The stored size is checked on the whole Secret, after build_secret.
                 BuildError::StoredTooLarge { .. } => panic!("build_secret checks values only"),
             }
-            assert!(!err.reason().is_empty());
+            assert!(!err.reason().as_str().is_empty());
             return;
         }
     };
