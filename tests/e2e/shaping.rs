@@ -215,3 +215,28 @@ async fn fixed_data_and_labels_sit_beside_the_items_data() {
     assert_eq!(kept.resource_version(), secret.resource_version());
     env.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shaping_sample_syncs_against_the_demo_seed() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let seed = Seed::from_file(format!("{root}/tests/fixtures/sim/demo.yaml")).unwrap();
+    let mut env = TestEnv::new("shape-sample", seed).await;
+    env.start_operator(env.operator_config());
+    let sample = std::fs::read_to_string(format!("{root}/config/samples/shaping.yaml")).unwrap();
+    env.apply(&sample).await.unwrap();
+    env.wait_ready("db-env", "Synced").await;
+    env.wait_secret(
+        "db-env",
+        "the sample's keys",
+        has_data(&map(&[
+            ("DB_USER", "app"),
+            ("DB_PASSWORD", "demo-db-password"),
+            ("DB_HOST", "postgres.demo.svc"),
+            ("DB_PORT", "5432"),
+            ("DB_URL", "https://db.demo.example"),
+            ("DB_SSLMODE", "require"),
+        ])),
+    )
+    .await;
+    env.finish().await;
+}
