@@ -5,6 +5,7 @@
 use connect_sim::{ItemSpec, Seed, VaultSpec};
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
+use onepassword_secrets_operator::crd::OnePasswordItem;
 use serde_json::Value;
 
 use super::{b64, login};
@@ -17,6 +18,11 @@ fn shaped_manifest(name: &str, item: &str, shaping: &str, extra: &str) -> String
         "apiVersion: onepassword.com/v1\nkind: OnePasswordItem\nmetadata:\n  name: {name}\n\
          {extra}spec:\n  itemPath: \"vaults/E2E/items/{item}\"\n{shaping}"
     )
+}
+
+fn ready_message(item: &OnePasswordItem) -> String {
+    let ready = item.ready_condition().expect("a Ready condition");
+    ready.message.clone().unwrap_or_default()
 }
 
 fn keys(secret: &Secret) -> Vec<String> {
@@ -78,8 +84,7 @@ async fn an_image_pull_secret_from_login_fields_is_accepted_and_usable_by_a_pod(
     ))
     .await
     .unwrap();
-    let item = env.wait_ready("no-token", "FieldNotFound").await;
-    let message = item.ready_condition().unwrap().message.clone().unwrap();
+    let message = ready_message(&env.wait_ready("no-token", "FieldNotFound").await);
     assert!(message.contains("\"token\""), "{message}");
     assert!(!message.contains(&token), "{message}");
     assert!(env.secret("no-token").await.is_none());
@@ -154,8 +159,7 @@ async fn only_the_listed_keys_are_written_and_a_new_shaping_rewrites_the_secret(
     ))
     .await
     .unwrap();
-    let item = env.wait_ready("db", "FieldNotFound").await;
-    let message = item.ready_condition().unwrap().message.clone().unwrap();
+    let message = ready_message(&env.wait_ready("db", "FieldNotFound").await);
     assert!(message.contains("qa.db-password"), "{message}");
     for value in [&prod, &staging, &password] {
         assert!(!message.contains(value.as_str()), "{message}");
