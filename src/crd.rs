@@ -71,12 +71,14 @@ pub struct OnePasswordItemSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_pull_secret: Option<ImagePullSecretConfig>,
     /// Only these keys, each taken from one field, file or URL of the item (like External
-    /// Secrets' `spec.data`). When set, the item's other fields, files and URLs are left out.
+    /// Secrets' `spec.data`). When set, the item's other fields, files and URLs are left out,
+    /// unless `includes` brings some back.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub data: Vec<SecretKeyRef>,
     /// Keep only the default keys (one per URL, field and file, named after its label) that
     /// match one of these globs (`*` any run of characters, `?` one character), like Vault
-    /// Secrets Operator's `includes`. Ignored for keys listed in `data`.
+    /// Secrets Operator's `includes`. With `data` or `imagePullSecret`, the default keys are
+    /// left out unless they match one of these.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub includes: Vec<String>,
     /// Leave out the default keys that match one of these globs (after `includes`).

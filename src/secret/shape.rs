@@ -285,12 +285,12 @@ fn docker_config_json(
     item: &ItemWithFiles,
     config: &ImagePullSecretConfig,
 ) -> Result<Vec<u8>, BuildError> {
-    let required = |reference: Option<&String>, default: &str| {
+    // The registry of a Login item is often its website: a URL of that label will do.
+    let required = |reference: Option<&String>, default: &str, or_url: bool| {
         let reference = reference.map_or(default, String::as_str);
         let value = match field(item, reference) {
             Ok(f) => f.value.clone().unwrap_or_default().into_bytes(),
-            // The registry of a Login item is often its website.
-            Err(BuildError::FieldNotFound { .. }) if default == "server" => {
+            Err(BuildError::FieldNotFound { .. }) if or_url => {
                 url(item, reference)?.ok_or_else(|| not_found(KeySource::Field, reference))?
             }
             Err(e) => return Err(e),
@@ -303,9 +303,9 @@ fn docker_config_json(
         }
         Ok(value)
     };
-    let registry = required(config.registry_field.as_ref(), "server")?;
-    let username = required(config.username_field.as_ref(), "username")?;
-    let password = required(config.password_field.as_ref(), "password")?;
+    let registry = required(config.registry_field.as_ref(), "server", true)?;
+    let username = required(config.username_field.as_ref(), "username", false)?;
+    let password = required(config.password_field.as_ref(), "password", false)?;
     let mut entry = BTreeMap::new();
     if let Some(reference) = &config.email_field {
         let email = field(item, reference)?.value.clone().unwrap_or_default();
