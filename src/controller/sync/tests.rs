@@ -340,6 +340,24 @@ fn a_new_shaping_makes_the_secret_stale_though_the_item_is_the_same() {
 }
 
 #[test]
+fn writing_a_new_shaping_of_the_same_version_is_not_a_rewrite() {
+    let t = target(vec![owner("OnePasswordItem", "o1")]);
+    let r = resolution(4);
+    assert_eq!(super::apply::written_as(&t, &r), r.item_path());
+    let mut shaped = t.clone();
+    shaped.shape.includes = vec!["pass*".into()];
+    let mut reshaped = shaped.clone();
+    reshaped.shape.includes = vec!["user*".into()];
+    let rate = crate::controller::write_rate::WriteRate::default();
+    let now = std::time::Instant::now();
+    for s in [&t, &shaped, &reshaped, &t, &shaped, &reshaped] {
+        let what = super::apply::written_as(s, &r);
+        assert!(rate.admit("ns", "db", &what, 4, now).is_ok());
+        rate.record("ns", "db", &what, 4, now);
+    }
+}
+
+#[test]
 fn an_older_version_of_the_same_item_is_refused_but_not_a_newer_one_or_another_item() {
     let t = target(vec![owner("OnePasswordItem", "u1")]);
     let r = resolution(4);
