@@ -45,7 +45,11 @@ pub struct OnePasswordItem {
     pub status: Option<OnePasswordItemStatus>,
 }
 
-/// Which 1Password item to sync.
+/// Which 1Password item to sync, and how its Secret is shaped.
+///
+/// With none of the shaping fields (`data`, `includes`, `excludes`, `fixedData`,
+/// `secretLabels`, `secretAnnotations`, `imagePullSecret`) the Secret holds every URL, field and
+/// file of the item under its label, as with the official operator.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OnePasswordItemSpec {
@@ -60,11 +64,57 @@ pub struct OnePasswordItemSpec {
     /// refused; not supported yet: an item that sets it is reported as not Ready (`Unsupported`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<SecretTemplate>,
-    /// Build a `.dockerconfigjson` from the item's fields. Like `template`, in no released
-    /// official operator (only in an unreleased revision of its source); not supported yet: an
-    /// item that sets it is reported as not Ready (`Unsupported`).
+    /// Build a `kubernetes.io/dockerconfigjson` Secret from the item's fields: its one key,
+    /// `.dockerconfigjson`, holds `{"auths": {<registry>: {username, password, email, auth}}}`.
+    /// The Secret's `type` becomes `kubernetes.io/dockerconfigjson` (any other `type` is refused).
+    /// The fields of an unreleased revision of the official operator (0730a79).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_pull_secret: Option<ImagePullSecretConfig>,
+    /// Only these keys, each taken from one field, file or URL of the item (like External
+    /// Secrets' `spec.data`). When set, the item's other fields, files and URLs are left out,
+    /// unless `includes` brings some back.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub data: Vec<SecretKeyRef>,
+    /// Keep only the default keys (one per URL, field and file, named after its label) that
+    /// match one of these globs (`*` any run of characters, `?` one character), like Vault
+    /// Secrets Operator's `includes`. With `data` or `imagePullSecret`, the default keys are
+    /// left out unless they match one of these.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub includes: Vec<String>,
+    /// Leave out the default keys that match one of these globs (after `includes`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excludes: Vec<String>,
+    /// Keys with fixed text values, written beside the item's keys (e.g. an Argo CD repository
+    /// Secret's `type: git` and `url`). A fixed key wins over an item key of the same name (a
+    /// warning says so); it may not repeat a key of `data`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub fixed_data: BTreeMap<String, String>,
+    /// Labels set on the Secret, beside those copied from this object. Keys under
+    /// `operator.1password.io/` are the operator's and are refused.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_labels: BTreeMap<String, String>,
+    /// Annotations set on the Secret. Keys under `operator.1password.io/` are the operator's and
+    /// are refused (set `auto-restart` on this object instead).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_annotations: BTreeMap<String, String>,
+}
+
+/// One key of the Secret and where its value comes from: exactly one of `field`, `file`, `url`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// The Secret data key (letters, digits, `-`, `_`, `.`).
+    pub key: String,
+    /// A field, by its label, or `<section label>.<field label>` when the label is in several
+    /// sections.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// A file attached to the item, by its name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// A URL of the item, by its label (a primary URL wins over others of the same label).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
 
 /// Secret data keys rendered from templates (in no released official operator; see `template`).
@@ -75,16 +125,21 @@ pub struct SecretTemplate {
     pub data: Option<BTreeMap<String, String>>,
 }
 
-/// Labels of the fields that make up a `.dockerconfigjson` (not in any released official operator).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+/// Which fields of the item make up the `.dockerconfigjson`. Each names a field by its label
+/// (or `<section label>.<field label>`); the defaults suit a Login item with a `server` field.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ImagePullSecretConfig {
+    /// The registry host, e.g. `ghcr.io`: a field, else a URL, with this label. Default `server`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registry_field: Option<String>,
+    /// The user name. Default `username`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username_field: Option<String>,
+    /// The password or token. Default `password`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_field: Option<String>,
+    /// The e-mail address; none when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub email_field: Option<String>,
 }

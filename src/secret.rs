@@ -34,6 +34,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 
 use crate::connect::model::{ItemUrl, ItemWithFiles};
 
+pub mod shape;
+pub use shape::Shape;
+
 // Where they were first defined; tests and the fuzz target still name them here.
 use crate::vocabulary::{ITEM_PATH_ANNOTATION, ITEM_VERSION_ANNOTATION, Reason};
 /// Kubernetes refuses a Secret whose values add up to more than this (`MaxSecretSize`).
@@ -86,6 +89,8 @@ pub enum KeyWarning {
     Overwritten { key: String },
     /// The file is left out because a URL, a field or an earlier file already gave this key.
     FileShadowed { file: String, key: String },
+    /// A key of `spec.fixedData` replaced the item's key of the same name.
+    FixedWins { key: String },
 }
 
 impl fmt::Display for KeyWarning {
@@ -104,6 +109,10 @@ impl fmt::Display for KeyWarning {
                 f,
                 "file {file:?} was skipped: the key {key:?} is already taken by a URL, a field \
                  or another file"
+            ),
+            KeyWarning::FixedWins { key } => write!(
+                f,
+                "the item's key {key:?} was replaced by the spec.fixedData value of that key"
             ),
         }
     }
@@ -158,6 +167,18 @@ pub enum BuildError {
          labels, or split the item"
     )]
     StoredTooLarge { bytes: usize, keys: usize },
+    #[error(
+        "the item has no {kind} {reference:?} (a field is named by its label, or by \
+         `<section label>.<label>`)"
+    )]
+    FieldNotFound { kind: KeySource, reference: String },
+    #[error(
+        "several {kind}s of the item match {reference:?}; name a field as \
+         `<section label>.<label>`, or give the item's {kind}s distinct names"
+    )]
+    AmbiguousField { kind: KeySource, reference: String },
+    #[error("the item's field {reference:?} is empty; spec.imagePullSecret needs a value")]
+    EmptyField { reference: String },
 }
 
 impl BuildError {
@@ -169,6 +190,10 @@ impl BuildError {
             BuildError::TooLarge { .. } | BuildError::StoredTooLarge { .. } => {
                 Reason::SecretTooLarge
             }
+            BuildError::FieldNotFound { .. } | BuildError::EmptyField { .. } => {
+                Reason::FieldNotFound
+            }
+            BuildError::AmbiguousField { .. } => Reason::AmbiguousField,
         }
     }
 }
@@ -449,9 +474,17 @@ pub struct DesiredSecret<'a> {
 /// carries `apiVersion: v1` and `kind: Secret`). Deterministic: the same input gives the same
 /// object. The warnings are those of [`secret_data`].
 pub fn build_secret(d: &DesiredSecret<'_>) -> Result<(Secret, Vec<KeyWarning>), BuildError> {
+    build_shaped_secret(d, &Shape::default())
+}
+
+/// [`build_secret`], with the keys shaped by `shape` ([`shape::shaped_data`]).
+pub fn build_shaped_secret(
+    d: &DesiredSecret<'_>,
+    shape: &Shape,
+) -> Result<(Secret, Vec<KeyWarning>), BuildError> {
     let name = secret_name(d.name)?;
     let secret_type = secret_type(d.secret_type)?;
-    let data = secret_data(d.item, d.options);
+    let data = shape::shaped_data(d.item, d.options, shape)?;
     let bytes = data.total_bytes();
     if bytes > MAX_SECRET_DATA_BYTES {
         return Err(BuildError::TooLarge { bytes });

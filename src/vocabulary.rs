@@ -20,6 +20,9 @@ pub const ITEM_VERSION_ANNOTATION: &str = "operator.1password.io/item-version";
 pub const AUTO_RESTART_ANNOTATION: &str = "operator.1password.io/auto-restart";
 /// On a Secret we write: opaque, changes exactly when the Secret's data changes.
 pub const DIGEST_ANNOTATION: &str = "operator.1password.io/data-digest";
+/// On a Secret we write from a shaped OnePasswordItem: opaque, changes exactly when the shaping
+/// fields of its spec change (so a new shaping rewrites the Secret though the item is the same).
+pub const SHAPE_ANNOTATION: &str = "operator.1password.io/shape-digest";
 /// On a workload's metadata: the last seen fingerprints of the managed Secrets it uses.
 pub const SECRET_DIGESTS_ANNOTATION: &str = "operator.1password.io/secret-digests";
 /// On a workload's pod template: changing it is what rolls the pods.
@@ -90,11 +93,17 @@ reasons! {
     // Failures: the object's spec.
     InvalidItemPath,
     Unsupported,
+    /// The shaping fields of the spec are inconsistent (a bad key, a reserved label).
+    InvalidShape,
     // Failures: the Secret cannot be built, or is refused as built.
     InvalidSecretName,
     InvalidSecretType,
     SecretTooLarge,
     SecretRejected,
+    /// A field, file or URL the spec's shaping names is not in the item (or is empty).
+    FieldNotFound,
+    /// A reference of the spec's shaping matches several fields, files or URLs.
+    AmbiguousField,
     // Failures: the Secret that is there.
     SecretConflict,
     SecretTypeImmutable,

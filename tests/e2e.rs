@@ -5,6 +5,8 @@
 
 #[path = "e2e/safety.rs"]
 mod safety;
+#[path = "e2e/shaping.rs"]
+mod shaping;
 #[path = "e2e/support.rs"]
 mod support;
 

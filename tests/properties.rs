@@ -8,7 +8,8 @@ use onepassword_secrets_operator::connect::ItemPath;
 use onepassword_secrets_operator::connect::model::{
     Field, File, FileContent, FullItem, ItemUrl, ItemWithFiles, VaultRef,
 };
-use onepassword_secrets_operator::crd::ITEM_PATH_PATTERN;
+use onepassword_secrets_operator::crd::{ITEM_PATH_PATTERN, ImagePullSecretConfig, SecretKeyRef};
+use onepassword_secrets_operator::secret::shape::{FixedData, Shape, glob_match, shaped_data};
 use onepassword_secrets_operator::secret::{
     BuildError, BuildOptions, DesiredSecret, build_secret, data_key, is_dns1123_subdomain,
     is_valid_data_key, secret_data, secret_name,
@@ -248,6 +249,87 @@ proptest! {
                 prop_assert!(!printed.contains(text), "{:?} in {}", text, printed);
             }
         }
+    }
+}
+
+/// A shaping whose references are labels as people write them (often not in the item).
+fn shape() -> impl Strategy<Value = Shape> {
+    let reference = (0..3u8, label()).prop_map(|(kind, label)| {
+        let mut r = SecretKeyRef::default();
+        match kind {
+            0 => r.field = Some(label),
+            1 => r.file = Some(label),
+            _ => r.url = Some(label),
+        }
+        r
+    });
+    let data = proptest::collection::btree_map("[a-zA-Z_]{1,8}", reference, 0..4).prop_map(|m| {
+        m.into_iter()
+            .map(|(key, r)| SecretKeyRef { key, ..r })
+            .collect::<Vec<_>>()
+    });
+    let globs = proptest::collection::vec("[a-z.*?]{0,5}", 0..3);
+    let fixed = proptest::collection::btree_map("[0-9]{1,4}", value(), 0..3);
+    let pull = proptest::option::of((label(), label(), label()).prop_map(|(r, u, p)| {
+        ImagePullSecretConfig {
+            registry_field: Some(r),
+            username_field: Some(u),
+            password_field: Some(p),
+            email_field: None,
+        }
+    }));
+    (data, globs.clone(), globs, fixed, pull).prop_map(
+        |(data, includes, excludes, fixed, image_pull)| Shape {
+            data,
+            includes,
+            excludes,
+            fixed_data: FixedData(fixed),
+            image_pull,
+        },
+    )
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn shaping_is_deterministic_keeps_listed_keys_and_errors_carry_no_value(
+        item in item(),
+        shape in shape(),
+    ) {
+        prop_assume!(shape.validate().is_ok());
+        let first = shaped_data(&item, BuildOptions::default(), &shape);
+        prop_assert_eq!(&first, &shaped_data(&item, BuildOptions::default(), &shape));
+        match first {
+            Ok(data) => {
+                for key in shape.data.iter().map(|r| &r.key).chain(shape.fixed_data.0.keys()) {
+                    prop_assert!(data.data.contains_key(key), "{:?} is missing", key);
+                }
+                for (key, value) in &shape.fixed_data.0 {
+                    prop_assert_eq!(&data.data[key], value.as_bytes());
+                }
+            }
+            Err(err) => {
+                let message = err.to_string();
+                let values = item.item.fields.iter().filter_map(|f| f.value.clone());
+                for value in values.chain(item.item.urls.iter().map(|u| u.href.clone())) {
+                    if value.chars().count() >= 6 && !item_labels_contain(&item, &value) {
+                        prop_assert!(!message.contains(&value), "{:?} in {}", value, message);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_glob_without_wildcards_matches_only_itself_and_a_star_matches_all(
+        pattern in "[a-z.]{0,8}",
+        text in "[a-z.]{0,8}",
+    ) {
+        prop_assert_eq!(glob_match(&pattern, &text), pattern == text);
+        prop_assert!(glob_match("*", &text));
+        let prefixed = (format!("{pattern}*"), format!("{pattern}{text}"));
+        prop_assert!(glob_match(&prefixed.0, &prefixed.1));
     }
 }
 

@@ -443,6 +443,7 @@ fn target_for(
         labels: BTreeMap::new(),
         annotations,
         owners,
+        shape: Default::default(),
     })
 }
 

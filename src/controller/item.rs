@@ -32,7 +32,10 @@ use super::{
 use crate::{
     connect::ItemPath,
     crd::{OnePasswordItem, OnePasswordItemCondition, OnePasswordItemStatus},
-    secret,
+    secret::{
+        self, Shape,
+        shape::{DOCKER_CONFIG_JSON_TYPE, check_not_reserved},
+    },
     vocabulary::{AUTO_RESTART_ANNOTATION, FIELD_MANAGER, MANAGED_LABEL, Reason},
 };
 
@@ -157,13 +160,10 @@ pub fn target_for(
             "spec.template is not supported by this operator yet; remove it to sync the item's fields as keys".into(),
         ));
     }
-    if obj.spec.image_pull_secret.is_some() {
-        return Err(SyncError::Unsupported(
-            "spec.imagePullSecret is not supported by this operator yet; store a `.dockerconfigjson` field in the item and set `type: kubernetes.io/dockerconfigjson` instead".into(),
-        ));
-    }
-    let secret_type = secret::secret_type(obj.secret_type.as_deref())?;
-    let labels: BTreeMap<String, String> = obj
+    let shape = Shape::of(&obj.spec);
+    shape.validate().map_err(SyncError::InvalidShape)?;
+    let secret_type = shaped_type(obj, &shape)?;
+    let mut labels: BTreeMap<String, String> = obj
         .labels()
         .iter()
         .filter(|(k, _)| !LABELS_NOT_COPIED.contains(&k.as_str()) && k.as_str() != MANAGED_LABEL)
@@ -186,6 +186,12 @@ pub fn target_for(
         }
         annotations.insert(AUTO_RESTART_ANNOTATION.into(), value.clone());
     }
+    let spec = &obj.spec;
+    check_not_reserved("spec.secretLabels", spec.secret_labels.keys())
+        .and_then(|()| check_not_reserved("spec.secretAnnotations", spec.secret_annotations.keys()))
+        .map_err(SyncError::InvalidShape)?;
+    labels.extend(spec.secret_labels.clone());
+    annotations.extend(spec.secret_annotations.clone());
     Ok(SyncTarget {
         namespace: namespace.to_string(),
         name: obj.name_any(),
@@ -194,7 +200,21 @@ pub fn target_for(
         labels,
         annotations,
         owners: vec![owner_reference(obj)],
+        shape,
     })
+}
+
+/// The Secret's type: as `type` says, except that `imagePullSecret` makes it
+/// `kubernetes.io/dockerconfigjson` and refuses any other.
+fn shaped_type(obj: &OnePasswordItem, shape: &Shape) -> Result<String, SyncError> {
+    let asked = secret::secret_type(obj.secret_type.as_deref())?;
+    match (&shape.image_pull, asked.as_str()) {
+        (None, _) => Ok(asked),
+        (Some(_), "Opaque" | DOCKER_CONFIG_JSON_TYPE) => Ok(DOCKER_CONFIG_JSON_TYPE.into()),
+        (Some(_), other) => Err(SyncError::InvalidShape(format!(
+            "spec.imagePullSecret makes a {DOCKER_CONFIG_JSON_TYPE} Secret, but type is {other:?}"
+        ))),
+    }
 }
 
 fn owner_reference(obj: &OnePasswordItem) -> OwnerReference {
@@ -522,6 +542,37 @@ mod tests {
             .unwrap()
             .insert(AUTO_RESTART_ANNOTATION.into(), "yes".into());
         assert!(target_for(&bad_restart, "apps", false).is_err());
+    }
+
+    #[test]
+    fn image_pull_secret_makes_the_type_dockerconfigjson_and_refuses_another() {
+        let mut obj = item("vaults/Prod/items/ghcr");
+        obj.spec.image_pull_secret = Some(Default::default());
+        let t = target_for(&obj, "apps", false).unwrap();
+        assert_eq!(t.secret_type.as_deref(), Some(DOCKER_CONFIG_JSON_TYPE));
+        assert!(!t.shape.is_default());
+        obj.secret_type = Some("kubernetes.io/tls".into());
+        let err = target_for(&obj, "apps", false).unwrap_err();
+        assert_eq!(err.reason(), "InvalidShape");
+        assert!(err.needs_spec_change());
+    }
+
+    #[test]
+    fn secret_labels_and_annotations_are_added_and_ours_are_refused() {
+        let mut obj = item("vaults/Prod/items/db");
+        obj.spec.secret_labels = BTreeMap::from([("tier".into(), "db".into())]);
+        obj.spec.secret_annotations = BTreeMap::from([("owner".into(), "ops".into())]);
+        let t = target_for(&obj, "apps", false).unwrap();
+        assert_eq!(t.labels.get("tier").map(String::as_str), Some("db"));
+        assert_eq!(t.annotations.get("owner").map(String::as_str), Some("ops"));
+        // Labels and annotations alone are not shaping of the data.
+        assert!(t.shape.is_default());
+        obj.spec
+            .secret_labels
+            .insert(MANAGED_LABEL.into(), "me".into());
+        let err = target_for(&obj, "apps", false).unwrap_err();
+        assert_eq!(err.reason(), "InvalidShape");
+        assert!(err.to_string().contains(MANAGED_LABEL), "{err}");
     }
 
     #[test]

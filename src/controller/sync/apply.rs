@@ -23,7 +23,7 @@ pub fn admit(ctx: &Context, target: &SyncTarget, held: &Held) -> Result<(), Sync
         .admit(
             namespace,
             name,
-            &held.item_path(),
+            &written_as(target, held),
             held.version,
             Instant::now(),
         )
@@ -68,11 +68,20 @@ pub async fn apply(
     ctx.write_rate.record(
         namespace,
         name,
-        &held.item_path(),
+        &written_as(target, held),
         held.version,
         Instant::now(),
     );
     Ok(applied)
+}
+
+/// What a write is of, for telling a fight from a change: the item, and the shaping, so that
+/// writing a new shaping of the same item version is never counted as a rewrite.
+pub(super) fn written_as(target: &SyncTarget, held: &Held) -> String {
+    match target.shape.digest() {
+        Some(shape) => format!("{}#{shape}", held.item_path()),
+        None => held.item_path(),
+    }
 }
 
 /// Removes the keys another operator left (see [`super::plan::effect_of_write`]), right

@@ -17,7 +17,7 @@ use crate::{
     secret::{self, BuildError, DesiredSecret},
     vocabulary::{
         DIGEST_ANNOTATION, ITEM_PATH_ANNOTATION, ITEM_VERSION_ANNOTATION, MANAGED_LABEL,
-        MANAGED_VALUE,
+        MANAGED_VALUE, SHAPE_ANNOTATION,
     },
 };
 
@@ -41,7 +41,7 @@ pub fn build(
         owners: target.owners.clone(),
         options: secret::BuildOptions { allow_empty_values },
     };
-    let (mut secret, warnings) = secret::build_secret(&desired)?;
+    let (mut secret, warnings) = secret::build_shaped_secret(&desired, &target.shape)?;
     let data: BTreeMap<String, Vec<u8>> = secret
         .data
         .iter()
@@ -89,12 +89,17 @@ pub(super) fn desired_metadata(
     labels.insert(MANAGED_LABEL.into(), MANAGED_VALUE.into());
     // The item path, version and digest are ours to write from the item itself; a copy of the
     // Deployment's `item-path` (a title path) must not be compared with, or override, them.
-    let annotations = target
+    let mut annotations: BTreeMap<String, String> = target
         .annotations
         .iter()
-        .filter(|(k, _)| !is_data_annotation(k))
+        .filter(|(k, _)| !is_data_annotation(k) && k.as_str() != SHAPE_ANNOTATION)
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
+    // A new shaping makes the Secret stale (`plan::stale_because` compares these annotations)
+    // though the item has the same version; without shaping, nothing is added.
+    if let Some(digest) = target.shape.digest() {
+        annotations.insert(SHAPE_ANNOTATION.into(), digest);
+    }
     (labels, annotations)
 }
 

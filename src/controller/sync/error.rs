@@ -11,6 +11,9 @@ pub enum SyncError {
     InvalidPath(#[from] crate::connect::InvalidItemPath),
     #[error("{0}")]
     Unsupported(String),
+    /// The spec's shaping fields cannot be used as written (the message names keys, never values).
+    #[error("{0}")]
+    InvalidShape(String),
     #[error(transparent)]
     Connect(#[from] ConnectError),
     #[error(transparent)]
@@ -80,6 +83,7 @@ impl SyncError {
         match self {
             SyncError::InvalidPath(_) => Reason::InvalidItemPath,
             SyncError::Unsupported(_) => Reason::Unsupported,
+            SyncError::InvalidShape(_) => Reason::InvalidShape,
             SyncError::Connect(e) => Reason::of_connect(e),
             SyncError::Build(e) => e.reason(),
             SyncError::Conflict { .. } => Reason::SecretConflict,
@@ -147,7 +151,10 @@ impl SyncError {
     pub fn needs_spec_change(&self) -> bool {
         matches!(
             self,
-            SyncError::InvalidPath(_) | SyncError::Unsupported(_) | SyncError::Build(_)
+            SyncError::InvalidPath(_)
+                | SyncError::Unsupported(_)
+                | SyncError::InvalidShape(_)
+                | SyncError::Build(_)
         )
     }
 }

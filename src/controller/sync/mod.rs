@@ -49,6 +49,8 @@ pub struct SyncTarget {
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
     pub owners: Vec<OwnerReference>,
+    /// Which keys the Secret gets ([`crate::secret::shape`]); none asked for on a Deployment.
+    pub shape: crate::secret::Shape,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

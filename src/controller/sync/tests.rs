@@ -93,6 +93,7 @@ fn target(owners: Vec<OwnerReference>) -> SyncTarget {
         labels: BTreeMap::new(),
         annotations: BTreeMap::new(),
         owners,
+        shape: Default::default(),
     }
 }
 
@@ -312,6 +313,48 @@ fn a_secret_we_wrote_for_the_listed_version_needs_no_fetch_even_with_a_title_ite
         stale_because(&live, &unlabelled, &r),
         Some("its annotations differ")
     );
+}
+
+#[test]
+fn a_new_shaping_makes_the_secret_stale_though_the_item_is_the_same() {
+    let t = target(vec![owner("OnePasswordItem", "o1")]);
+    let r = resolution(4);
+    let live = written_by_us(&t, &r);
+    assert_eq!(stale_because(&live, &t, &r), None);
+    let mut shaped = t.clone();
+    shaped.shape.includes = vec!["pass*".into()];
+    assert_eq!(
+        stale_because(&live, &shaped, &r),
+        Some("its annotations differ")
+    );
+    let live = written_by_us(&shaped, &r);
+    assert_eq!(stale_because(&live, &shaped, &r), None);
+    let mut reshaped = shaped.clone();
+    reshaped.shape.includes = vec!["user*".into()];
+    assert_eq!(
+        stale_because(&live, &reshaped, &r),
+        Some("its annotations differ")
+    );
+    // Back to no shaping: the annotation we wrote is left over, so the Secret is stale.
+    assert_eq!(stale_because(&live, &t, &r), Some("its annotations differ"));
+}
+
+#[test]
+fn writing_a_new_shaping_of_the_same_version_is_not_a_rewrite() {
+    let t = target(vec![owner("OnePasswordItem", "o1")]);
+    let r = resolution(4);
+    assert_eq!(super::apply::written_as(&t, &r), r.item_path());
+    let mut shaped = t.clone();
+    shaped.shape.includes = vec!["pass*".into()];
+    let mut reshaped = shaped.clone();
+    reshaped.shape.includes = vec!["user*".into()];
+    let rate = crate::controller::write_rate::WriteRate::default();
+    let now = std::time::Instant::now();
+    for s in [&t, &shaped, &reshaped, &t, &shaped, &reshaped] {
+        let what = super::apply::written_as(s, &r);
+        assert!(rate.admit("ns", "db", &what, 4, now).is_ok());
+        rate.record("ns", "db", &what, 4, now);
+    }
 }
 
 #[test]

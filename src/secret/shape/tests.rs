@@ -1,0 +1,414 @@
+use super::*;
+use crate::connect::model::{FileContent, FullItem};
+
+const SECRET_VALUES: &[&str] = &["hunter2", "s3cr3t-prod", "s3cr3t-staging", "ghp_token"];
+
+/// A Login item for a registry, with a label repeated across two sections and one file.
+fn item() -> ItemWithFiles {
+    let item: FullItem = serde_json::from_value(serde_json::json!({
+        "id": "i1", "title": "ghcr", "vault": {"id": "v1"}, "category": "LOGIN", "version": 3,
+        "urls": [
+            {"label": "website", "primary": true, "href": "https://ghcr.io"},
+            {"label": "docs", "href": "https://docs.example"}
+        ],
+        "sections": [{"id": "s1", "label": "prod"}, {"id": "s2", "label": "staging"}],
+        "fields": [
+            {"id": "username", "type": "STRING", "purpose": "USERNAME", "label": "username", "value": "octocat"},
+            {"id": "password", "type": "CONCEALED", "purpose": "PASSWORD", "label": "password", "value": "ghp_token"},
+            {"id": "server", "type": "STRING", "label": "server", "value": "ghcr.io"},
+            {"id": "email", "type": "EMAIL", "label": "email", "value": "octo@example.com"},
+            {"id": "p1", "section": {"id": "s1"}, "type": "CONCEALED", "label": "db-password", "value": "s3cr3t-prod"},
+            {"id": "p2", "section": {"id": "s2"}, "type": "CONCEALED", "label": "db-password", "value": "s3cr3t-staging"},
+            {"id": "n", "type": "STRING", "label": "notes", "value": "hunter2"}
+        ],
+        "files": [{"id": "f1", "name": "ca.pem", "size": 4, "content_path": "/x"}]
+    }))
+    .unwrap();
+    ItemWithFiles {
+        item,
+        files: vec![FileContent {
+            id: "f1".into(),
+            name: "ca.pem".into(),
+            content: b"CERT".to_vec(),
+        }],
+    }
+}
+
+fn field(key: &str, field: &str) -> SecretKeyRef {
+    SecretKeyRef {
+        key: key.into(),
+        field: Some(field.into()),
+        ..Default::default()
+    }
+}
+
+fn shaped(shape: &Shape) -> Result<SecretData, BuildError> {
+    shaped_data(&item(), BuildOptions::default(), shape)
+}
+
+fn keys(data: &SecretData) -> Vec<&str> {
+    data.data.keys().map(String::as_str).collect()
+}
+
+fn text<'a>(data: &'a SecretData, key: &str) -> &'a str {
+    std::str::from_utf8(&data.data[key]).unwrap()
+}
+
+fn assert_no_value(message: &str) {
+    for v in SECRET_VALUES {
+        assert!(!message.contains(v), "{message:?} holds a value");
+    }
+}
+
+fn image_pull(config: ImagePullSecretConfig) -> Shape {
+    Shape {
+        image_pull: Some(config),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn no_shaping_gives_the_official_keys() {
+    let plain = super::super::secret_data(&item(), BuildOptions::default());
+    assert_eq!(shaped(&Shape::default()).unwrap(), plain);
+    assert_eq!(Shape::default().digest(), None);
+}
+
+#[test]
+fn image_pull_secret_builds_a_sorted_dockerconfigjson_with_auth() {
+    let data = shaped(&image_pull(ImagePullSecretConfig {
+        email_field: Some("email".into()),
+        ..Default::default()
+    }))
+    .unwrap();
+    assert_eq!(keys(&data), [DOCKER_CONFIG_JSON_KEY]);
+    // base64("octocat:ghp_token")
+    assert_eq!(
+        text(&data, DOCKER_CONFIG_JSON_KEY),
+        r#"{"auths":{"ghcr.io":{"auth":"b2N0b2NhdDpnaHBfdG9rZW4=","email":"octo@example.com","password":"ghp_token","username":"octocat"}}}"#
+    );
+}
+
+#[test]
+fn dockerconfigjson_is_what_the_api_server_validates() {
+    // The API server's `ValidateSecret` for this type: the key is there and its value is JSON
+    // (it unmarshals into `DockerConfigJSON`, a map of `auths`).
+    let data = shaped(&image_pull(Default::default())).unwrap();
+    let parsed: serde_json::Value =
+        serde_json::from_slice(&data.data[DOCKER_CONFIG_JSON_KEY]).unwrap();
+    let entry = &parsed["auths"]["ghcr.io"];
+    assert!(entry.is_object(), "{parsed}");
+    let auth = base64::engine::general_purpose::STANDARD
+        .decode(entry["auth"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(auth, b"octocat:ghp_token");
+    assert!(entry.get("email").is_none());
+}
+
+#[test]
+fn the_registry_may_be_a_url_of_the_item() {
+    let data = shaped(&image_pull(ImagePullSecretConfig {
+        registry_field: Some("website".into()),
+        ..Default::default()
+    }))
+    .unwrap();
+    assert!(text(&data, DOCKER_CONFIG_JSON_KEY).contains(r#"{"auths":{"https://ghcr.io":"#));
+}
+
+#[test]
+fn a_missing_image_pull_field_names_the_label_and_no_value() {
+    let err = shaped(&image_pull(ImagePullSecretConfig {
+        password_field: Some("token".into()),
+        ..Default::default()
+    }))
+    .unwrap_err();
+    assert_eq!(err.reason(), crate::vocabulary::Reason::FieldNotFound);
+    let message = err.to_string();
+    assert!(message.contains("\"token\""), "{message}");
+    assert_no_value(&message);
+}
+
+#[test]
+fn an_empty_image_pull_field_is_refused() {
+    let mut it = item();
+    it.item.fields[0].value = Some(String::new());
+    let err = shaped_data(
+        &it,
+        BuildOptions::default(),
+        &image_pull(Default::default()),
+    )
+    .unwrap_err();
+    assert_eq!(
+        err,
+        BuildError::EmptyField {
+            reference: "username".into()
+        }
+    );
+}
+
+#[test]
+fn data_selects_and_renames_fields_files_and_urls() {
+    let shape = Shape {
+        data: vec![
+            field("REGISTRY_TOKEN", "password"),
+            SecretKeyRef {
+                key: "ca.crt".into(),
+                file: Some("ca.pem".into()),
+                ..Default::default()
+            },
+            SecretKeyRef {
+                key: "endpoint".into(),
+                url: Some("website".into()),
+                ..Default::default()
+            },
+        ],
+        ..Default::default()
+    };
+    let data = shaped(&shape).unwrap();
+    assert_eq!(keys(&data), ["REGISTRY_TOKEN", "ca.crt", "endpoint"]);
+    assert_eq!(text(&data, "REGISTRY_TOKEN"), "ghp_token");
+    assert_eq!(text(&data, "ca.crt"), "CERT");
+    assert_eq!(text(&data, "endpoint"), "https://ghcr.io");
+}
+
+#[test]
+fn a_label_repeated_across_sections_needs_its_section() {
+    let err = shaped(&Shape {
+        data: vec![field("db", "db-password")],
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert_eq!(err.reason(), crate::vocabulary::Reason::AmbiguousField);
+    assert_no_value(&err.to_string());
+    for (reference, value) in [
+        ("prod.db-password", "s3cr3t-prod"),
+        ("staging.db-password", "s3cr3t-staging"),
+    ] {
+        let data = shaped(&Shape {
+            data: vec![field("db", reference)],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(text(&data, "db"), value);
+    }
+}
+
+#[test]
+fn a_missing_reference_is_field_not_found_naming_it() {
+    for r in [
+        field("x", "nope"),
+        field("x", "qa.db-password"),
+        SecretKeyRef {
+            key: "x".into(),
+            file: Some("missing.pem".into()),
+            ..Default::default()
+        },
+        SecretKeyRef {
+            key: "x".into(),
+            url: Some("wiki".into()),
+            ..Default::default()
+        },
+    ] {
+        let err = shaped(&Shape {
+            data: vec![r.clone()],
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(err.reason(), crate::vocabulary::Reason::FieldNotFound);
+        let reference = r.field.or(r.file).or(r.url).unwrap();
+        assert!(err.to_string().contains(&reference), "{err}");
+        assert_no_value(&err.to_string());
+    }
+}
+
+#[test]
+fn includes_and_excludes_filter_the_default_keys() {
+    let only = |includes: &[&str], excludes: &[&str]| {
+        let shape = Shape {
+            includes: includes.iter().map(|s| s.to_string()).collect(),
+            excludes: excludes.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        keys(&shaped(&shape).unwrap())
+            .into_iter()
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(only(&["user*", "pass*"], &[]), ["password", "username"]);
+    assert_eq!(
+        only(&[], &["notes", "*.pem", "d*"]),
+        ["email", "password", "server", "username", "website"]
+    );
+    assert_eq!(only(&["*"], &["*"]), Vec::<String>::new());
+}
+
+#[test]
+fn includes_add_default_keys_beside_the_listed_ones() {
+    let shape = Shape {
+        data: vec![field("token", "password")],
+        includes: vec!["user?ame".into()],
+        ..Default::default()
+    };
+    assert_eq!(keys(&shaped(&shape).unwrap()), ["token", "username"]);
+}
+
+#[test]
+fn fixed_data_sits_beside_item_data_and_wins_with_a_warning() {
+    let shape = Shape {
+        data: vec![field("sshPrivateKey", "password")],
+        fixed_data: FixedData(BTreeMap::from([
+            ("type".to_string(), "git".to_string()),
+            ("url".to_string(), "git@github.com:org/repo".to_string()),
+        ])),
+        ..Default::default()
+    };
+    let data = shaped(&shape).unwrap();
+    assert_eq!(keys(&data), ["sshPrivateKey", "type", "url"]);
+    assert_eq!(text(&data, "type"), "git");
+    assert!(data.warnings.is_empty());
+
+    let over = Shape {
+        fixed_data: FixedData(BTreeMap::from([("username".into(), "bot".into())])),
+        ..Default::default()
+    };
+    let data = shaped(&over).unwrap();
+    assert_eq!(text(&data, "username"), "bot");
+    assert!(data.warnings.contains(&KeyWarning::FixedWins {
+        key: "username".into()
+    }));
+}
+
+#[test]
+fn shaping_twice_gives_the_same_bytes() {
+    let shape = Shape {
+        data: vec![field("a", "prod.db-password"), field("b", "username")],
+        includes: vec!["*".into()],
+        fixed_data: FixedData(BTreeMap::from([("z".into(), "1".into())])),
+        image_pull: Some(Default::default()),
+        ..Default::default()
+    };
+    assert_eq!(shaped(&shape).unwrap(), shaped(&shape).unwrap());
+    assert_eq!(shape.digest(), shape.clone().digest());
+}
+
+#[test]
+fn the_shape_digest_changes_with_the_shaping() {
+    let a = Shape {
+        data: vec![field("a", "password")],
+        ..Default::default()
+    };
+    let b = Shape {
+        data: vec![field("b", "password")],
+        ..Default::default()
+    };
+    assert!(a.digest().is_some());
+    assert_ne!(a.digest(), b.digest());
+}
+
+#[test]
+fn validate_refuses_bad_keys_and_sources_naming_the_key() {
+    let bad = |shape: Shape, needle: &str| {
+        let message = shape.validate().unwrap_err();
+        assert!(message.contains(needle), "{message}");
+    };
+    bad(
+        Shape {
+            data: vec![SecretKeyRef {
+                key: "k".into(),
+                field: Some("a".into()),
+                url: Some("b".into()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        },
+        "exactly one",
+    );
+    bad(
+        Shape {
+            data: vec![field("no/slash", "a")],
+            ..Default::default()
+        },
+        "\"no/slash\"",
+    );
+    bad(
+        Shape {
+            data: vec![field("k", "a"), field("k", "b")],
+            ..Default::default()
+        },
+        "twice",
+    );
+    bad(
+        Shape {
+            data: vec![field("k", "a")],
+            fixed_data: FixedData(BTreeMap::from([("k".into(), "hunter2".into())])),
+            ..Default::default()
+        },
+        "also in spec.data",
+    );
+    bad(
+        Shape {
+            image_pull: Some(Default::default()),
+            fixed_data: FixedData(BTreeMap::from([(
+                DOCKER_CONFIG_JSON_KEY.into(),
+                "{}".into(),
+            )])),
+            ..Default::default()
+        },
+        "imagePullSecret",
+    );
+    assert!(Shape::default().validate().is_ok());
+}
+
+#[test]
+fn reserved_label_and_annotation_keys_are_refused() {
+    let keys = |k: &str| vec![k.to_string()];
+    assert!(check_not_reserved("spec.secretLabels", &keys("team")).is_ok());
+    assert!(check_not_reserved("spec.secretLabels", &keys("example.com/team")).is_ok());
+    for k in [
+        "operator.1password.io/managed-by",
+        "operator.1password.io/auto-restart",
+    ] {
+        let message = check_not_reserved("spec.secretAnnotations", &keys(k)).unwrap_err();
+        assert!(message.contains(k), "{message}");
+    }
+}
+
+#[test]
+fn debug_of_a_shape_shows_fixed_keys_but_not_their_values() {
+    let shape = Shape {
+        fixed_data: FixedData(BTreeMap::from([("token".into(), "hunter2".into())])),
+        ..Default::default()
+    };
+    let debug = format!("{shape:?}");
+    assert!(
+        debug.contains("token") && !debug.contains("hunter2"),
+        "{debug}"
+    );
+}
+
+#[test]
+fn globs_match_stars_and_question_marks() {
+    for (p, t) in [
+        ("*", ""),
+        ("*", "abc"),
+        ("a*", "abc"),
+        ("*c", "abc"),
+        ("a?c", "abc"),
+        ("a*b*c", "a-b-b-c"),
+        ("tls.*", "tls.crt"),
+    ] {
+        assert!(glob_match(p, t), "{p} {t}");
+    }
+    for (p, t) in [("a", "ab"), ("?", ""), ("a*d", "abc"), ("tls.*", "tlsXcrt")] {
+        assert!(!glob_match(p, t), "{p} {t}");
+    }
+}
+
+#[test]
+fn a_hostile_glob_stays_fast() {
+    let pattern = "*a".repeat(100) + "b";
+    let text = "a".repeat(253);
+    let started = std::time::Instant::now();
+    assert!(!glob_match(&pattern, &text));
+    assert!(started.elapsed() < std::time::Duration::from_millis(200));
+}
