@@ -3,7 +3,7 @@
 //!
 //! The annotations are those of the official operator (`item-path`, `item-name`,
 //! `item-version`, `auto-restart`) plus our own (`data-digest`, `secret-digests`,
-//! `restarted-for`); all are under [`ANNOTATION_PREFIX`].
+//! `restarted-for`, `force-sync`, `force-synced`); all are under [`ANNOTATION_PREFIX`].
 
 use crate::connect::ConnectError;
 
@@ -29,6 +29,12 @@ pub const SECRET_DIGESTS_ANNOTATION: &str = "operator.1password.io/secret-digest
 pub const RESTARTED_FOR_ANNOTATION: &str = "operator.1password.io/restarted-for";
 /// On a workload's pod template: the official operator's restart stamp (read, never written).
 pub const LAST_RESTARTED_ANNOTATION: &str = "operator.1password.io/last-restarted";
+/// On a OnePasswordItem or an annotated Deployment, any value: each new value makes the
+/// operator fetch the item from Connect again once, as External Secrets' `force-sync` does.
+pub const FORCE_SYNC_ANNOTATION: &str = "operator.1password.io/force-sync";
+/// On a Secret we write: the `force-sync` value last handled, so the same value again, a poll
+/// or an operator restart fetches nothing more.
+pub const FORCE_SYNCED_ANNOTATION: &str = "operator.1password.io/force-synced";
 
 /// Label on every Secret the operator manages. It proves nothing (ownership is by owner
 /// reference); it only narrows our Secret watches.

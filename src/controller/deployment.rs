@@ -39,8 +39,9 @@ use crate::{
     connect::ItemPath,
     secret,
     vocabulary::{
-        ANNOTATION_PREFIX, AUTO_RESTART_ANNOTATION, ITEM_NAME_ANNOTATION, ITEM_PATH_ANNOTATION,
-        LAST_RESTARTED_ANNOTATION, RESTARTED_FOR_ANNOTATION, Reason, SECRET_DIGESTS_ANNOTATION,
+        ANNOTATION_PREFIX, AUTO_RESTART_ANNOTATION, FORCE_SYNC_ANNOTATION, ITEM_NAME_ANNOTATION,
+        ITEM_PATH_ANNOTATION, LAST_RESTARTED_ANNOTATION, RESTARTED_FOR_ANNOTATION, Reason,
+        SECRET_DIGESTS_ANNOTATION,
     },
 };
 
@@ -423,19 +424,29 @@ fn target_for(
             first.name_any()
         )));
     }
-    let mut owners: Vec<OwnerReference> = askers
+    let sharing: Vec<&Deployment> = askers
         .iter()
         .filter(|(_, p)| *p == path.to_string())
-        .map(|(d, _)| owner_reference(d))
+        .map(|(d, _)| *d)
         .collect();
+    let mut owners: Vec<OwnerReference> = sharing.iter().map(|d| owner_reference(d)).collect();
     if owners.is_empty() {
         owners.push(owner_reference(obj));
     }
+    // Every sharer's `force-sync` value counts, so two of them never undo each other's record.
+    let forced: Vec<String> = sharing
+        .iter()
+        .filter_map(|d| match request_of(d) {
+            Request::Secret { annotations, .. } => annotations.get(FORCE_SYNC_ANNOTATION).cloned(),
+            _ => None,
+        })
+        .chain(annotations.get(FORCE_SYNC_ANNOTATION).cloned())
+        .collect();
     let annotations: BTreeMap<String, String> = annotations
         .into_iter()
         .filter(|(k, v)| k != AUTO_RESTART_ANNOTATION || crate::vocabulary::parse_bool(v).is_some())
         .collect();
-    Ok(SyncTarget {
+    let mut target = SyncTarget {
         namespace: namespace.to_string(),
         name,
         path,
@@ -444,7 +455,9 @@ fn target_for(
         annotations,
         owners,
         shape: Default::default(),
-    })
+    };
+    target.force_sync(forced.iter().map(String::as_str));
+    Ok(target)
 }
 
 /// Why a Secret that only `uid`'s Deployment owns, and that its last reconcile found it no

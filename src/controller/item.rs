@@ -36,7 +36,9 @@ use crate::{
         self, Shape,
         shape::{DOCKER_CONFIG_JSON_TYPE, check_not_reserved},
     },
-    vocabulary::{AUTO_RESTART_ANNOTATION, FIELD_MANAGER, MANAGED_LABEL, Reason},
+    vocabulary::{
+        AUTO_RESTART_ANNOTATION, FIELD_MANAGER, FORCE_SYNC_ANNOTATION, MANAGED_LABEL, Reason,
+    },
 };
 
 /// Labels of the item that are not copied to its Secret: Argo CD tracks resources by them, and a
@@ -192,7 +194,7 @@ pub fn target_for(
         .map_err(SyncError::InvalidShape)?;
     labels.extend(spec.secret_labels.clone());
     annotations.extend(spec.secret_annotations.clone());
-    Ok(SyncTarget {
+    let mut target = SyncTarget {
         namespace: namespace.to_string(),
         name: obj.name_any(),
         path,
@@ -201,7 +203,13 @@ pub fn target_for(
         annotations,
         owners: vec![owner_reference(obj)],
         shape,
-    })
+    };
+    target.force_sync(
+        obj.annotations()
+            .get(FORCE_SYNC_ANNOTATION)
+            .map(String::as_str),
+    );
+    Ok(target)
 }
 
 /// The Secret's type: as `type` says, except that `imagePullSecret` makes it

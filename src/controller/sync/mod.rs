@@ -33,7 +33,7 @@ use super::Context;
 use crate::{
     catalog::{Resolution, ResolveError},
     connect::ItemPath,
-    vocabulary::IGNORE_TAG,
+    vocabulary::{FORCE_SYNC_ANNOTATION, FORCE_SYNCED_ANNOTATION, IGNORE_TAG},
 };
 pub use error::{Retry, SyncError};
 use plan::{Held, Plan, Seen};
@@ -51,6 +51,31 @@ pub struct SyncTarget {
     pub owners: Vec<OwnerReference>,
     /// Which keys the Secret gets ([`crate::secret::shape`]); none asked for on a Deployment.
     pub shape: crate::secret::Shape,
+}
+
+impl SyncTarget {
+    /// Asks for the item to be fetched again once per new `force-sync` value: `asked` are the
+    /// values on the objects that ask for this Secret (empty ones ask for nothing; several
+    /// Deployments sharing a Secret each count, so none undoes another's). The values go in
+    /// the Secret's `force-synced` annotation: [`plan::plan`] fetches while the Secret does not
+    /// carry them, and the write that follows the fetch records them. The record lives on the
+    /// Secret rather than in a status because a Deployment has no status of ours and the
+    /// official CRD's status holds only conditions; it is written in the same apply as the
+    /// data, so it says exactly that the fetch was made and its result applied, and it
+    /// survives an operator restart. The `force-sync` annotation itself is never copied.
+    pub fn force_sync<'a>(&mut self, asked: impl IntoIterator<Item = &'a str>) {
+        self.annotations.remove(FORCE_SYNC_ANNOTATION);
+        let values: std::collections::BTreeSet<&str> = asked
+            .into_iter()
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .collect();
+        if !values.is_empty() {
+            let joined = values.into_iter().collect::<Vec<_>>().join(",");
+            self.annotations
+                .insert(FORCE_SYNCED_ANNOTATION.into(), joined);
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

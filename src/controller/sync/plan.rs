@@ -14,7 +14,10 @@ use crate::{
     catalog::Resolution,
     connect::model::ItemWithFiles,
     secret,
-    vocabulary::{DIGEST_ANNOTATION, FIELD_MANAGER, ITEM_PATH_ANNOTATION, ITEM_VERSION_ANNOTATION},
+    vocabulary::{
+        DIGEST_ANNOTATION, FIELD_MANAGER, FORCE_SYNCED_ANNOTATION, ITEM_PATH_ANNOTATION,
+        ITEM_VERSION_ANNOTATION,
+    },
 };
 
 /// Which version of which item: as the listing says, or as fetched.
@@ -205,13 +208,18 @@ pub(super) fn stale_because(
     if !our_data_intact(live) {
         return Some("the data we wrote was changed by someone else");
     }
+    let asked = target.annotations.get(FORCE_SYNCED_ANNOTATION);
+    if asked.is_some() && ann.get(FORCE_SYNCED_ANNOTATION) != asked {
+        return Some("a sync was asked for (force-sync)");
+    }
     let (labels, annotations) = desired_metadata(target);
     let matches = |want: &BTreeMap<String, String>, have: &BTreeMap<String, String>, section| {
         want.iter().all(|(k, v)| have.get(k) == Some(v))
-            // Nothing we wrote earlier is left over (a label removed from the item).
+            // Nothing we wrote earlier is left over (a label removed from the item). A
+            // `force-sync` removed asks for nothing: its record stays until the next write.
             && owned_keys(live, &["f:metadata", section])
                 .iter()
-                .all(|k| want.contains_key(k) || is_data_annotation(k))
+                .all(|k| want.contains_key(k) || is_data_annotation(k) || k == FORCE_SYNCED_ANNOTATION)
     };
     if !matches(&labels, live.labels(), "f:labels") {
         return Some("its labels differ");

@@ -25,8 +25,8 @@ use crate::{
     connect::ItemPath,
     digest::hmac_sha256,
     vocabulary::{
-        DIGEST_ANNOTATION, FIELD_MANAGER, ITEM_PATH_ANNOTATION, ITEM_VERSION_ANNOTATION,
-        MANAGED_LABEL, MANAGED_VALUE,
+        DIGEST_ANNOTATION, FIELD_MANAGER, FORCE_SYNC_ANNOTATION, FORCE_SYNCED_ANNOTATION,
+        ITEM_PATH_ANNOTATION, ITEM_VERSION_ANNOTATION, MANAGED_LABEL, MANAGED_VALUE,
     },
 };
 
@@ -313,6 +313,74 @@ fn a_secret_we_wrote_for_the_listed_version_needs_no_fetch_even_with_a_title_ite
         stale_because(&live, &unlabelled, &r),
         Some("its annotations differ")
     );
+}
+
+fn forced(values: &[&str]) -> SyncTarget {
+    let mut t = target(vec![owner("OnePasswordItem", "o1")]);
+    t.force_sync(values.iter().copied());
+    t
+}
+
+#[test]
+fn a_new_force_sync_value_fetches_the_item_once_though_its_version_did_not_move() {
+    let r = resolution(4);
+    let live = written_by_us(&target(vec![owner("OnePasswordItem", "o1")]), &r);
+    let asked = forced(&["1"]);
+    let fetch = Plan::Fetch {
+        why: "a sync was asked for (force-sync)",
+    };
+    assert_eq!(
+        plan(Some(&live), &asked, &r, false, Seen::Listed).unwrap(),
+        fetch
+    );
+    // The write after the fetch records the value: the same value again fetches nothing.
+    let recorded = written_by_us(&asked, &r);
+    assert_eq!(
+        recorded.annotations().get(FORCE_SYNCED_ANNOTATION),
+        Some(&"1".to_string())
+    );
+    assert_eq!(
+        plan(Some(&recorded), &asked, &r, false, Seen::Listed).unwrap(),
+        Plan::UpToDate
+    );
+    // A new value fetches once more.
+    assert_eq!(
+        plan(Some(&recorded), &forced(&["2"]), &r, false, Seen::Listed).unwrap(),
+        fetch
+    );
+    // The annotation removed (or emptied) asks for nothing: its record stays, and is no drift.
+    for gone in [forced(&[]), forced(&["  "])] {
+        assert_eq!(
+            plan(Some(&recorded), &gone, &r, false, Seen::Listed).unwrap(),
+            Plan::UpToDate
+        );
+    }
+    // An ignored item's data is never rewritten: nothing to fetch for.
+    assert_eq!(
+        plan(Some(&live), &asked, &r, true, Seen::Listed).unwrap(),
+        Plan::KeepIgnored {
+            move_annotations: false
+        }
+    );
+}
+
+#[test]
+fn force_sync_values_of_several_askers_are_recorded_together_and_never_copied() {
+    let mut t = target(vec![owner("Deployment", "d1"), owner("Deployment", "d2")]);
+    t.annotations
+        .insert(FORCE_SYNC_ANNOTATION.into(), "b".into());
+    t.force_sync(["b", "a", "b", ""]);
+    assert_eq!(t.annotations.get(FORCE_SYNC_ANNOTATION), None);
+    assert_eq!(
+        t.annotations
+            .get(FORCE_SYNCED_ANNOTATION)
+            .map(String::as_str),
+        Some("a,b")
+    );
+    // Each sharer's value is in the record: one of them reconciled alone is up to date.
+    let r = resolution(4);
+    let live = written_by_us(&t, &r);
+    assert_eq!(stale_because(&live, &t, &r), None);
 }
 
 #[test]
