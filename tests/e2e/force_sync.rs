@@ -66,7 +66,11 @@ async fn force_sync_fetches_once_per_new_value(
 
     let after = env.secret(secret).await.unwrap();
     assert_eq!(digest(&after), data_digest, "the data did not change");
-    assert_eq!(annotation(&after, FORCE_SYNC_ANNOTATION), None, "not copied");
+    assert_eq!(
+        annotation(&after, FORCE_SYNC_ANNOTATION),
+        None,
+        "not copied"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -89,7 +93,11 @@ async fn force_sync_on_an_item_fetches_it_once_per_new_value_and_not_again_after
     env.restart_operator(operator);
     tokio::time::sleep(3 * POLL).await;
     env.wait_ready("db", "Synced").await;
-    assert_eq!(env.sim.count("get_item") - before, 0, "item GETs after a restart");
+    assert_eq!(
+        env.sim.count("get_item") - before,
+        0,
+        "item GETs after a restart"
+    );
     assert_eq!(replica_set_count(&env, &web).await, 1, "rollouts");
     env.finish().await;
 }
@@ -99,9 +107,13 @@ async fn force_sync_on_an_annotated_deployment_fetches_the_item_once_per_new_val
     let seed = Seed::new().vault(VaultSpec::new("E2E").item(login("db", &secret_value("db"))));
     let mut env = TestEnv::new("force-sync-deployment", seed).await;
     env.start_operator(env.operator_config());
-    env.apply(&annotated_deployment("web", "vaults/E2E/items/db", "web-db"))
-        .await
-        .unwrap();
+    env.apply(&annotated_deployment(
+        "web",
+        "vaults/E2E/items/db",
+        "web-db",
+    ))
+    .await
+    .unwrap();
     env.wait_secret("web-db", "made", |_| Ok(())).await;
     force_sync_fetches_once_per_new_value(&env, "deployment", "web", "web-db").await;
     env.finish().await;
