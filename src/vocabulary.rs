@@ -96,6 +96,8 @@ reasons! {
     SyncWarning,
     /// A workload was rolled because a Secret it uses changed.
     Restarted,
+    /// The item was fetched again because a new `force-sync` value asked for it.
+    ForceSynced,
     // Failures: the object's spec.
     InvalidItemPath,
     Unsupported,

@@ -442,6 +442,7 @@ mod forget_tests {
             change: Change::Unchanged,
             warnings: vec![],
             updated_at: None,
+            forced: false,
         }
     }
 

@@ -364,6 +364,13 @@ async fn report(
     };
     let previous = ctx.note_reason(&key_of(obj), reason);
     let mut events = Vec::new();
+    if let Some(note) = outcome
+        .as_ref()
+        .ok()
+        .and_then(sync::Synced::force_synced_note)
+    {
+        events.push((EventType::Normal, Reason::ForceSynced, note));
+    }
     match outcome {
         Ok(s) if matches!(s.change, Change::Created | Change::Updated) => {
             events.push((

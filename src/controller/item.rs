@@ -437,6 +437,9 @@ async fn publish_events(
                 )),
                 _ => {}
             }
+            if let Some(note) = s.force_synced_note() {
+                events.push((EventType::Normal, Reason::ForceSynced, note));
+            }
             let name = obj.name_any();
             let message_of = |c: Option<&OnePasswordItemCondition>| {
                 c.and_then(|c| c.message.clone()).unwrap_or_default()
@@ -509,6 +512,7 @@ mod tests {
             change: Change::Updated,
             warnings: vec![],
             updated_at: None,
+            forced: false,
         }
     }
 
@@ -581,6 +585,19 @@ mod tests {
         let err = target_for(&obj, "apps", false).unwrap_err();
         assert_eq!(err.reason(), "InvalidShape");
         assert!(err.to_string().contains(MANAGED_LABEL), "{err}");
+    }
+
+    #[test]
+    fn a_force_sync_handled_is_told_with_the_version_and_whether_the_data_changed() {
+        let mut s = synced(4);
+        assert_eq!(s.force_synced_note(), None);
+        s.forced = true;
+        assert_eq!(
+            s.force_synced_note().as_deref(),
+            Some("Fetched the item again as force-sync asked: version 4, data changed")
+        );
+        s.change = Change::MetadataOnly;
+        assert!(s.force_synced_note().unwrap().ends_with("data unchanged"));
     }
 
     #[test]

@@ -45,7 +45,7 @@ fn digest(secret: &Secret) -> Option<String> {
 }
 
 /// Runs the force-sync steps against `kind/name`, whose Secret `secret` is synced: a new
-/// value fetches once, the same value again (with another change to the object, so it is
+/// value fetches once (and a `ForceSynced` event says so), the same value again (with another change to the object, so it is
 /// reconciled) fetches nothing, a new value fetches once more; the data never changes.
 async fn force_sync_fetches_once_per_new_value(
     env: &TestEnv,
@@ -59,6 +59,7 @@ async fn force_sync_fetches_once_per_new_value(
 
     let first = item_gets_after(env, kind, name, &[&ask("1")], secret, "1").await;
     assert_eq!(first, 1, "item GETs for a new force-sync value");
+    env.wait_event(kind, name, "Normal", "ForceSynced").await;
     let again = item_gets_after(env, kind, name, &[&ask("1"), "note=touched"], secret, "1").await;
     assert_eq!(again, 0, "item GETs for the same force-sync value");
     let second = item_gets_after(env, kind, name, &[&ask("2")], secret, "2").await;
@@ -85,7 +86,7 @@ async fn force_sync_on_an_item_fetches_it_once_per_new_value_and_not_again_after
         .unwrap();
     let web: Deployment = wait_recorded(&env, "web", &["db"]).await;
     wait_replica_sets(&env, &web, 1).await;
-    force_sync_fetches_once_per_new_value(&env, "onepassworditem", "db", "db").await;
+    force_sync_fetches_once_per_new_value(&env, "OnePasswordItem", "db", "db").await;
     assert_eq!(replica_set_count(&env, &web).await, 1, "rollouts");
 
     // What was handled is recorded on the Secret: a new process fetches nothing for it.
@@ -115,6 +116,6 @@ async fn force_sync_on_an_annotated_deployment_fetches_the_item_once_per_new_val
     .await
     .unwrap();
     env.wait_secret("web-db", "made", |_| Ok(())).await;
-    force_sync_fetches_once_per_new_value(&env, "deployment", "web", "web-db").await;
+    force_sync_fetches_once_per_new_value(&env, "Deployment", "web", "web-db").await;
     env.finish().await;
 }

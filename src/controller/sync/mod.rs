@@ -100,6 +100,24 @@ pub struct Synced {
     pub warnings: Vec<String>,
     /// The item's `updatedAt`, when the item was fetched.
     pub updated_at: Option<String>,
+    /// The item was fetched because a new `force-sync` value asked for it.
+    pub forced: bool,
+}
+
+impl Synced {
+    /// What to tell the user once a `force-sync` request was handled; `None` when none was.
+    pub fn force_synced_note(&self) -> Option<String> {
+        let data = match self.change {
+            Change::Created | Change::Updated => "changed",
+            _ => "unchanged",
+        };
+        self.forced.then(|| {
+            format!(
+                "Fetched the item again as force-sync asked: version {}, data {data}",
+                self.version
+            )
+        })
+    }
 }
 
 /// Brings the Secret of `target` in line with its item.
@@ -115,6 +133,7 @@ pub async fn sync(ctx: &Context, target: &SyncTarget) -> Result<Synced, SyncErro
                 change: Change::Unchanged,
                 warnings: Vec::new(),
                 updated_at: None,
+                forced: false,
             });
         }
         Plan::KeepIgnored { move_annotations } => {
@@ -125,6 +144,7 @@ pub async fn sync(ctx: &Context, target: &SyncTarget) -> Result<Synced, SyncErro
         Plan::Write => {}
     }
 
+    let forced = plan::force_sync_asked(live, target);
     // A Secret we keep writing back is left alone for a while: nothing is fetched or written.
     apply::admit(ctx, target, &listed)?;
     let item = ctx
@@ -161,6 +181,7 @@ pub async fn sync(ctx: &Context, target: &SyncTarget) -> Result<Synced, SyncErro
         change,
         warnings: notes,
         updated_at,
+        forced,
     })
 }
 
@@ -216,5 +237,6 @@ fn ignored(resolution: Resolution, version: u64, updated_at: Option<String>) -> 
             "the item is tagged {IGNORE_TAG}: its changes are not synced"
         )],
         updated_at,
+        forced: false,
     }
 }

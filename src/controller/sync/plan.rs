@@ -208,8 +208,7 @@ pub(super) fn stale_because(
     if !our_data_intact(live) {
         return Some("the data we wrote was changed by someone else");
     }
-    let asked = target.annotations.get(FORCE_SYNCED_ANNOTATION);
-    if asked.is_some() && ann.get(FORCE_SYNCED_ANNOTATION) != asked {
+    if force_sync_asked(Some(live), target) {
         return Some("a sync was asked for (force-sync)");
     }
     let (labels, annotations) = desired_metadata(target);
@@ -240,6 +239,12 @@ pub(super) fn stale_because(
         return Some("an owner is missing");
     }
     None
+}
+
+/// Whether the target asks for `force-sync` values the live Secret (if any) has not handled.
+pub(super) fn force_sync_asked(live: Option<&Secret>, target: &SyncTarget) -> bool {
+    let asked = target.annotations.get(FORCE_SYNCED_ANNOTATION);
+    asked.is_some() && live.and_then(|l| l.annotations().get(FORCE_SYNCED_ANNOTATION)) != asked
 }
 
 /// The version of `held`'s item the live Secret holds, by its annotations; `None` when it holds
