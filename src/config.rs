@@ -18,9 +18,18 @@ pub struct Args {
     #[arg(long, env = "WATCH_NAMESPACE")]
     pub watch_namespace: Option<String>,
 
-    /// Seconds between two polls of 1Password for changed items (`30`, or `30s`, `10m`, `1h`).
+    /// Seconds between two polls of 1Password for changed items (`30`, or `30s`, `10m`, `1h`):
+    /// the longest a change waits when the change check is off, and every tenth poll interval
+    /// every vault in use is listed in full.
     #[arg(long, env = "POLLING_INTERVAL", default_value = "600", value_parser = parse_interval)]
     pub polling_interval: Duration,
+
+    /// Seconds between two change checks (one `GET /v1/vaults`; a vault whose contentVersion
+    /// moved has its items listed at once). `0` turns it off: one check per polling interval.
+    /// Longer than the polling interval means the polling interval.
+    #[arg(long, env = "CHANGE_CHECK_INTERVAL", default_value = "6",
+          value_parser = parse_interval_or_off)]
+    pub change_check_interval: Duration,
 
     /// Restart workloads that use a Secret whose data changed, unless an annotation says
     /// otherwise (`true`/`false`).
@@ -172,6 +181,14 @@ pub fn parse_bind_address(value: &str) -> Result<Option<SocketAddr>, String> {
 
 /// `600` (seconds, as the official operator reads it), or `600s`, `10m`, `1h`.
 pub fn parse_interval(value: &str) -> Result<Duration, String> {
+    match parse_interval_or_off(value)? {
+        Duration::ZERO => Err("the interval must be at least one second".into()),
+        interval => Ok(interval),
+    }
+}
+
+/// As [`parse_interval`], or zero (`0`, `0s`, ...): off.
+pub fn parse_interval_or_off(value: &str) -> Result<Duration, String> {
     let value = value.trim();
     let (number, unit) = match value.find(|c: char| !c.is_ascii_digit()) {
         Some(i) => value.split_at(i),
@@ -190,9 +207,6 @@ pub fn parse_interval(value: &str) -> Result<Duration, String> {
     let secs = n
         .checked_mul(per_unit)
         .ok_or_else(|| format!("{value:?} is too long an interval"))?;
-    if secs == 0 {
-        return Err("the interval must be at least one second".into());
-    }
     Ok(Duration::from_secs(secs))
 }
 
@@ -234,6 +248,7 @@ mod tests {
     fn defaults_match_the_official_operator() {
         let args = Args::try_parse_from(["op"]).unwrap();
         assert_eq!(args.polling_interval, Duration::from_secs(600));
+        assert_eq!(args.change_check_interval, Duration::from_secs(6));
         assert!(!args.auto_restart && !args.allow_empty_values && !args.enable_annotations);
         assert_eq!(args.namespaces(), Namespaces::All);
         assert_eq!(
@@ -348,6 +363,22 @@ mod tests {
         assert_eq!(parse_interval("1h").unwrap(), Duration::from_secs(3600));
         for bad in ["", "0", "-5", "ten", "5d", "1.5"] {
             assert!(parse_interval(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_change_check_takes_intervals_and_zero_for_off() {
+        for (given, secs) in [("0", 0), ("0s", 0), ("5", 5), ("30s", 30), ("1m", 60)] {
+            let args =
+                Args::try_parse_from(["op", &format!("--change-check-interval={given}")]).unwrap();
+            assert_eq!(
+                args.change_check_interval,
+                Duration::from_secs(secs),
+                "{given}"
+            );
+        }
+        for bad in ["", "-1", "0x", "1.5", "0d", "0sm"] {
+            assert!(parse_interval_or_off(bad).is_err(), "{bad}");
         }
     }
 

@@ -77,9 +77,12 @@ async fn run(args: Args) -> Result<(), String> {
             }
         },
     };
+    let schedule =
+        controller::poller::Schedule::new(args.polling_interval, args.change_check_interval);
     tracing::info!(
         connect = %connect.host(),
         poll_interval_s = args.polling_interval.as_secs(),
+        change_check_interval_s = schedule.check.as_secs(),
         auto_restart = args.auto_restart,
         namespaces = ?namespaces,
         "starting"
@@ -189,13 +192,11 @@ async fn run(args: Args) -> Result<(), String> {
         "OnePasswordItem CRD watch".into(),
         controller::crd_probe::run(client.clone(), ctx.status_schema.clone(), shutdown()),
     ));
-    let poller = health.task(
-        "poller",
-        Some(controller::poller::staleness(args.polling_interval)),
-    );
+    let poller = health.task("poller", Some(controller::poller::staleness(schedule)));
     tasks.spawn(controller::poller::run(
         ctx.clone(),
         triggers,
+        schedule,
         poller,
         shutdown(),
     ));

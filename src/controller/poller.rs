@@ -1,8 +1,9 @@
-//! 1Password cannot be watched, so it is polled. Each cycle costs one `GET /v1/vaults` plus one
-//! item listing per vault in use whose `contentVersion` moved (every vault in use on every
-//! tenth cycle, in case a server does not bump it), whatever the number of items. Only items
-//! whose listed version or resolution changed are handed to their reconciler, which fetches
-//! them (one item GET, plus one request for all of its files).
+//! 1Password cannot be watched, so it is polled. Each cycle (a change check, every
+//! [`Schedule::check`]) costs one `GET /v1/vaults` plus one item listing per vault in use whose
+//! `contentVersion` moved, whatever the number of items; the first cycle after each ten poll
+//! intervals lists every vault in use, in case a server does not bump it. Only items whose
+//! listed version or resolution changed are handed to their reconciler, which fetches them (one
+//! item GET, plus one request for all of its files).
 //!
 //! A reconcile whose Secret holds the listed version asks Connect nothing, so a poll that
 //! cannot refresh a vault (Connect down, token refused) must tell the objects that depend on
@@ -23,8 +24,42 @@ use kube::runtime::reflector::ObjectRef;
 use super::Context;
 use crate::{connect::ItemPath, crd::OnePasswordItem, http::Alive};
 
-/// Every tenth cycle lists every vault in use, whatever `contentVersion` says.
-const FULL_LISTING_EVERY: u64 = 10;
+/// Every tenth poll interval, every vault in use is listed, whatever `contentVersion` says.
+const FULL_LISTING_EVERY: u32 = 10;
+
+/// When the poller looks at Connect: a change check every `check`, and a full listing at the
+/// first check after each `full` (ten poll intervals), so the safety net costs the same per
+/// poll interval however often changes are checked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Schedule {
+    pub check: Duration,
+    pub full: Duration,
+}
+
+impl Schedule {
+    /// `change_check` is `CHANGE_CHECK_INTERVAL`: zero turns the change check off (one check per
+    /// poll interval, as before it existed), and a check rarer than the poll interval would
+    /// make the poll interval a lie, so it is cut to it.
+    pub fn new(poll_interval: Duration, change_check: Duration) -> Schedule {
+        let check = if change_check.is_zero() {
+            poll_interval
+        } else {
+            change_check.min(poll_interval)
+        };
+        Schedule {
+            check,
+            full: poll_interval.saturating_mul(FULL_LISTING_EVERY),
+        }
+    }
+
+    /// Does the check at `at` list every vault in use, the one before it having run at
+    /// `previous`? Both count from the poller's start; true when a multiple of `full` lies in
+    /// `(previous, at]`.
+    pub fn full_listing_due(&self, previous: Duration, at: Duration) -> bool {
+        let full = self.full.as_nanos().max(1);
+        at.as_nanos() / full > previous.as_nanos() / full
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum TargetKind {
@@ -161,8 +196,9 @@ pub fn is_due_after(
     }
 }
 
-/// One poll cycle. Returns how many targets were handed to their reconcilers.
-pub async fn poll_once(ctx: &Context, triggers: &Triggers, cycle: u64) -> usize {
+/// One poll cycle (`full`: list every vault in use). Returns how many targets were handed to
+/// their reconcilers.
+pub async fn poll_once(ctx: &Context, triggers: &Triggers, full: bool) -> usize {
     let snapshot = ctx.registry.snapshot();
     ctx.metrics.set_managed_items(snapshot.len());
     if snapshot.is_empty() {
@@ -173,7 +209,6 @@ pub async fn poll_once(ctx: &Context, triggers: &Triggers, cycle: u64) -> usize 
         .iter()
         .filter_map(|(_, t)| t.resolved.as_ref().map(|(v, _)| v.clone()))
         .collect();
-    let full = cycle > 0 && cycle.is_multiple_of(FULL_LISTING_EVERY);
     let refreshed = ctx.catalog.refresh(&in_use, full).await;
     let mut due = 0;
     for (key, tracked) in &snapshot {
@@ -210,6 +245,11 @@ pub async fn poll_once(ctx: &Context, triggers: &Triggers, cycle: u64) -> usize 
     }
     let requests = 1 + report.listed.len();
     ctx.metrics.poll_cycle(started.elapsed(), requests as u64);
+    if report.listed.is_empty() && report.failed.is_empty() && due == 0 {
+        // The usual cycle, every few seconds: not worth a line at `info`.
+        tracing::debug!(targets = snapshot.len(), "poll cycle done");
+        return due;
+    }
     tracing::info!(
         targets = snapshot.len(),
         vaults_listed = report.listed.len(),
@@ -223,33 +263,37 @@ pub async fn poll_once(ctx: &Context, triggers: &Triggers, cycle: u64) -> usize 
 }
 
 /// How long the poller may go without finishing a cycle before the liveness probe fails: two
-/// intervals (a cycle longer than the interval starts the next at once) and a margin for the
-/// Connect requests of a cycle (each bounded by a timeout).
-pub fn staleness(poll_interval: Duration) -> Duration {
-    poll_interval.saturating_mul(2) + Duration::from_secs(300)
+/// check intervals (a cycle longer than the interval starts the next at once) and a margin for
+/// the Connect requests of a cycle (each bounded by a timeout).
+pub fn staleness(schedule: Schedule) -> Duration {
+    schedule.check.saturating_mul(2) + Duration::from_secs(300)
 }
 
-/// Polls every `ctx.config.poll_interval` until `shutdown` resolves; `alive` beats after each
-/// cycle (see [`staleness`]).
+/// Polls as `schedule` says until `shutdown` resolves; `alive` beats after each cycle (see
+/// [`staleness`]).
 pub async fn run(
     ctx: Arc<Context>,
     triggers: Triggers,
+    schedule: Schedule,
     alive: Alive,
     shutdown: impl Future<Output = ()>,
 ) {
-    let mut interval = tokio::time::interval(ctx.config.poll_interval);
+    let mut interval = tokio::time::interval(schedule.check);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The first tick fires at once; the reconcilers' first pass is the first look at Connect.
-    interval.tick().await;
+    let start = interval.tick().await;
     tokio::pin!(shutdown);
-    let mut cycle: u64 = 0;
+    let mut previous = Duration::ZERO;
     loop {
-        tokio::select! {
+        // The tick's deadline, not the time it was noticed: checks land on exact multiples of
+        // the check interval, so the full listing comes after exactly ten poll intervals.
+        let at = tokio::select! {
             _ = &mut shutdown => break,
-            _ = interval.tick() => {}
-        }
-        cycle += 1;
-        poll_once(&ctx, &triggers, cycle).await;
+            tick = interval.tick() => tick - start,
+        };
+        let full = schedule.full_listing_due(previous, at);
+        previous = at;
+        poll_once(&ctx, &triggers, full).await;
         alive.beat();
     }
 }
@@ -269,6 +313,57 @@ mod tests {
 
     fn now(v: &str, i: &str, version: u64) -> Option<Result<(String, String, u64), ()>> {
         Some(Ok((v.into(), i.into(), version)))
+    }
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    /// The checks of `schedule` over `span` that list every vault, as seconds from the start.
+    fn full_listings(schedule: Schedule, span: Duration) -> Vec<u64> {
+        let checks = span.as_nanos() / schedule.check.as_nanos();
+        let mut previous = Duration::ZERO;
+        let mut full = Vec::new();
+        for k in 1..=checks as u32 {
+            let at = schedule.check * k;
+            if schedule.full_listing_due(previous, at) {
+                full.push(at.as_secs());
+            }
+            previous = at;
+        }
+        full
+    }
+
+    #[test]
+    fn changes_are_checked_every_check_interval_never_rarer_than_the_poll_interval() {
+        assert_eq!(Schedule::new(secs(600), secs(6)).check, secs(6));
+        // Off: one check per poll interval, as before there was a change check.
+        assert_eq!(Schedule::new(secs(600), Duration::ZERO).check, secs(600));
+        assert_eq!(Schedule::new(secs(2), secs(6)).check, secs(2));
+        assert_eq!(Schedule::new(secs(600), secs(6)).full, secs(6000));
+    }
+
+    #[test]
+    fn the_full_listing_comes_once_per_ten_poll_intervals_however_often_changes_are_checked() {
+        // 600 s polls, checks every 6 s: the 1,000th and 2,000th checks list every vault.
+        let frequent = Schedule::new(secs(600), secs(6));
+        assert_eq!(full_listings(frequent, secs(12_000)), [6_000, 12_000]);
+        // No change check: every tenth poll, as before.
+        let polls = Schedule::new(secs(10), Duration::ZERO);
+        assert_eq!(full_listings(polls, secs(300)), [100, 200, 300]);
+        // A check interval that does not divide the poll interval: the first check after.
+        let odd = Schedule::new(secs(10), secs(7));
+        assert_eq!(full_listings(odd, secs(210)), [105, 203]);
+    }
+
+    #[test]
+    fn a_late_check_that_skipped_past_the_full_listing_still_does_it_and_only_once() {
+        let schedule = Schedule::new(secs(600), secs(6));
+        // A slow cycle delays the next ticks past 6,000 s.
+        assert!(schedule.full_listing_due(secs(5_994), secs(6_010)));
+        assert!(!schedule.full_listing_due(secs(6_010), secs(6_016)));
+        assert!(!schedule.full_listing_due(Duration::ZERO, secs(6)));
+        assert!(schedule.full_listing_due(secs(5_994), secs(6_000)));
     }
 
     #[test]
