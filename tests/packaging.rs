@@ -753,6 +753,7 @@ fn chart_lints_and_renders_for_each_kind_of_install() {
         ("OP_CONNECT_HOST", "http://onepassword-connect:8080"),
         ("WATCH_NAMESPACE", ""),
         ("POLLING_INTERVAL", "600"),
+        ("CHANGE_CHECK_INTERVAL", "6"),
         ("AUTO_RESTART", "false"),
         ("ALLOW_EMPTY_VALUES", "false"),
         ("ENABLE_ANNOTATIONS", "false"),
