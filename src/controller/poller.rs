@@ -27,13 +27,23 @@ use crate::{connect::ItemPath, crd::OnePasswordItem, http::Alive};
 /// Every tenth poll interval, every vault in use is listed, whatever `contentVersion` says.
 const FULL_LISTING_EVERY: u32 = 10;
 
-/// When the poller looks at Connect: a change check every `check`, and a full listing at the
-/// first check after each `full` (ten poll intervals), so the safety net costs the same per
-/// poll interval however often changes are checked for.
+/// When the poller looks at Connect: a change check every `check`; what costs requests per
+/// target or per vault (see [`Cycle`]) stays once per `poll` or per `full` (ten poll
+/// intervals), however often changes are checked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Schedule {
     pub check: Duration,
+    pub poll: Duration,
     pub full: Duration,
+}
+
+/// What one check does besides the vault list, as [`Schedule::cycle`] says.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Cycle {
+    /// The first check of a poll interval: targets whose vault has no listing kept ask Connect.
+    pub poll: bool,
+    /// The first check of ten poll intervals: every vault in use is listed.
+    pub full: bool,
 }
 
 impl Schedule {
@@ -48,16 +58,22 @@ impl Schedule {
         };
         Schedule {
             check,
+            poll: poll_interval,
             full: poll_interval.saturating_mul(FULL_LISTING_EVERY),
         }
     }
 
-    /// Does the check at `at` list every vault in use, the one before it having run at
-    /// `previous`? Both count from the poller's start; true when a multiple of `full` lies in
-    /// `(previous, at]`.
-    pub fn full_listing_due(&self, previous: Duration, at: Duration) -> bool {
-        let full = self.full.as_nanos().max(1);
-        at.as_nanos() / full > previous.as_nanos() / full
+    /// What the check at `at` does, the one before it having run at `previous` (both counted
+    /// from the poller's start): each part comes at the first check of its period.
+    pub fn cycle(&self, previous: Duration, at: Duration) -> Cycle {
+        let crosses = |period: Duration| {
+            let period = period.as_nanos().max(1);
+            at.as_nanos() / period > previous.as_nanos() / period
+        };
+        Cycle {
+            poll: crosses(self.poll),
+            full: crosses(self.full),
+        }
     }
 }
 
@@ -196,9 +212,21 @@ pub fn is_due_after(
     }
 }
 
-/// One poll cycle (`full`: list every vault in use). Returns how many targets were handed to
-/// their reconcilers.
-pub async fn poll_once(ctx: &Context, triggers: &Triggers, full: bool) -> usize {
+/// Is the target woken by this cycle? As [`is_due_after`], except that a target whose item is
+/// in no listing kept (it never resolved, and no resolved target uses its vault) can only find
+/// out by asking Connect: it does so once per poll interval, not at every change check.
+pub fn is_woken(
+    tracked: &Tracked,
+    affected: bool,
+    now: Option<Result<(String, String, u64), ()>>,
+    cycle: Cycle,
+) -> bool {
+    let unlisted = !affected && now.is_none() && tracked.resolved.is_none() && !tracked.outage;
+    (cycle.poll || !unlisted) && is_due_after(tracked, affected, now)
+}
+
+/// One poll cycle. Returns how many targets were handed to their reconcilers.
+pub async fn poll_once(ctx: &Context, triggers: &Triggers, cycle: Cycle) -> usize {
     let snapshot = ctx.registry.snapshot();
     ctx.metrics.set_managed_items(snapshot.len());
     if snapshot.is_empty() {
@@ -209,7 +237,7 @@ pub async fn poll_once(ctx: &Context, triggers: &Triggers, full: bool) -> usize 
         .iter()
         .filter_map(|(_, t)| t.resolved.as_ref().map(|(v, _)| v.clone()))
         .collect();
-    let refreshed = ctx.catalog.refresh(&in_use, full).await;
+    let refreshed = ctx.catalog.refresh(&in_use, cycle.full).await;
     let mut due = 0;
     for (key, tracked) in &snapshot {
         let affected = match &refreshed {
@@ -227,7 +255,7 @@ pub async fn poll_once(ctx: &Context, triggers: &Triggers, full: bool) -> usize 
                 .await
                 .map(|r| r.map(|r| (r.vault_id, r.item_id, r.version)).map_err(drop))
         };
-        if is_due_after(tracked, affected, now) {
+        if is_woken(tracked, affected, now, cycle) {
             triggers.send(key);
             due += 1;
         }
@@ -286,14 +314,14 @@ pub async fn run(
     let mut previous = Duration::ZERO;
     loop {
         // The tick's deadline, not the time it was noticed: checks land on exact multiples of
-        // the check interval, so the full listing comes after exactly ten poll intervals.
+        // the check interval, so a poll interval begins exactly when it should.
         let at = tokio::select! {
             _ = &mut shutdown => break,
             tick = interval.tick() => tick - start,
         };
-        let full = schedule.full_listing_due(previous, at);
+        let cycle = schedule.cycle(previous, at);
         previous = at;
-        poll_once(&ctx, &triggers, full).await;
+        poll_once(&ctx, &triggers, cycle).await;
         alive.beat();
     }
 }
@@ -319,19 +347,23 @@ mod tests {
         Duration::from_secs(s)
     }
 
-    /// The checks of `schedule` over `span` that list every vault, as seconds from the start.
-    fn full_listings(schedule: Schedule, span: Duration) -> Vec<u64> {
-        let checks = span.as_nanos() / schedule.check.as_nanos();
+    /// The checks of `schedule` over `span` whose cycle `part` picks, as seconds from the start.
+    fn checks(schedule: Schedule, span: Duration, part: fn(Cycle) -> bool) -> Vec<u64> {
+        let count = span.as_nanos() / schedule.check.as_nanos();
         let mut previous = Duration::ZERO;
-        let mut full = Vec::new();
-        for k in 1..=checks as u32 {
+        let mut picked = Vec::new();
+        for k in 1..=count as u32 {
             let at = schedule.check * k;
-            if schedule.full_listing_due(previous, at) {
-                full.push(at.as_secs());
+            if part(schedule.cycle(previous, at)) {
+                picked.push(at.as_secs());
             }
             previous = at;
         }
-        full
+        picked
+    }
+
+    fn full_listings(schedule: Schedule, span: Duration) -> Vec<u64> {
+        checks(schedule, span, |c| c.full)
     }
 
     #[test]
@@ -359,11 +391,49 @@ mod tests {
     #[test]
     fn a_late_check_that_skipped_past_the_full_listing_still_does_it_and_only_once() {
         let schedule = Schedule::new(secs(600), secs(6));
+        let full = |previous, at| schedule.cycle(secs(previous), secs(at)).full;
         // A slow cycle delays the next ticks past 6,000 s.
-        assert!(schedule.full_listing_due(secs(5_994), secs(6_010)));
-        assert!(!schedule.full_listing_due(secs(6_010), secs(6_016)));
-        assert!(!schedule.full_listing_due(Duration::ZERO, secs(6)));
-        assert!(schedule.full_listing_due(secs(5_994), secs(6_000)));
+        assert!(full(5_994, 6_010));
+        assert!(!full(6_010, 6_016));
+        assert!(!full(0, 6));
+        assert!(full(5_994, 6_000));
+    }
+
+    #[test]
+    fn each_poll_interval_begins_with_one_check_and_every_check_is_one_without_the_change_check() {
+        let frequent = Schedule::new(secs(60), secs(6));
+        assert_eq!(checks(frequent, secs(180), |c| c.poll), [60, 120, 180]);
+        let off = Schedule::new(secs(60), Duration::ZERO);
+        assert_eq!(checks(off, secs(180), |c| c.poll), [60, 120, 180]);
+        assert_eq!(checks(off, secs(1_200), |c| c.full), [600, 1_200]);
+    }
+
+    #[test]
+    fn a_target_whose_vault_has_no_listing_asks_connect_once_per_poll_interval_not_per_check() {
+        let check = Cycle::default();
+        let poll = Cycle {
+            poll: true,
+            full: false,
+        };
+        let never_resolved = tracked(None, None);
+        assert!(!is_woken(&never_resolved, false, None, check));
+        assert!(is_woken(&never_resolved, false, None, poll));
+        // It shows up in a listing kept for another target: at once.
+        assert!(is_woken(&never_resolved, false, now("v", "i", 1), check));
+        // An outage is reported, and its end, at the next check as before.
+        assert!(is_woken(&never_resolved, true, None, check));
+        let reporting = Tracked {
+            outage: true,
+            ..never_resolved
+        };
+        assert!(is_woken(&reporting, false, None, check));
+        // A resolved target whose listing is gone finds out at once.
+        assert!(is_woken(
+            &tracked(Some(("v", "i")), Some(1)),
+            false,
+            None,
+            check
+        ));
     }
 
     #[test]
