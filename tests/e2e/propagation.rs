@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use connect_sim::{Seed, VaultSpec};
 
-use super::{login, sync_item};
+use super::{item_manifest, login, sync_item};
 use crate::support::{TestEnv, data_of, secret_value};
 
 /// The default `CHANGE_CHECK_INTERVAL`.
@@ -13,11 +13,19 @@ const CHECK: Duration = Duration::from_secs(6);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_default_settings_a_change_arrives_in_seconds_and_idle_costs_one_vault_list_per_check() {
-    let seed = Seed::new().vault(VaultSpec::new("E2E").item(login("db", &secret_value("first"))));
+    let seed = Seed::new()
+        .vault(VaultSpec::new("E2E").item(login("db", &secret_value("first"))))
+        .vault(VaultSpec::new("Other").item(login("other", &secret_value("other"))));
     let mut env = TestEnv::new("propagation", seed).await;
     // The official operator's default poll interval; the change check left at its default.
     env.start_operator(env.operator_config().with_env("POLLING_INTERVAL", "600"));
     sync_item(&env, "db", "vaults/E2E/items/db").await;
+    // Nothing else uses its vault, so only asking Connect would tell when its item appears:
+    // that is for once per poll interval, not for every check.
+    env.apply(&item_manifest("missing", "vaults/Other/items/not-yet"))
+        .await
+        .unwrap();
+    env.wait_ready("missing", "ItemNotFound").await;
 
     // Idle: a vault list per check, and no item listed or fetched.
     env.sim.reset_counts();
