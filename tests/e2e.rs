@@ -29,12 +29,11 @@ use k8s_openapi::api::{
 use kube::{Api, ResourceExt};
 use onepassword_secrets_operator::{
     restart::{
-        controller::Workload,
+        controller::{Workload, live_restarted_for},
         rule::{self as restart, DigestMap},
     },
     vocabulary::{
-        DIGEST_ANNOTATION, ITEM_PATH_ANNOTATION, ITEM_VERSION_ANNOTATION, RESTARTED_FOR_ANNOTATION,
-        SECRET_DIGESTS_ANNOTATION,
+        DIGEST_ANNOTATION, ITEM_PATH_ANNOTATION, ITEM_VERSION_ANNOTATION, SECRET_DIGESTS_ANNOTATION,
     },
 };
 use opsync_test_support::b64;
@@ -70,14 +69,7 @@ fn login(title: &str, password: &str) -> ItemSpec {
 
 /// The pod-template annotation that rolls a workload, if set.
 fn restarted_for<K: Workload>(workload: &K) -> Option<String> {
-    workload
-        .pod_template()?
-        .metadata
-        .as_ref()?
-        .annotations
-        .as_ref()?
-        .get(RESTARTED_FOR_ANNOTATION)
-        .cloned()
+    live_restarted_for(workload)
 }
 
 /// Waits until the workload has recorded (annotation `secret-digests`) these Secrets: the

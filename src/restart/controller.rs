@@ -646,7 +646,8 @@ fn workload_setting<K: Workload>(obj: &K) -> Option<&str> {
     rule::workload_setting(obj.annotations(), obj.pod_template())
 }
 
-fn live_restarted_for<K: Workload>(obj: &K) -> Option<String> {
+/// The pod-template annotation that rolls a workload, if set.
+pub fn live_restarted_for<K: Workload>(obj: &K) -> Option<String> {
     obj.pod_template()?
         .metadata
         .as_ref()?
