@@ -36,6 +36,34 @@ pub struct Args {
     #[arg(long, env = "AUTO_RESTART", default_value = "false", value_parser = parse_go_bool)]
     pub auto_restart: bool,
 
+    /// Seconds a changed Secret must stay unchanged before the workloads that use it restart:
+    /// changes made close together restart once (`0`: off).
+    #[arg(long, env = "RESTART_DEBOUNCE", default_value = "10", value_parser = parse_interval_or_off)]
+    pub restart_debounce: Duration,
+
+    /// Workloads restarted by the operator that may be rolling at once in the cluster; the
+    /// others wait their turn (`0`: no limit).
+    #[arg(long, env = "RESTART_BUDGET", default_value = "10")]
+    pub restart_budget: usize,
+
+    /// The same, in one namespace (`0`: no limit).
+    #[arg(long, env = "RESTART_BUDGET_PER_NAMESPACE", default_value = "3")]
+    pub restart_budget_per_namespace: usize,
+
+    /// A restarted workload whose rollout is not done after this long counts as failed, as a
+    /// Deployment past its progress deadline does: other restarts for the same change stop.
+    #[arg(long, env = "RESTART_ROLLOUT_TIMEOUT", default_value = "600", value_parser = parse_interval)]
+    pub restart_rollout_timeout: Duration,
+
+    /// A Secret that changes more than this many times within `RESTART_BREAKER_PERIOD` stops
+    /// restarting workloads until it has been stable for that period (`0`: off).
+    #[arg(long, env = "RESTART_BREAKER_CHANGES", default_value = "5")]
+    pub restart_breaker_changes: usize,
+
+    /// The circuit breaker's period (seconds, or `10m`...).
+    #[arg(long, env = "RESTART_BREAKER_PERIOD", default_value = "600", value_parser = parse_interval)]
+    pub restart_breaker_period: Duration,
+
     /// Keep fields with empty values as empty keys instead of leaving them out.
     #[arg(long, env = "ALLOW_EMPTY_VALUES", default_value = "false", value_parser = parse_go_bool,
           num_args = 0..=1, default_missing_value = "true")]
@@ -97,6 +125,21 @@ pub struct Args {
     /// it does not allow is denied (see docs/vault-policy.md). Read at start-up.
     #[arg(long, env = "VAULT_POLICY_FILE")]
     pub vault_policy_file: Option<std::path::PathBuf>,
+}
+
+impl Args {
+    /// The restart governance these flags ask for.
+    pub fn governance(&self) -> crate::restart::governor::Governance {
+        let limit = |n: usize| (n > 0).then_some(n);
+        crate::restart::governor::Governance {
+            debounce: self.restart_debounce,
+            budget: limit(self.restart_budget),
+            budget_per_namespace: limit(self.restart_budget_per_namespace),
+            rollout_timeout: self.restart_rollout_timeout,
+            breaker_changes: self.restart_breaker_changes,
+            breaker_period: self.restart_breaker_period,
+        }
+    }
 }
 
 /// The official operator's flags (`cmd/main.go` and controller-runtime's zap options, v1.12.0)

@@ -68,6 +68,7 @@ async fn run(args: Args) -> Result<(), String> {
         enable_annotations: args.enable_annotations,
         auto_restart: args.auto_restart,
         concurrency: args.max_concurrent_reconciles,
+        governance: args.governance(),
         vault_policy: match &args.vault_policy_file {
             None => None,
             Some(path) => {

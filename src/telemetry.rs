@@ -233,6 +233,11 @@ struct KindLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReadyLabels {
     ready: &'static str,
 }
@@ -254,6 +259,7 @@ struct Inner {
     sync_lag: Histogram,
     secret_writes: Family<ControllerLabels, Counter>,
     workload_restarts: Family<KindLabels, Counter>,
+    restarts: Family<StateLabels, Gauge>,
     poll_cycles: Counter,
     poll_duration: Histogram,
     poll_connect_requests: Gauge,
@@ -328,6 +334,14 @@ impl Metrics {
             "Workloads restarted because a Secret they use changed, by kind",
             workload_restarts.clone(),
         );
+        let restarts = Family::<StateLabels, Gauge>::default();
+        registry.register(
+            "restarts",
+            "Restarts by state: rolling (restarted by the operator, rollout not done), and those \
+             waiting: debounce, queued (budget spent), blocked (a failed rollout for the same \
+             change), paused (flapping Secret)",
+            restarts.clone(),
+        );
         let poll_cycles = Counter::default();
         registry.register(
             "poll_cycles",
@@ -369,6 +383,7 @@ impl Metrics {
                 sync_lag,
                 secret_writes,
                 workload_restarts,
+                restarts,
                 poll_cycles,
                 poll_duration,
                 poll_connect_requests,
@@ -421,6 +436,14 @@ impl Metrics {
             .workload_restarts
             .get_or_create(&KindLabels { kind })
             .inc();
+    }
+
+    /// Sets how many restarts are in `state` (see the metric's help).
+    pub fn set_restarts(&self, state: &'static str, count: usize) {
+        self.inner
+            .restarts
+            .get_or_create(&StateLabels { state })
+            .set(saturating_i64(count as u64));
     }
 
     /// Records one finished poll and the Connect requests it made.

@@ -35,6 +35,9 @@ pub const FORCE_SYNC_ANNOTATION: &str = "operator.1password.io/force-sync";
 /// On a Secret we write: the `force-sync` value last handled, so the same value again, a poll
 /// or an operator restart fetches nothing more.
 pub const FORCE_SYNCED_ANNOTATION: &str = "operator.1password.io/force-synced";
+/// On a managed Secret, set by a person: restarts blocked by a failed rollout go on for the
+/// change whose fingerprint this is (the `RolloutBlocked` event gives the exact command).
+pub const RESUME_RESTARTS_ANNOTATION: &str = "operator.1password.io/resume-restarts";
 
 /// Label on every Secret the operator manages. It proves nothing (ownership is by owner
 /// reference); it only narrows our Secret watches.
@@ -98,6 +101,13 @@ reasons! {
     Restarted,
     /// The item was fetched again because a new `force-sync` value asked for it.
     ForceSynced,
+    /// A restart waits: the restart budget is spent (workloads restarted by the operator are
+    /// still rolling).
+    RestartQueued,
+    /// A restart is held: another workload restarted for the same change failed its rollout.
+    RolloutBlocked,
+    /// Restarts for a Secret are paused: it changes too often (the circuit breaker).
+    RestartsPaused,
     // Failures: the object's spec.
     InvalidItemPath,
     Unsupported,

@@ -5,6 +5,8 @@
 
 #[path = "e2e/force_sync.rs"]
 mod force_sync;
+#[path = "e2e/governance.rs"]
+mod governance;
 #[path = "e2e/propagation.rs"]
 mod propagation;
 #[path = "e2e/safety.rs"]

@@ -84,6 +84,8 @@ pub struct Settings {
     pub concurrency: u16,
     /// `VAULT_POLICY_FILE`: which namespaces may read which vaults (`None`: all may).
     pub vault_policy: Option<std::sync::Arc<crate::policy::VaultPolicy>>,
+    /// Debounce, budget, rollout health and breaker of the restarts the operator causes.
+    pub governance: crate::restart::governor::Governance,
 }
 
 /// The first retry of a failed sync: Connect or the API server away is not hammered by every

@@ -182,6 +182,7 @@ pub(crate) mod testing {
             auto_restart: false,
             concurrency: 1,
             vault_policy: None,
+            governance: crate::restart::governor::Governance::off(),
         }
     }
 

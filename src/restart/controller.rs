@@ -49,7 +49,10 @@ use kube::{
 };
 use serde::{Serialize, de::DeserializeOwned};
 
-use super::rule::{self, DigestMap, History, Plan, UNKNOWN_FINGERPRINT};
+use super::{
+    governor::{self, Governance, Restarted, Rollout, Verdict, WorkloadRef},
+    rule::{self, DigestMap, History, Plan, UNKNOWN_FINGERPRINT},
+};
 use crate::{
     controller::{
         Context, SecretMeta, events::MAX_NOTE, log_run_error, log_watch_error, scoped_api,
@@ -57,7 +60,7 @@ use crate::{
     },
     vocabulary::{
         AUTO_RESTART_ANNOTATION, DIGEST_ANNOTATION, FIELD_MANAGER, RESTARTED_FOR_ANNOTATION,
-        Reason, SECRET_DIGESTS_ANNOTATION,
+        RESUME_RESTARTS_ANNOTATION, Reason, SECRET_DIGESTS_ANNOTATION,
     },
 };
 
@@ -81,12 +84,17 @@ pub trait Workload:
 {
     const KIND: &'static str;
     fn pod_template(&self) -> Option<&PodTemplateSpec>;
+    /// Where its rollout is, from its status.
+    fn rollout(&self) -> Rollout;
 }
 
 impl Workload for Deployment {
     const KIND: &'static str = "Deployment";
     fn pod_template(&self) -> Option<&PodTemplateSpec> {
         self.spec.as_ref().map(|s| &s.template)
+    }
+    fn rollout(&self) -> Rollout {
+        governor::deployment_rollout(self)
     }
 }
 
@@ -95,12 +103,18 @@ impl Workload for StatefulSet {
     fn pod_template(&self) -> Option<&PodTemplateSpec> {
         self.spec.as_ref().map(|s| &s.template)
     }
+    fn rollout(&self) -> Rollout {
+        governor::statefulset_rollout(self)
+    }
 }
 
 impl Workload for DaemonSet {
     const KIND: &'static str = "DaemonSet";
     fn pod_template(&self) -> Option<&PodTemplateSpec> {
         self.spec.as_ref().map(|s| &s.template)
+    }
+    fn rollout(&self) -> Rollout {
+        governor::daemonset_rollout(self)
     }
 }
 
@@ -153,23 +167,306 @@ struct Scope {
     templates: Mutex<TemplateRevisions>,
     /// Namespace -> (read at, its `auto-restart` annotation).
     namespaces: Mutex<HashMap<String, (Instant, Option<String>)>>,
+    /// One for all scopes: the restart budget is cluster-wide.
+    governor: Arc<Governor>,
+}
+
+/// The restarted workloads of every scope and kind, read from the workload stores, and what
+/// this process adds to them: restarts written whose watch event has not come back yet, when a
+/// rollout was first seen rolling (for `RESTART_ROLLOUT_TIMEOUT`), each changed Secret's recent
+/// change times, and which workloads wait and why (for events on transitions and the gauges).
+struct Governor {
+    settings: Governance,
+    /// Held from the admission of a restart to the end of its write, so that two reconciles
+    /// never both take the last place of the budget.
+    admission: tokio::sync::Mutex<()>,
+    views: Mutex<Vec<View>>,
+    written: Mutex<HashMap<WorkloadRef, (String, Instant)>>,
+    rolling_since: Mutex<HashMap<WorkloadRef, (String, Instant)>>,
+    changes: Mutex<HashMap<(String, String), Vec<Instant>>>,
+    waiting: Mutex<HashMap<WorkloadRef, (&'static str, String)>>,
+}
+
+/// One workload store, seen as the workloads the operator restarted: (workload, restarted-for,
+/// rollout, record).
+type View = Box<dyn Fn() -> Vec<(WorkloadRef, String, Rollout, DigestMap)> + Send + Sync>;
+
+/// A restart written is taken as rolling until the watch shows it, for at most this long.
+const WRITTEN_GRACE: Duration = Duration::from_secs(60);
+
+impl Governor {
+    fn new(settings: Governance) -> Self {
+        Governor {
+            settings,
+            admission: tokio::sync::Mutex::new(()),
+            views: Mutex::default(),
+            written: Mutex::default(),
+            rolling_since: Mutex::default(),
+            changes: Mutex::default(),
+            waiting: Mutex::default(),
+        }
+    }
+
+    fn watch<K: Workload>(&self, store: Store<K>) {
+        let view: View = Box::new(move || {
+            store
+                .state()
+                .iter()
+                .filter_map(|w| {
+                    let restarted_for = live_restarted_for(&**w)?;
+                    let record = w
+                        .annotations()
+                        .get(SECRET_DIGESTS_ANNOTATION)
+                        .and_then(|r| rule::decode(r))
+                        .unwrap_or_default();
+                    Some((workload_ref(&**w)?, restarted_for, w.rollout(), record))
+                })
+                .collect()
+        });
+        self.views.lock().expect("views lock").push(view);
+    }
+
+    fn changed(&self, secret: &(String, String), at: Instant) {
+        let mut changes = self.changes.lock().expect("changes lock");
+        governor::remember_change(
+            &self.settings,
+            changes.entry(secret.clone()).or_default(),
+            at,
+        );
+    }
+
+    /// The workloads the operator restarted, as they are now.
+    fn restarted(&self, now: Instant) -> Vec<Restarted> {
+        let seen: Vec<_> = self
+            .views
+            .lock()
+            .expect("views lock")
+            .iter()
+            .flat_map(|view| view())
+            .collect();
+        let mut written = self.written.lock().expect("written lock");
+        written.retain(|_, (_, at)| now.saturating_duration_since(*at) < WRITTEN_GRACE);
+        let mut since = self.rolling_since.lock().expect("rolling lock");
+        let mut restarted: Vec<Restarted> = seen
+            .into_iter()
+            .map(|(workload, restarted_for, mut rollout, record)| {
+                match written.get(&workload) {
+                    Some((value, _)) if *value != restarted_for => rollout = Rollout::Rolling,
+                    Some(_) => {
+                        written.remove(&workload);
+                    }
+                    None => {}
+                }
+                if rollout == Rollout::Rolling {
+                    let (value, start) = since
+                        .entry(workload.clone())
+                        .or_insert_with(|| (restarted_for.clone(), now));
+                    if *value != restarted_for {
+                        *value = restarted_for;
+                        *start = now;
+                    }
+                    if now.saturating_duration_since(*start) > self.settings.rollout_timeout {
+                        rollout = Rollout::Failed("RolloutTimeout");
+                    }
+                } else if rollout == Rollout::Done {
+                    since.remove(&workload);
+                }
+                Restarted {
+                    workload,
+                    rollout,
+                    record,
+                }
+            })
+            .collect();
+        // A restart written to a workload the stores do not show yet.
+        for workload in written.keys() {
+            if !restarted.iter().any(|r| r.workload == *workload) {
+                restarted.push(Restarted {
+                    workload: workload.clone(),
+                    rollout: Rollout::Rolling,
+                    record: DigestMap::new(),
+                });
+            }
+        }
+        restarted
+    }
+
+    /// Decides on a restart of `workload` for `secrets` (changed, auto-restart on), whose
+    /// fingerprints are in `record`.
+    fn admit(
+        &self,
+        ctx: &Scope,
+        workload: &WorkloadRef,
+        secrets: &[String],
+        record: &str,
+    ) -> Verdict {
+        let now = Instant::now();
+        let fingerprints = rule::decode(record).unwrap_or_default();
+        let changes = self.changes.lock().expect("changes lock");
+        let resumed: Vec<Option<String>> = secrets
+            .iter()
+            .map(|name| {
+                let secret = ctx
+                    .secrets
+                    .get(&ObjectRef::new(name).within(&workload.namespace))?;
+                secret
+                    .annotations()
+                    .get(RESUME_RESTARTS_ANNOTATION)
+                    .cloned()
+            })
+            .collect();
+        let asked: Vec<governor::Change<'_>> = secrets
+            .iter()
+            .zip(&resumed)
+            .map(|(name, resumed)| governor::Change {
+                secret: name,
+                fingerprint: fingerprints.get(name).map_or("", String::as_str),
+                changed_at: changes
+                    .get(&(workload.namespace.clone(), name.clone()))
+                    .map_or(&[][..], Vec::as_slice),
+                resumed: resumed.as_deref(),
+            })
+            .collect();
+        let restarted = self.restarted(now);
+        let verdict = governor::admit(&self.settings, workload, &asked, &restarted, now);
+        let rolling = restarted
+            .iter()
+            .filter(|r| r.rollout == Rollout::Rolling)
+            .count();
+        ctx.shared.metrics.set_restarts("rolling", rolling);
+        verdict
+    }
+
+    /// Records that `workload` waits with `verdict` (or no longer waits: `None`); true when
+    /// that is new for this restart (`restarted_for`), so an event is due.
+    fn wait(
+        &self,
+        ctx: &Scope,
+        workload: &WorkloadRef,
+        verdict: Option<&Verdict>,
+        restarted_for: &str,
+    ) -> bool {
+        let mut waiting = self.waiting.lock().expect("waiting lock");
+        let new = match verdict {
+            None | Some(Verdict::Go) => {
+                waiting.remove(workload);
+                false
+            }
+            Some(v) => {
+                let now = (v.label(), restarted_for.to_string());
+                waiting.insert(workload.clone(), now.clone()) != Some(now)
+            }
+        };
+        for state in ["debounce", "queued", "blocked", "paused"] {
+            let count = waiting.values().filter(|(s, _)| *s == state).count();
+            ctx.shared.metrics.set_restarts(state, count);
+        }
+        new
+    }
+
+    /// Notes a restart just written.
+    fn restarted_now(&self, workload: WorkloadRef, restarted_for: String) {
+        let mut written = self.written.lock().expect("written lock");
+        written.insert(workload, (restarted_for, Instant::now()));
+    }
+}
+
+fn workload_ref<K: Workload>(w: &K) -> Option<WorkloadRef> {
+    Some(WorkloadRef {
+        kind: K::KIND,
+        namespace: w.namespace()?,
+        name: w.name_any(),
+    })
+}
+
+/// How long a waiting restart sleeps before it asks again. A queued one asks often: rollouts
+/// that end do not wake it (status changes wake nothing), its question is answered from the
+/// caches, and the first to ask after a place frees takes it.
+fn retry_after(verdict: &Verdict) -> Duration {
+    match verdict {
+        Verdict::Go => Duration::ZERO,
+        Verdict::Debounce(left) => *left + Duration::from_millis(100),
+        Verdict::Paused { left, .. } => {
+            (*left + Duration::from_secs(1)).min(Duration::from_secs(60))
+        }
+        Verdict::Blocked { .. } => Duration::from_secs(15),
+        Verdict::Queued { .. } => Duration::from_secs(3),
+    }
+}
+
+/// The event for a workload that starts to wait, if that is worth telling.
+fn waiting_event(
+    verdict: &Verdict,
+    namespace: &str,
+    g: &Governance,
+) -> Option<(EventType, Reason, String)> {
+    match verdict {
+        Verdict::Go | Verdict::Debounce(_) => None,
+        Verdict::Queued {
+            rolling,
+            in_namespace,
+        } => Some((
+            EventType::Normal,
+            Reason::RestartQueued,
+            format!(
+                "Restart queued: {rolling} workload(s) restarted by the operator are still rolling {} (RESTART_BUDGET{})",
+                if *in_namespace {
+                    "in this namespace"
+                } else {
+                    "in the cluster"
+                },
+                if *in_namespace { "_PER_NAMESPACE" } else { "" },
+            ),
+        )),
+        Verdict::Blocked {
+            secret,
+            fingerprint,
+            by,
+            why,
+        } => Some((
+            EventType::Warning,
+            Reason::RolloutBlocked,
+            format!(
+                "Restart for Secret {secret} held: {by}, restarted for the same change, failed its rollout ({why}). \
+                 Fix it, change the item, or resume: kubectl annotate secret {secret} -n {namespace} \
+                 {RESUME_RESTARTS_ANNOTATION}={fingerprint} --overwrite"
+            ),
+        )),
+        Verdict::Paused { secret, .. } => Some((
+            EventType::Warning,
+            Reason::RestartsPaused,
+            format!(
+                "Restarts for Secret {secret} paused: it changed more than {} times within {}s; \
+                 its data still follows the item; one restart follows once it has been stable for {}s",
+                g.breaker_changes,
+                g.breaker_period.as_secs(),
+                g.breaker_period.as_secs(),
+            ),
+        )),
+    }
 }
 
 /// Runs one scope per watched namespace (or one for all) until `shutdown` resolves, then lets
 /// running reconciles finish.
 pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 'static) {
     let shutdown: ShutdownSignal = shutdown.boxed().shared();
+    let governor = Arc::new(Governor::new(ctx.config.governance));
     futures::future::join_all(
         ctx.config
             .namespaces
             .scopes()
             .into_iter()
-            .map(|scope| run_scope(ctx.clone(), scope, shutdown.clone())),
+            .map(|scope| run_scope(ctx.clone(), governor.clone(), scope, shutdown.clone())),
     )
     .await;
 }
 
-async fn run_scope(shared: Arc<Context>, scope: Option<String>, shutdown: ShutdownSignal) {
+async fn run_scope(
+    shared: Arc<Context>,
+    governor: Arc<Governor>,
+    scope: Option<String>,
+    shutdown: ShutdownSignal,
+) {
     let (secrets, writer) = reflector::store();
     let ctx = Arc::new(Scope {
         shared: shared.clone(),
@@ -177,6 +474,7 @@ async fn run_scope(shared: Arc<Context>, scope: Option<String>, shutdown: Shutdo
         digests: Mutex::default(),
         templates: Mutex::default(),
         namespaces: Mutex::default(),
+        governor,
     });
     let scope = scope.as_deref();
     let (deployments, notify_deployments) =
@@ -189,7 +487,11 @@ async fn run_scope(shared: Arc<Context>, scope: Option<String>, shutdown: Shutdo
     let events = watch_managed_secrets(&shared.client, scope).modify(|s| {
         s.metadata.labels = None;
         if let Some(a) = s.metadata.annotations.as_mut() {
-            a.retain(|k, _| k == DIGEST_ANNOTATION || k == AUTO_RESTART_ANNOTATION);
+            a.retain(|k, _| {
+                k == DIGEST_ANNOTATION
+                    || k == AUTO_RESTART_ANNOTATION
+                    || k == RESUME_RESTARTS_ANNOTATION
+            });
         }
     });
     let secrets = watch_secrets(
@@ -229,6 +531,7 @@ fn workload_controller<K: Workload>(
         );
     let (tx, rx) = mpsc::unbounded();
     let notify = notifier(reader.clone(), tx);
+    ctx.governor.watch(reader.clone());
     let controller = Controller::for_stream(stream, reader)
         .reconcile_on(rx)
         .with_config(controller::Config::default().debounce(DEBOUNCE))
@@ -281,6 +584,8 @@ async fn watch_secrets(
         match event {
             Ok(event) => {
                 let woken = ctx.digests.lock().expect("digests lock").observe(&event);
+                let now = Instant::now();
+                woken.iter().for_each(|key| ctx.governor.changed(key, now));
                 woken.into_iter().for_each(wake);
             }
             Err(e) => log_watch_error("restart (managed Secrets)", &e),
@@ -486,8 +791,25 @@ async fn reconcile_workload<K: Workload>(obj: &K, ctx: &Scope) -> Result<Action,
         .wait_until_ready()
         .await
         .map_err(|_| Error::SecretCacheGone)?;
-    if decide(obj, &namespace, ctx, false).await? == Plan::Nothing {
-        return Ok(Action::await_change());
+    let me = workload_ref(obj).ok_or(Error::NoNamespace)?;
+    // A restart is first weighed on the caches: a waiting workload asks again and again, and
+    // costs no API request for it.
+    match decide(obj, &namespace, ctx, false).await? {
+        Plan::Nothing => {
+            ctx.governor.wait(ctx, &me, None, "");
+            return Ok(Action::await_change());
+        }
+        Plan::Restart {
+            record,
+            restarted_for,
+            secrets,
+        } => {
+            let verdict = ctx.governor.admit(ctx, &me, &secrets, &record);
+            if verdict != Verdict::Go {
+                return Ok(hold(ctx, obj, &me, &verdict, &restarted_for).await);
+            }
+        }
+        Plan::Baseline(_) => {}
     }
     // The cache can lag behind our own last write; decide again on the object as it is, and
     // make the apply conditional on it (resourceVersion).
@@ -496,6 +818,7 @@ async fn reconcile_workload<K: Workload>(obj: &K, ctx: &Scope) -> Result<Action,
     let Some(fresh) = api.get_opt(&name).await.map_err(Error::Read)? else {
         return Ok(Action::await_change());
     };
+    let mut admitted = None;
     let (record, restarted_for, cause) = match decide(&fresh, &namespace, ctx, true).await? {
         Plan::Nothing => return Ok(Action::await_change()),
         Plan::Baseline(record) => (record, live_restarted_for(&fresh), None),
@@ -503,7 +826,16 @@ async fn reconcile_workload<K: Workload>(obj: &K, ctx: &Scope) -> Result<Action,
             record,
             restarted_for,
             secrets,
-        } => (record, Some(restarted_for), Some(secrets)),
+        } => {
+            // Held until the write is done: the budget is checked and spent as one step.
+            let guard = ctx.governor.admission.lock().await;
+            let verdict = ctx.governor.admit(ctx, &me, &secrets, &record);
+            if verdict != Verdict::Go {
+                return Ok(hold(ctx, &fresh, &me, &verdict, &restarted_for).await);
+            }
+            admitted = Some(guard);
+            (record, Some(restarted_for), Some(secrets))
+        }
     };
     let body = rule::apply_body(
         &K::api_version(&()),
@@ -523,6 +855,12 @@ async fn reconcile_workload<K: Workload>(obj: &K, ctx: &Scope) -> Result<Action,
         kube::Error::Api(status) if status.code == 409 => Error::Conflict,
         e => Error::Apply(e),
     })?;
+    ctx.governor.wait(ctx, &me, None, "");
+    if admitted.is_some() {
+        let value = restarted_for.clone().unwrap_or_default();
+        ctx.governor.restarted_now(me, value);
+    }
+    drop(admitted);
     match cause {
         None => tracing::debug!(record = %record, "recorded the Secrets the workload uses"),
         Some(secrets) => {
@@ -532,6 +870,31 @@ async fn reconcile_workload<K: Workload>(obj: &K, ctx: &Scope) -> Result<Action,
         }
     }
     Ok(Action::await_change())
+}
+
+/// A restart that must wait: an event when it starts waiting for this reason, and when to ask
+/// again.
+async fn hold<K: Workload>(
+    ctx: &Scope,
+    obj: &K,
+    me: &WorkloadRef,
+    verdict: &Verdict,
+    restarted_for: &str,
+) -> Action {
+    tracing::debug!(waits = verdict.label(), "restart held");
+    if ctx.governor.wait(ctx, me, Some(verdict), restarted_for)
+        && let Some((type_, reason, note)) =
+            waiting_event(verdict, &me.namespace, &ctx.governor.settings)
+    {
+        if type_ == EventType::Warning {
+            tracing::warn!(reason = ?reason, "{note}");
+        }
+        let object = obj.object_ref(&());
+        ctx.shared
+            .publish(&object, "Restart", type_, reason, &note)
+            .await;
+    }
+    Action::requeue(retry_after(verdict))
 }
 
 /// The plan for `obj` from the Secret store. `warn` logs invalid auto-restart values (done on
@@ -953,6 +1316,14 @@ spec:
         }
 
         fn harness(secrets: Vec<SecretMeta>, auto_restart_default: bool) -> Harness {
+            let settings = Settings {
+                auto_restart: auto_restart_default,
+                ..testing::settings()
+            };
+            harness_with(secrets, settings)
+        }
+
+        fn harness_with(secrets: Vec<SecretMeta>, settings: Settings) -> Harness {
             let (client, handle) = testing::mock_client();
             let (store, mut writer) = reflector::store();
             writer.apply_watcher_event(&watcher::Event::Init);
@@ -960,12 +1331,9 @@ spec:
                 writer.apply_watcher_event(&watcher::Event::InitApply(s));
             }
             writer.apply_watcher_event(&watcher::Event::InitDone);
-            let settings = Settings {
-                auto_restart: auto_restart_default,
-                ..testing::settings()
-            };
             Harness {
                 ctx: Scope {
+                    governor: Arc::new(Governor::new(settings.governance)),
                     shared: testing::context_with(client, settings),
                     secrets: store,
                     digests: Mutex::default(),
@@ -1100,6 +1468,196 @@ spec:
             assert_eq!(seen[2].2["note"], "Restarted because Secret(s) db changed");
             assert_eq!(seen[2].2["regarding"]["kind"], "Deployment");
             assert_eq!(restarts, 1);
+        }
+
+        /// Restarts governed: only what the test names is on.
+        fn governed(governance: Governance, others: Vec<Deployment>) -> Harness {
+            let settings = Settings {
+                governance,
+                ..testing::settings()
+            };
+            let h = harness_with(vec![managed("db", "v1:s:db2", Some("true"))], settings);
+            let (store, mut writer) = reflector::store();
+            writer.apply_watcher_event(&watcher::Event::Init);
+            for d in others {
+                writer.apply_watcher_event(&watcher::Event::InitApply(d));
+            }
+            writer.apply_watcher_event(&watcher::Event::InitDone);
+            h.ctx.governor.watch::<Deployment>(store);
+            h
+        }
+
+        /// Deployment `name` in `apps`, restarted by us for db at `digest`, its rollout as
+        /// `status` says.
+        fn restarted_other(name: &str, digest: &str, status: Value) -> Deployment {
+            let mut d = web(Some(&record(&[("db", digest)])), Some("before"));
+            d.metadata.name = Some(name.into());
+            d.metadata.generation = Some(2);
+            d.status = Some(serde_json::from_value(status).unwrap());
+            d
+        }
+
+        fn rolling() -> Value {
+            json!({ "observedGeneration": 1 })
+        }
+
+        fn past_deadline() -> Value {
+            json!({
+                "observedGeneration": 2, "replicas": 1, "updatedReplicas": 1,
+                "conditions": [{
+                    "type": "Progressing", "status": "False",
+                    "reason": "ProgressDeadlineExceeded"
+                }]
+            })
+        }
+
+        fn budget(per_namespace: usize) -> Governance {
+            Governance {
+                budget_per_namespace: Some(per_namespace),
+                ..Governance::off()
+            }
+        }
+
+        #[tokio::test]
+        async fn a_spent_budget_queues_the_restart_with_one_event_and_no_request_to_the_workload() {
+            let obj = web(Some(&record(&[("db", "v1:s:db1")])), None);
+            let others = vec![restarted_other("api", "v1:s:db2", rolling())];
+            let h = governed(budget(1), others);
+            let server = tokio::spawn(serve(h.handle, vec![event()]));
+            let action = reconcile_workload(&obj, &h.ctx).await.unwrap();
+            let (handle, seen) = server.await.unwrap();
+            assert_no_more_requests(handle);
+            assert_eq!(action, Action::requeue(Duration::from_secs(3)));
+            assert_eq!(seen[0].2["reason"], "RestartQueued");
+            assert_eq!(seen[0].2["type"], "Normal");
+            assert_eq!(restarts(&h.ctx), 0);
+            // Still queued: asked again, it says nothing more.
+            let again = reconcile_workload(&obj, &h.ctx).await.unwrap();
+            assert_eq!(again, Action::requeue(Duration::from_secs(3)));
+            let text = h.ctx.shared.metrics.encode();
+            assert!(
+                text.contains("onepassword_restarts{state=\"queued\"} 1"),
+                "{text}"
+            );
+            assert!(
+                text.contains("onepassword_restarts{state=\"rolling\"} 1"),
+                "{text}"
+            );
+        }
+
+        #[tokio::test]
+        async fn a_finished_rollout_frees_its_place_in_the_budget() {
+            let obj = web(Some(&record(&[("db", "v1:s:db1")])), None);
+            let done = json!({
+                "observedGeneration": 2, "replicas": 1, "updatedReplicas": 1,
+                "availableReplicas": 1
+            });
+            let others = vec![restarted_other("api", "v1:s:db2", done)];
+            let h = governed(budget(1), others);
+            let fresh = serde_json::to_value(&obj).unwrap();
+            let script = vec![get(DEPLOYMENT, fresh), apply(), event()];
+            let (result, seen, restarts) = reconcile_with(h, &obj, script).await;
+            result.unwrap();
+            assert_eq!(seen[2].2["reason"], "Restarted");
+            assert_eq!(restarts, 1);
+        }
+
+        #[tokio::test]
+        async fn a_failed_rollout_for_the_same_change_blocks_with_a_warning_that_says_how_to_resume()
+         {
+            let obj = web(Some(&record(&[("db", "v1:s:db1")])), None);
+            let others = vec![restarted_other("api", "v1:s:db2", past_deadline())];
+            let h = governed(Governance::off(), others);
+            let server = tokio::spawn(serve(h.handle, vec![event()]));
+            let action = reconcile_workload(&obj, &h.ctx).await.unwrap();
+            let (handle, seen) = server.await.unwrap();
+            assert_no_more_requests(handle);
+            assert_eq!(action, Action::requeue(Duration::from_secs(15)));
+            assert_eq!(seen[0].2["reason"], "RolloutBlocked");
+            assert_eq!(seen[0].2["type"], "Warning");
+            let note = seen[0].2["note"].as_str().unwrap();
+            let fingerprint = rule::fingerprint("v1:s:db2");
+            assert!(note.contains("Deployment apps/api"), "{note}");
+            assert!(note.contains("ProgressDeadlineExceeded"), "{note}");
+            assert!(
+                note.contains(&format!(
+                    "kubectl annotate secret db -n apps {RESUME_RESTARTS_ANNOTATION}={fingerprint} --overwrite"
+                )),
+                "{note}"
+            );
+        }
+
+        #[tokio::test]
+        async fn a_failed_rollout_for_an_older_change_blocks_nothing() {
+            let obj = web(Some(&record(&[("db", "v1:s:db1")])), None);
+            let others = vec![restarted_other("api", "v1:s:db0", past_deadline())];
+            let h = governed(Governance::off(), others);
+            let fresh = serde_json::to_value(&obj).unwrap();
+            let script = vec![get(DEPLOYMENT, fresh), apply(), event()];
+            let (result, seen, _) = reconcile_with(h, &obj, script).await;
+            result.unwrap();
+            assert_eq!(seen[2].2["reason"], "Restarted");
+        }
+
+        #[tokio::test]
+        async fn a_fresh_change_waits_for_the_debounce_window_without_a_request() {
+            let obj = web(Some(&record(&[("db", "v1:s:db1")])), None);
+            let governance = Governance {
+                debounce: Duration::from_secs(10),
+                ..Governance::off()
+            };
+            let h = governed(governance, vec![]);
+            h.ctx
+                .governor
+                .changed(&("apps".into(), "db".into()), Instant::now());
+            let server = tokio::spawn(serve(h.handle, vec![]));
+            let action = reconcile_workload(&obj, &h.ctx).await.unwrap();
+            let (handle, seen) = server.await.unwrap();
+            assert_no_more_requests(handle);
+            assert!(seen.is_empty());
+            assert_ne!(action, Action::await_change());
+        }
+
+        #[test]
+        fn a_restart_just_written_counts_as_rolling_until_the_watch_shows_it() {
+            let g = Governor::new(Governance::off());
+            let (store, mut writer) = reflector::store::<Deployment>();
+            writer.apply_watcher_event(&watcher::Event::Init);
+            writer.apply_watcher_event(&watcher::Event::InitDone);
+            g.watch(store);
+            let me = WorkloadRef {
+                kind: "Deployment",
+                namespace: "apps".into(),
+                name: "web".into(),
+            };
+            g.restarted_now(me.clone(), "new".into());
+            let seen = g.restarted(Instant::now());
+            assert_eq!(seen.len(), 1);
+            assert_eq!(seen[0].workload, me);
+            assert_eq!(seen[0].rollout, Rollout::Rolling);
+            // After the grace, the stores alone decide.
+            assert!(g.restarted(Instant::now() + WRITTEN_GRACE).is_empty());
+        }
+
+        #[test]
+        fn a_rollout_rolling_past_the_timeout_counts_as_failed() {
+            let g = Governor::new(Governance::off());
+            let (store, mut writer) = reflector::store::<Deployment>();
+            writer.apply_watcher_event(&watcher::Event::Init);
+            writer.apply_watcher_event(&watcher::Event::InitApply(restarted_other(
+                "api",
+                "v1:s:db2",
+                rolling(),
+            )));
+            writer.apply_watcher_event(&watcher::Event::InitDone);
+            g.watch(store);
+            let t0 = Instant::now();
+            assert_eq!(g.restarted(t0)[0].rollout, Rollout::Rolling);
+            let late = t0 + Governance::off().rollout_timeout + Duration::from_secs(1);
+            assert_eq!(
+                g.restarted(late)[0].rollout,
+                Rollout::Failed("RolloutTimeout")
+            );
         }
 
         #[tokio::test]

@@ -4,8 +4,11 @@
 //!   records of them, when a change restarts it (`auto-restart`: the Secret's, else the
 //!   workload's, else the Namespace's, else `AUTO_RESTART`; the workload's metadata before its
 //!   pod template; an empty value is unset), and the one annotation whose change rolls the pods.
-//! - [`controller`]: the watches and reconcilers that apply it to Deployments, StatefulSets and
-//!   DaemonSets.
+//! - [`governor`]: when a restart the rule asks for may go (debounce, budget, health-gated
+//!   rollouts, the circuit breaker for flapping Secrets), pure.
+//! - [`controller`]: the watches and reconcilers that apply both to Deployments, StatefulSets
+//!   and DaemonSets.
 
 pub mod controller;
+pub mod governor;
 pub mod rule;

@@ -139,6 +139,9 @@ impl Operator {
             ("METRICS_BIND_ADDRESS", "0".into()),
             ("HEALTH_PROBE_BIND_ADDRESS", "0".into()),
             ("LOG_LEVEL", "debug".into()),
+            // Shorter than the default 10 s, so that `QUIET` (what did not happen by then is
+            // not going to) still outlasts it; the governance tests set their own.
+            ("RESTART_DEBOUNCE", "2".into()),
         ]
         .map(|(k, v)| (k.to_string(), v))
         .into_iter()
