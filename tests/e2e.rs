@@ -3,6 +3,8 @@
 //! a user would check it with kubectl. Run them with `bash tests/run`, which starts the control
 //! plane and sets `OPSYNC_E2E_STATE_DIR`; without it they fail.
 
+#[path = "e2e/argo.rs"]
+mod argo;
 #[path = "e2e/force_sync.rs"]
 mod force_sync;
 #[path = "e2e/governance.rs"]

@@ -50,6 +50,7 @@ use kube::{
 use serde::{Serialize, de::DeserializeOwned};
 
 use super::{
+    argo::{self, Rollout as ArgoRollout},
     governor::{self, Governance, Restarted, Rollout, Verdict, WorkloadRef},
     rule::{self, DigestMap, History, Plan, UNKNOWN_FINGERPRINT},
 };
@@ -86,6 +87,76 @@ pub trait Workload:
     fn pod_template(&self) -> Option<&PodTemplateSpec>;
     /// Where its rollout is, from its status.
     fn rollout(&self) -> Rollout;
+
+    /// The value of our restart mark on it, if set: the pod-template annotation that rolls it.
+    fn restarted_for(&self) -> Option<String> {
+        self.pod_template()?
+            .metadata
+            .as_ref()?
+            .annotations
+            .as_ref()?
+            .get(RESTARTED_FOR_ANNOTATION)
+            .cloned()
+    }
+
+    /// The server-side apply body that records `record` and sets the restart mark to
+    /// `restarted_for` (the value it has, when `restarting` is false).
+    fn apply_body(
+        &self,
+        resource_version: Option<&str>,
+        record: &str,
+        restarted_for: Option<&str>,
+        restarting: bool,
+    ) -> serde_json::Value {
+        let _ = restarting;
+        rule::apply_body(
+            &Self::api_version(&()),
+            &Self::kind(&()),
+            &self.name_any(),
+            resource_version,
+            record,
+            restarted_for,
+        )
+    }
+}
+
+impl Workload for ArgoRollout {
+    const KIND: &'static str = "Rollout";
+    fn pod_template(&self) -> Option<&PodTemplateSpec> {
+        self.spec.template.as_ref()
+    }
+    fn rollout(&self) -> Rollout {
+        argo::rollout_state(self)
+    }
+    /// On the Rollout's metadata: a changed pod template would start a new revision.
+    fn restarted_for(&self) -> Option<String> {
+        self.annotations().get(RESTARTED_FOR_ANNOTATION).cloned()
+    }
+    fn apply_body(
+        &self,
+        resource_version: Option<&str>,
+        record: &str,
+        restarted_for: Option<&str>,
+        restarting: bool,
+    ) -> serde_json::Value {
+        let now = jiff::Timestamp::now()
+            .round(jiff::Unit::Second)
+            .map(|t| t.to_string())
+            .unwrap_or_default();
+        // Kept as it is unless restarting, once ours (set with our restart mark).
+        let restart_at = match (restarting, restarted_for) {
+            (true, _) => Some(now.as_str()),
+            (false, Some(_)) => self.spec.restart_at.as_deref(),
+            (false, None) => None,
+        };
+        argo::apply_body(
+            &self.name_any(),
+            resource_version,
+            record,
+            restarted_for,
+            restart_at,
+        )
+    }
 }
 
 impl Workload for Deployment {
@@ -483,6 +554,18 @@ async fn run_scope(
         workload_controller::<StatefulSet>(&ctx, scope, shutdown.clone());
     let (daemonsets, notify_daemonsets) =
         workload_controller::<DaemonSet>(&ctx, scope, shutdown.clone());
+    let rollouts_notify: Arc<Mutex<Option<Notify>>> = Arc::default();
+    let rollouts = argo_rollouts(
+        ctx.clone(),
+        scope.map(str::to_string),
+        shutdown.clone(),
+        rollouts_notify.clone(),
+    );
+    let notify_rollouts: Notify = Box::new(move |namespace, secret| {
+        if let Some(notify) = rollouts_notify.lock().expect("notify lock").as_ref() {
+            notify(namespace, secret);
+        }
+    });
     // Only the digest and the auto-restart setting are read from the cached Secrets.
     let events = watch_managed_secrets(&shared.client, scope).modify(|s| {
         s.metadata.labels = None;
@@ -498,10 +581,46 @@ async fn run_scope(
         events,
         writer,
         ctx.clone(),
-        vec![notify_deployments, notify_statefulsets, notify_daemonsets],
+        vec![
+            notify_deployments,
+            notify_statefulsets,
+            notify_daemonsets,
+            notify_rollouts,
+        ],
         shutdown,
     );
-    futures::join!(secrets, deployments, statefulsets, daemonsets);
+    futures::join!(secrets, deployments, statefulsets, daemonsets, rollouts);
+}
+
+/// How often the operator looks whether Argo Rollouts has been installed.
+const ARGO_RECHECK: Duration = Duration::from_secs(60);
+
+/// Runs the Rollout controller once the API server serves `argoproj.io/v1alpha1` rollouts
+/// (looked up through discovery now, then every [`ARGO_RECHECK`]); until then, nothing.
+async fn argo_rollouts(
+    ctx: Arc<Scope>,
+    scope: Option<String>,
+    shutdown: ShutdownSignal,
+    notify: Arc<Mutex<Option<Notify>>>,
+) {
+    let client = &ctx.shared.client;
+    loop {
+        match client.list_api_group_resources(argo::GROUP_VERSION).await {
+            Ok(list) if list.resources.iter().any(|r| r.name == "rollouts") => break,
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(e) => tracing::debug!(error = %e, "cannot read the discovery of argoproj.io"),
+        }
+        tokio::select! {
+            () = shutdown.clone() => return,
+            () = tokio::time::sleep(ARGO_RECHECK) => {}
+        }
+    }
+    tracing::info!("Argo Rollouts found: Rollouts are restarted through spec.restartAt");
+    let (controller, rollout_notify) =
+        workload_controller::<ArgoRollout>(&ctx, scope.as_deref(), shutdown);
+    *notify.lock().expect("notify lock") = Some(rollout_notify);
+    controller.await;
 }
 
 fn workload_controller<K: Workload>(
@@ -837,13 +956,11 @@ async fn reconcile_workload<K: Workload>(obj: &K, ctx: &Scope) -> Result<Action,
             (record, Some(restarted_for), Some(secrets))
         }
     };
-    let body = rule::apply_body(
-        &K::api_version(&()),
-        &K::kind(&()),
-        &name,
+    let body = fresh.apply_body(
         fresh.meta().resource_version.as_deref(),
         &record,
         restarted_for.as_deref(),
+        cause.is_some(),
     );
     api.patch(
         &name,
@@ -1009,15 +1126,10 @@ fn workload_setting<K: Workload>(obj: &K) -> Option<&str> {
     rule::workload_setting(obj.annotations(), obj.pod_template())
 }
 
-/// The pod-template annotation that rolls a workload, if set.
+/// The restart mark on a workload, if set (the pod-template annotation that rolls it; the
+/// metadata annotation of an Argo Rollout).
 pub fn live_restarted_for<K: Workload>(obj: &K) -> Option<String> {
-    obj.pod_template()?
-        .metadata
-        .as_ref()?
-        .annotations
-        .as_ref()?
-        .get(RESTARTED_FOR_ANNOTATION)
-        .cloned()
+    obj.restarted_for()
 }
 
 /// The Namespace's `auto-restart` annotation, read with a GET and kept for a short while.

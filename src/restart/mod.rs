@@ -6,9 +6,11 @@
 //!   pod template; an empty value is unset), and the one annotation whose change rolls the pods.
 //! - [`governor`]: when a restart the rule asks for may go (debounce, budget, health-gated
 //!   rollouts, the circuit breaker for flapping Secrets), pure.
-//! - [`controller`]: the watches and reconcilers that apply both to Deployments, StatefulSets
-//!   and DaemonSets.
+//! - [`controller`]: the watches and reconcilers that apply both to Deployments, StatefulSets,
+//!   DaemonSets and, when the cluster has them, Argo Rollouts ([`argo`]: restarted through
+//!   `spec.restartAt`).
 
+pub mod argo;
 pub mod controller;
 pub mod governor;
 pub mod rule;

@@ -459,15 +459,34 @@ impl TestEnv {
     /// `kubectl apply -f <file>` of a OnePasswordItem CRD (absolute path), as a user would, on
     /// the test's own control plane, and waits until it is served.
     pub async fn install_crd(&self, file: &str) {
+        self.install_crd_by(file, &["apply", "-f"]).await
+    }
+
+    /// Installs a CRD too large for `kubectl apply`'s last-applied annotation (256 KiB), such
+    /// as Argo's Rollout CRD, with a server-side apply.
+    pub async fn install_large_crd(&self, file: &str) {
+        self.install_crd_by(file, &["apply", "--server-side", "-f"])
+            .await
+    }
+
+    async fn install_crd_by(&self, file: &str, verb: &[&str]) {
         assert!(
             self.cluster.is_own(),
             "the CRD is changed only on a test's own control plane"
         );
-        let (cluster, file) = (self.cluster, file.to_string());
-        tokio::task::spawn_blocking(move || install_crd_with(cluster, &["apply", "-f", &file]))
-            .await
-            .expect("kubectl task")
-            .unwrap_or_else(|e| panic!("{e}"));
+        let cluster = self.cluster;
+        let args: Vec<String> = verb
+            .iter()
+            .map(|a| a.to_string())
+            .chain([file.into()])
+            .collect();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            install_crd_with(cluster, &args)
+        })
+        .await
+        .expect("kubectl task")
+        .unwrap_or_else(|e| panic!("{e}"));
     }
 
     // ---- kubectl ----
