@@ -11,20 +11,35 @@
 //! the kind of problem, never a value: minijinja's own message can quote values, so it is not
 //! used.
 
-use std::{collections::BTreeMap, fmt, io};
+use std::{
+    collections::BTreeMap,
+    fmt, io,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
 
-use base64::Engine as _;
+use base64::{Engine as _, engine::GeneralPurpose};
 use minijinja::{
-    AutoEscape, Environment, ErrorKind, UndefinedBehavior, Value, syntax::SyntaxConfig,
+    AutoEscape, Environment, ErrorKind, State, UndefinedBehavior, Value, syntax::SyntaxConfig,
 };
 
 use super::{BuildError, MAX_SECRET_DATA_BYTES, shape::KeyedText};
+use sha2::{Digest as _, Sha256};
+
 use crate::connect::model::ItemWithFiles;
 
 /// The work one key's template may do: one unit per instruction, plus one per 64 bytes it
 /// produces or reads. A real template (a DSN, a config file) takes a few hundred; the cap keeps
 /// a hostile one (`range` over millions, string repetition) to milliseconds.
 pub const FUEL: u64 = 100_000;
+
+/// bcrypt's cost for `htpasswd`, at most: 2^10 rounds, some 50 ms of one core (release build).
+pub const HTPASSWD_MAX_COST: u32 = 10;
+const HTPASSWD_MIN_COST: u32 = 4;
+/// `htpasswd` calls in one Secret, at most: fuel does not count bcrypt's work, this does.
+pub const HTPASSWD_MAX_CALLS: usize = 8;
 
 /// What went wrong in a template, without anything of its input or output.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -188,7 +203,74 @@ fn environment() -> Environment<'static> {
     env.add_filter("b64enc", b64enc);
     env.add_filter("b64dec", b64dec);
     env.add_filter("urlencode", urlencode);
+    // A filter (`Fields.username | htpasswd(Fields.password)`) and a function (Sprig's
+    // `htpasswd user password`, here `htpasswd(Fields.username, Fields.password)`).
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = move |state: &State, user: &str, password: &str, cost: Option<u32>| {
+        if calls.fetch_add(1, Ordering::Relaxed) >= HTPASSWD_MAX_CALLS {
+            return Err(minijinja::Error::new(
+                ErrorKind::InvalidOperation,
+                "htpasswd is called too often in one Secret",
+            ));
+        }
+        htpasswd(state, user, password, cost)
+    };
+    env.add_filter("htpasswd", counted.clone());
+    env.add_function("htpasswd", counted);
     env
+}
+
+/// `user:<bcrypt hash of password>`, an htpasswd line (`$2y$`, as `htpasswd -B` writes it).
+/// bcrypt's salt is random by design; here it is derived from the Secret key, the item's id and
+/// the user (never the password), so the same input gives the same line and the Secret does
+/// not change, or roll a workload, at every rebuild.
+fn htpasswd(
+    state: &State,
+    user: &str,
+    password: &str,
+    cost: Option<u32>,
+) -> Result<String, minijinja::Error> {
+    let cost = cost.unwrap_or(HTPASSWD_MAX_COST);
+    if !(HTPASSWD_MIN_COST..=HTPASSWD_MAX_COST).contains(&cost) {
+        return Err(minijinja::Error::new(
+            ErrorKind::InvalidOperation,
+            "htpasswd: the cost is from 4 to 10",
+        ));
+    }
+    let item_id = state
+        .lookup("Item")
+        .and_then(|item| item.get_attr("ID").ok())
+        .map(|id| id.to_string())
+        .unwrap_or_default();
+    let mut salt_source = Sha256::new();
+    for part in ["htpasswd", state.name(), &item_id, user] {
+        salt_source.update(part.as_bytes());
+        salt_source.update([0]);
+    }
+    let mut salt = [0; 16];
+    salt.copy_from_slice(&salt_source.finalize()[..16]);
+    Ok(format!(
+        "{user}:{}",
+        bcrypt_hash(password.as_bytes(), cost, salt)
+    ))
+}
+
+/// `$2y$<cost>$<salt><hash>`, bcrypt's modular crypt format. As every bcrypt does, the
+/// password is NUL-terminated and cut at 72 bytes.
+fn bcrypt_hash(password: &[u8], cost: u32, salt: [u8; 16]) -> String {
+    let mut key = password[..password.len().min(72)].to_vec();
+    key.push(0);
+    key.truncate(72);
+    let hash = bcrypt::bcrypt(cost, salt, &key);
+    let b64 = GeneralPurpose::new(
+        &base64::alphabet::BCRYPT,
+        base64::engine::general_purpose::NO_PAD,
+    );
+    format!(
+        "$2y${cost:02}${}{}",
+        b64.encode(salt),
+        b64.encode(&hash[..23])
+    )
 }
 
 /// Base64 (standard, padded) of a string's UTF-8 or of bytes (a binary file).

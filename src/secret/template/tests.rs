@@ -214,3 +214,64 @@ fn check_finds_syntax_errors_without_the_item() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn bcrypt_hash_matches_a_known_vector() {
+    // From Python's bcrypt: $2b$04$EGdrhbKUv8Oc9vGiXX0HQOxSg445d458Muh7DAHskb6QbtCvdxcie.
+    let b64 = GeneralPurpose::new(
+        &base64::alphabet::BCRYPT,
+        base64::engine::general_purpose::NO_PAD,
+    );
+    let salt: [u8; 16] = b64
+        .decode("EGdrhbKUv8Oc9vGiXX0HQO")
+        .unwrap()
+        .try_into()
+        .unwrap();
+    assert_eq!(
+        bcrypt_hash(b"correctbatteryhorsestapler", 4, salt),
+        "$2y$04$EGdrhbKUv8Oc9vGiXX0HQOxSg445d458Muh7DAHskb6QbtCvdxcie"
+    );
+}
+
+#[test]
+fn htpasswd_is_deterministic_per_key_item_and_user() {
+    let line = one("{{ Fields.username | htpasswd(Fields.password, 4) }}").unwrap();
+    assert!(line.starts_with("octocat:$2y$04$"), "{line}");
+    assert_eq!(line.len(), "octocat:".len() + 60);
+    assert_eq!(
+        one("{{ htpasswd(Fields.username, Fields.password, 4) }}").unwrap(),
+        line
+    );
+    let other_user = one("{{ 'bob' | htpasswd(Fields.password, 4) }}").unwrap();
+    assert_ne!(other_user[4..], line[8..]);
+    let templates = KeyedText(BTreeMap::from([(
+        "other-key".to_owned(),
+        "{{ Fields.username | htpasswd(Fields.password, 4) }}".to_owned(),
+    )]));
+    assert_ne!(
+        render(&templates, &item()).unwrap()["other-key"],
+        line.as_bytes()
+    );
+}
+
+#[test]
+fn htpasswd_defaults_to_cost_10_and_refuses_more() {
+    let line = one("{{ htpasswd('u', 'p') }}").unwrap();
+    assert!(line.starts_with("u:$2y$10$"), "{line}");
+    assert_eq!(
+        problem("{{ htpasswd('u', Fields.password, 11) }}").1,
+        TemplateProblem::Other("invalid operation".into())
+    );
+}
+
+#[test]
+fn htpasswd_is_called_a_bounded_number_of_times() {
+    let calls = |n: usize| {
+        format!("{{% for i in range({n}) %}}{{{{ htpasswd('u', 'p', 4) }}}}{{% endfor %}}")
+    };
+    assert!(one(&calls(HTPASSWD_MAX_CALLS)).is_ok());
+    assert_eq!(
+        problem(&calls(HTPASSWD_MAX_CALLS + 1)).1,
+        TemplateProblem::Other("invalid operation".into())
+    );
+}
