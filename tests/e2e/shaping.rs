@@ -259,42 +259,32 @@ async fn a_template_key_is_rendered_and_an_edited_template_rewrites_the_secret()
     env.start_operator(env.operator_config());
     let dsn = "postgres://{{ Fields.username }}:{{ Fields.password | urlencode }}@db:5432/app";
     let templated = |template: &str| format!("  template:\n    data:\n      DSN: '{template}'\n");
-    env.apply(&shaped_manifest("db", "db", &templated(dsn), ""))
-        .await
-        .unwrap();
-    env.wait_ready("db", "Synced").await;
     let encoded = password
         .replace('/', "%2F")
         .replace('@', "%40")
         .replace(':', "%3A");
-    let secret = env
-        .wait_secret(
+    // The item stays the same while the template changes: the Secret follows.
+    for (what, query) in [
+        ("the rendered DSN", ""),
+        ("the edited template's", "?sslmode=require"),
+    ] {
+        env.apply(&shaped_manifest(
             "db",
-            "the rendered DSN",
-            has_data(&map(&[(
-                "DSN",
-                &format!("postgres://app:{encoded}@db:5432/app"),
-            )])),
-        )
-        .await;
-    // With a template, the item's own keys are left out.
-    assert_eq!(keys(&secret), ["DSN"]);
-
-    // The item is the same; the template changes: the Secret follows.
-    let with_ssl = format!("{dsn}?sslmode=require");
-    env.apply(&shaped_manifest("db", "db", &templated(&with_ssl), ""))
+            "db",
+            &templated(&format!("{dsn}{query}")),
+            "",
+        ))
         .await
         .unwrap();
-    let rewritten = env
-        .wait_secret(
-            "db",
-            "the DSN of the edited template",
-            has_data(&map(&[(
-                "DSN",
-                &format!("postgres://app:{encoded}@db:5432/app?sslmode=require"),
-            )])),
-        )
-        .await;
+        env.wait_ready("db", "Synced").await;
+        let expected = format!("postgres://app:{encoded}@db:5432/app{query}");
+        let secret = env
+            .wait_secret("db", what, has_data(&map(&[("DSN", &expected)])))
+            .await;
+        // With a template, the item's own keys are left out.
+        assert_eq!(keys(&secret), ["DSN"]);
+    }
+    let rewritten = env.secret("db").await.unwrap();
 
     // A template that fails on the value: not Ready, naming the key and line, never the value;
     // the Secret stays as it was.
