@@ -112,6 +112,19 @@ fn a_missing_name_is_an_error_not_empty_text() {
         (Some(2), TemplateProblem::Undefined)
     );
     assert_eq!(problem("{{ Nothing }}").1, TemplateProblem::Undefined);
+    assert_eq!(
+        problem("{% if Fields.missing %}{% endif %}").1,
+        TemplateProblem::Undefined
+    );
+    // How an optional name is read.
+    assert_eq!(
+        one("{% if Fields.missing is defined %}x{% else %}y{% endif %}").unwrap(),
+        "y"
+    );
+    assert_eq!(
+        one("{{ Fields.missing | default('') | tojson }}").unwrap(),
+        "\"\""
+    );
 }
 
 #[test]
