@@ -58,10 +58,9 @@ pub struct OnePasswordItemSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^vaults/[^\s/][^\n]*/items/[^\s/][^\n]*$"))]
     pub item_path: Option<String>,
-    /// Go templates that shape the Secret's data. No released official operator has this field
-    /// (v1.12.0's CRD does not declare it); one unreleased revision of its source does
-    /// (`api/v1/onepassworditem_types.go` at 0730a79). Declared so such a manifest is not
-    /// refused; not supported yet: an item that sets it is reported as not Ready (`Unsupported`).
+    /// Secret keys rendered from templates over the item (`data`: key to template). The field
+    /// of an unreleased revision of the official operator (0730a79), which uses Go templates;
+    /// here they are Jinja templates, with the same names less Go's leading dot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<SecretTemplate>,
     /// Build a `kubernetes.io/dockerconfigjson` Secret from the item's fields: its one key,
@@ -117,10 +116,21 @@ pub struct SecretKeyRef {
     pub url: Option<String>,
 }
 
-/// Secret data keys rendered from templates (in no released official operator; see `template`).
+/// Secret keys rendered from templates (in no released official operator; see `template`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct SecretTemplate {
-    /// Secret data key to template.
+    /// Secret key to a Jinja template (minijinja) whose output is the key's value. A template
+    /// reads `Fields` (label to value; a repeated label gives the later field), `Sections`
+    /// (section label, then field label; fields without a section under ""), `FieldsByID`,
+    /// `Files` (name to content), `URLs` (label to address) and `Item` (`Title`, `Version`,
+    /// `Tags`, `ID`, `VaultID`), e.g. `Fields.password` or `Sections["db"]["host"]` between
+    /// double braces. Filters beside Jinja's: `b64enc`, `b64dec`, `urlencode`, `tojson`,
+    /// `htpasswd`. A name the item lacks is an error (use the `default` filter for an optional
+    /// one), as is a template that does too much work; the item is then not Ready
+    /// (`TemplateError`, naming the key and line, never a value). With templates, the item's
+    /// other fields are left out unless `includes` brings some back; a key may not repeat a key
+    /// of `spec.data`, and `fixedData` may not repeat a template key. Go syntax (a leading dot,
+    /// `index`) is refused with how to write it here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<BTreeMap<String, String>>,
 }

@@ -35,6 +35,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use crate::connect::model::{ItemUrl, ItemWithFiles};
 
 pub mod shape;
+pub mod template;
 pub use shape::Shape;
 
 // Where they were first defined; tests and the fuzz target still name them here.
@@ -179,6 +180,17 @@ pub enum BuildError {
     AmbiguousField { kind: KeySource, reference: String },
     #[error("the item's field {reference:?} is empty; spec.imagePullSecret needs a value")]
     EmptyField { reference: String },
+    /// Built from the key, the line and the kind of problem only: never from minijinja's
+    /// message, which can quote values.
+    #[error(
+        "spec.template.data key {key:?}{}: {problem}",
+        line.map(|l| format!(", line {l}")).unwrap_or_default()
+    )]
+    Template {
+        key: String,
+        line: Option<usize>,
+        problem: template::TemplateProblem,
+    },
 }
 
 impl BuildError {
@@ -194,6 +206,7 @@ impl BuildError {
                 Reason::FieldNotFound
             }
             BuildError::AmbiguousField { .. } => Reason::AmbiguousField,
+            BuildError::Template { .. } => Reason::TemplateError,
         }
     }
 }

@@ -122,6 +122,9 @@ reasons! {
     FieldNotFound,
     /// A reference of the spec's shaping matches several fields, files or URLs.
     AmbiguousField,
+    /// A key of `spec.template.data` cannot be rendered (syntax, an undefined value, too much
+    /// work); the message names the key and line, never a value.
+    TemplateError,
     // Failures: the Secret that is there.
     SecretConflict,
     SecretTypeImmutable,

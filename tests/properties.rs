@@ -9,7 +9,7 @@ use onepassword_secrets_operator::connect::model::{
     Field, File, FileContent, FullItem, ItemUrl, ItemWithFiles, VaultRef,
 };
 use onepassword_secrets_operator::crd::{ITEM_PATH_PATTERN, ImagePullSecretConfig, SecretKeyRef};
-use onepassword_secrets_operator::secret::shape::{FixedData, Shape, glob_match, shaped_data};
+use onepassword_secrets_operator::secret::shape::{KeyedText, Shape, glob_match, shaped_data};
 use onepassword_secrets_operator::secret::{
     BuildError, BuildOptions, DesiredSecret, build_secret, data_key, is_dns1123_subdomain,
     is_valid_data_key, secret_data, secret_name,
@@ -278,15 +278,44 @@ fn shape() -> impl Strategy<Value = Shape> {
             email_field: None,
         }
     }));
-    (data, globs.clone(), globs, fixed, pull).prop_map(
-        |(data, includes, excludes, fixed, image_pull)| Shape {
+    let templates = proptest::collection::btree_map("tpl-[a-z]{1,4}", template(), 0..3);
+    (data, globs.clone(), globs, fixed, pull, templates).prop_map(
+        |(data, includes, excludes, fixed, image_pull, templates)| Shape {
             data,
             includes,
             excludes,
-            fixed_data: FixedData(fixed),
+            fixed_data: KeyedText(fixed),
             image_pull,
+            template: KeyedText(templates),
         },
     )
+}
+
+/// A Jinja string literal of `text`.
+fn literal(text: &str) -> String {
+    serde_json::to_string(text).unwrap()
+}
+
+/// Templates as people write them, and mistaken ones: each over a label that may or may not
+/// be in the item, through a filter or an operation that may fail on the value.
+fn template() -> impl Strategy<Value = String> {
+    let use_of = prop_oneof![
+        Just("{{ Fields[L] }}"),
+        Just("{{ Fields[L] | urlencode }}"),
+        Just("{{ Fields[L] | b64enc }}"),
+        Just("{{ Fields[L] | b64dec }}"),
+        Just("{{ Fields[L] | int }}"),
+        Just("{{ Fields[L] + 1 }}"),
+        Just("{{ Fields[Fields[L]] }}"),
+        Just("{{ Files[L] | b64enc }}"),
+        Just("{{ URLs[L] | default('none') }}"),
+        Just("{{ .Fields.L }}"),
+        Just("{% for k, v in Fields | items %}{{ k }}={{ v | tojson }};{% endfor %}"),
+    ];
+    prop_oneof![
+        4 => (use_of, label()).prop_map(|(t, l)| t.replace('L', &literal(&l))),
+        1 => "\\PC{0,24}",
+    ]
 }
 
 proptest! {
@@ -310,13 +339,44 @@ proptest! {
                 }
             }
             Err(err) => {
-                let message = err.to_string();
-                let values = item.item.fields.iter().filter_map(|f| f.value.clone());
-                for value in values.chain(item.item.urls.iter().map(|u| u.href.clone())) {
-                    if value.chars().count() >= 6 && !item_labels_contain(&item, &value) {
-                        prop_assert!(!message.contains(&value), "{:?} in {}", value, message);
+                let printed = format!("{err} {err:?}");
+                for value in secret_values(&item) {
+                    if value.chars().count() >= 6
+                        && !item_labels_contain(&item, &value)
+                        && !shape.template.0.values().any(|t| t.contains(&value))
+                    {
+                        prop_assert!(!printed.contains(&value), "{:?} in {}", value, printed);
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn a_hostile_template_ends_within_its_fuel(
+        outer in 1u64..10_000_000,
+        inner in 1u64..10_000_000,
+        times in 1u64..1_000_000_000,
+        item in item(),
+    ) {
+        let hostile = [
+            format!("{{% for i in range({outer}) %}}{{% for j in range({inner}) %}}{{{{ i * j }}}}{{% endfor %}}{{% endfor %}}"),
+            format!("{{{{ 'xy' * {times} }}}}"),
+            format!("{{% set ns = namespace(s='ab') %}}{{% for i in range({outer}) %}}{{% set ns.s = ns.s ~ ns.s %}}{{% endfor %}}{{{{ ns.s | length }}}}"),
+        ];
+        for source in hostile {
+            let shape = Shape {
+                template: KeyedText(BTreeMap::from([("t".to_owned(), source.clone())])),
+                ..Shape::default()
+            };
+            let started = std::time::Instant::now();
+            let result = shaped_data(&item, BuildOptions::default(), &shape);
+            prop_assert!(
+                started.elapsed() < std::time::Duration::from_secs(2),
+                "{} took {:?}", source, started.elapsed()
+            );
+            if let Err(err) = result {
+                prop_assert_eq!(err.reason().as_str(), "TemplateError");
             }
         }
     }
@@ -331,6 +391,17 @@ proptest! {
         let prefixed = (format!("{pattern}*"), format!("{pattern}{text}"));
         prop_assert!(glob_match(&prefixed.0, &prefixed.1));
     }
+}
+
+/// The values of an item's fields and URLs, and its files as text.
+fn secret_values(item: &ItemWithFiles) -> Vec<String> {
+    let fields = item.item.fields.iter().filter_map(|f| f.value.clone());
+    let urls = item.item.urls.iter().map(|u| u.href.clone());
+    let files = item
+        .files
+        .iter()
+        .filter_map(|f| String::from_utf8(f.content.clone()).ok());
+    fields.chain(urls).chain(files).collect()
 }
 
 /// Whether a value is also a label, name or id of the item, where printing it is expected.

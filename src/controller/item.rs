@@ -157,13 +157,10 @@ pub fn target_for(
     enable_annotations: bool,
 ) -> Result<SyncTarget, SyncError> {
     let path = ItemPath::parse(obj.spec.item_path.as_deref().unwrap_or_default())?;
-    if obj.spec.template.is_some() {
-        return Err(SyncError::Unsupported(
-            "spec.template is not supported by this operator yet; remove it to sync the item's fields as keys".into(),
-        ));
-    }
     let shape = Shape::of(&obj.spec);
     shape.validate().map_err(SyncError::InvalidShape)?;
+    // A template that does not compile is reported before the item is fetched.
+    crate::secret::template::check(&shape.template)?;
     let secret_type = shaped_type(obj, &shape)?;
     let mut labels: BTreeMap<String, String> = obj
         .labels()
@@ -536,15 +533,17 @@ mod tests {
     }
 
     #[test]
-    fn a_bad_item_path_or_an_unsupported_field_is_refused_before_any_fetch() {
+    fn a_bad_item_path_a_bad_template_or_a_bad_restart_value_is_refused_before_any_fetch() {
         let err = target_for(&item("Prod/db"), "apps", false).unwrap_err();
         assert_eq!(err.reason(), "InvalidItemPath");
         assert!(err.needs_spec_change());
         let mut templated = item("vaults/Prod/items/db");
-        templated.spec.template = Some(Default::default());
+        templated.spec.template = Some(crate::crd::SecretTemplate {
+            data: Some([("dsn".to_owned(), "{{ .Fields.password }}".to_owned())].into()),
+        });
         assert_eq!(
             target_for(&templated, "apps", false).unwrap_err().reason(),
-            "Unsupported"
+            "TemplateError"
         );
         let mut bad_restart = item("vaults/Prod/items/db");
         bad_restart

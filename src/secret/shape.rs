@@ -4,11 +4,12 @@
 //!
 //! The keys, in the order they are laid down (a later step replaces a key of an earlier one):
 //! 1. the default keys (every URL, field and file under its label, [`super::secret_data`]),
-//!    unless `data` or `imagePullSecret` is set and `includes` is not; only those matching an
+//!    unless `data`, `imagePullSecret` or `template.data` is set and `includes` is not; only those matching an
 //!    `includes` glob when there are any, and never those matching an `excludes` glob;
 //! 2. each key of `data`, from the one field, file or URL it names;
 //! 3. `.dockerconfigjson`, from the fields `imagePullSecret` names;
-//! 4. each key of `fixedData`, as written (with a warning when it replaces an item key).
+//! 4. each key of `template.data`, rendered ([`super::template`]);
+//! 5. each key of `fixedData`, as written (with a warning when it replaces an item key).
 //!
 //! Errors name the reference (a label, a key), never a value.
 
@@ -37,16 +38,27 @@ pub struct Shape {
     pub excludes: Vec<String>,
     // Fixed values are the user's own text from the spec, not 1Password's; still, they are
     // never logged (the `Debug` of `SyncTarget` prints this struct), so only keys are shown.
-    pub fixed_data: FixedData,
+    pub fixed_data: KeyedText,
     pub image_pull: Option<ImagePullSecretConfig>,
+    /// `template.data`. Left out of the digest when empty, so that the digest of a shape
+    /// without templates is the one it had before templates existed.
+    #[serde(skip_serializing_if = "KeyedText::is_empty")]
+    pub template: KeyedText,
 }
 
-/// `fixedData`, with a `Debug` that shows keys only.
+/// Text by key from the spec (`fixedData`, `template.data`), with a `Debug` that shows keys
+/// only.
 #[derive(Clone, Default, PartialEq, Eq, serde::Serialize)]
 #[serde(transparent)]
-pub struct FixedData(pub BTreeMap<String, String>);
+pub struct KeyedText(pub BTreeMap<String, String>);
 
-impl std::fmt::Debug for FixedData {
+impl KeyedText {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for KeyedText {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_list().entries(self.0.keys()).finish()
     }
@@ -59,8 +71,14 @@ impl Shape {
             data: spec.data.clone(),
             includes: spec.includes.clone(),
             excludes: spec.excludes.clone(),
-            fixed_data: FixedData(spec.fixed_data.clone()),
+            fixed_data: KeyedText(spec.fixed_data.clone()),
             image_pull: spec.image_pull_secret.clone(),
+            template: KeyedText(
+                spec.template
+                    .as_ref()
+                    .and_then(|t| t.data.clone())
+                    .unwrap_or_default(),
+            ),
         }
     }
 
@@ -80,8 +98,9 @@ impl Shape {
     }
 
     /// Checks what can be checked without the item: each `data` entry names a valid key and
-    /// exactly one source, no key is given twice, no fixed key repeats a `data` key. The
-    /// message names keys and references only.
+    /// exactly one source, no key is given twice, a template key repeats no `data` key, and a
+    /// fixed key repeats neither. The message names keys and references only. (Whether the
+    /// templates compile is [`super::template::check`].)
     pub fn validate(&self) -> Result<(), String> {
         let mut keys = BTreeMap::new();
         for r in &self.data {
@@ -100,17 +119,25 @@ impl Shape {
                 return Err(format!("spec.data: key {:?} is listed twice", r.key));
             }
         }
-        for key in self.fixed_data.0.keys() {
-            check_key("spec.fixedData", key)?;
-            if keys.contains_key(key.as_str()) {
-                return Err(format!(
-                    "spec.fixedData: key {key:?} is also in spec.data; a key has one source"
-                ));
-            }
-            if self.image_pull.is_some() && key == DOCKER_CONFIG_JSON_KEY {
-                return Err(format!(
-                    "spec.fixedData: key {key:?} is the one spec.imagePullSecret builds"
-                ));
+        // Template keys are laid down like those of `data`: neither may repeat the other, and
+        // fixed keys may repeat neither.
+        for (field, keys_of) in [
+            ("spec.template.data", &self.template),
+            ("spec.fixedData", &self.fixed_data),
+        ] {
+            for key in keys_of.0.keys() {
+                check_key(field, key)?;
+                if keys.insert(key.as_str(), ()).is_some() {
+                    return Err(format!(
+                        "{field}: key {key:?} is also in spec.data or spec.template.data; a key \
+                         has one source"
+                    ));
+                }
+                if self.image_pull.is_some() && key == DOCKER_CONFIG_JSON_KEY {
+                    return Err(format!(
+                        "{field}: key {key:?} is the one spec.imagePullSecret builds"
+                    ));
+                }
             }
         }
         Ok(())
@@ -155,7 +182,8 @@ pub fn shaped_data(
         return Ok(defaults);
     }
     let mut out = SecretData::default();
-    let explicit = !shape.data.is_empty() || shape.image_pull.is_some();
+    let explicit =
+        !shape.data.is_empty() || shape.image_pull.is_some() || !shape.template.is_empty();
     if !explicit || !shape.includes.is_empty() {
         out.warnings = defaults.warnings;
         out.data = defaults
@@ -175,6 +203,10 @@ pub fn shaped_data(
             DOCKER_CONFIG_JSON_KEY.into(),
             docker_config_json(item, config)?,
         );
+    }
+    if !shape.template.is_empty() {
+        out.data
+            .extend(super::template::render(&shape.template, item)?);
     }
     for (key, value) in &shape.fixed_data.0 {
         if out
@@ -352,5 +384,6 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
     p[pi..].iter().all(|c| *c == '*')
 }
 
+// Its item and secret values serve the template tests too.
 #[cfg(test)]
-mod tests;
+pub(super) mod tests;

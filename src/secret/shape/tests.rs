@@ -1,10 +1,11 @@
 use super::*;
 use crate::connect::model::{FileContent, FullItem};
 
-const SECRET_VALUES: &[&str] = &["hunter2", "s3cr3t-prod", "s3cr3t-staging", "ghp_token"];
+pub(in crate::secret) const SECRET_VALUES: &[&str] =
+    &["hunter2", "s3cr3t-prod", "s3cr3t-staging", "ghp_token"];
 
 /// A Login item for a registry, with a label repeated across two sections and one file.
-fn item() -> ItemWithFiles {
+pub(in crate::secret) fn item() -> ItemWithFiles {
     let item: FullItem = serde_json::from_value(serde_json::json!({
         "id": "i1", "title": "ghcr", "vault": {"id": "v1"}, "category": "LOGIN", "version": 3,
         "urls": [
@@ -54,7 +55,7 @@ fn text<'a>(data: &'a SecretData, key: &str) -> &'a str {
     std::str::from_utf8(&data.data[key]).unwrap()
 }
 
-fn assert_no_value(message: &str) {
+pub(in crate::secret) fn assert_no_value(message: &str) {
     for v in SECRET_VALUES {
         assert!(!message.contains(v), "{message:?} holds a value");
     }
@@ -256,7 +257,7 @@ fn includes_add_default_keys_beside_the_listed_ones() {
 fn fixed_data_sits_beside_item_data_and_wins_with_a_warning() {
     let shape = Shape {
         data: vec![field("sshPrivateKey", "password")],
-        fixed_data: FixedData(BTreeMap::from([
+        fixed_data: KeyedText(BTreeMap::from([
             ("type".to_string(), "git".to_string()),
             ("url".to_string(), "git@github.com:org/repo".to_string()),
         ])),
@@ -268,7 +269,7 @@ fn fixed_data_sits_beside_item_data_and_wins_with_a_warning() {
     assert!(data.warnings.is_empty());
 
     let over = Shape {
-        fixed_data: FixedData(BTreeMap::from([("username".into(), "bot".into())])),
+        fixed_data: KeyedText(BTreeMap::from([("username".into(), "bot".into())])),
         ..Default::default()
     };
     let data = shaped(&over).unwrap();
@@ -283,7 +284,7 @@ fn shaping_twice_gives_the_same_bytes() {
     let shape = Shape {
         data: vec![field("a", "prod.db-password"), field("b", "username")],
         includes: vec!["*".into()],
-        fixed_data: FixedData(BTreeMap::from([("z".into(), "1".into())])),
+        fixed_data: KeyedText(BTreeMap::from([("z".into(), "1".into())])),
         image_pull: Some(Default::default()),
         ..Default::default()
     };
@@ -305,13 +306,15 @@ fn the_shape_digest_changes_with_the_shaping() {
     assert_ne!(a.digest(), b.digest());
 }
 
+/// `validate` refuses `shape` with a message holding `needle`.
+fn refused(shape: Shape, needle: &str) {
+    let message = shape.validate().unwrap_err();
+    assert!(message.contains(needle), "{message}");
+}
+
 #[test]
 fn validate_refuses_bad_keys_and_sources_naming_the_key() {
-    let bad = |shape: Shape, needle: &str| {
-        let message = shape.validate().unwrap_err();
-        assert!(message.contains(needle), "{message}");
-    };
-    bad(
+    refused(
         Shape {
             data: vec![SecretKeyRef {
                 key: "k".into(),
@@ -323,32 +326,32 @@ fn validate_refuses_bad_keys_and_sources_naming_the_key() {
         },
         "exactly one",
     );
-    bad(
+    refused(
         Shape {
             data: vec![field("no/slash", "a")],
             ..Default::default()
         },
         "\"no/slash\"",
     );
-    bad(
+    refused(
         Shape {
             data: vec![field("k", "a"), field("k", "b")],
             ..Default::default()
         },
         "twice",
     );
-    bad(
+    refused(
         Shape {
             data: vec![field("k", "a")],
-            fixed_data: FixedData(BTreeMap::from([("k".into(), "hunter2".into())])),
+            fixed_data: KeyedText(BTreeMap::from([("k".into(), "hunter2".into())])),
             ..Default::default()
         },
         "also in spec.data",
     );
-    bad(
+    refused(
         Shape {
             image_pull: Some(Default::default()),
-            fixed_data: FixedData(BTreeMap::from([(
+            fixed_data: KeyedText(BTreeMap::from([(
                 DOCKER_CONFIG_JSON_KEY.into(),
                 "{}".into(),
             )])),
@@ -374,14 +377,15 @@ fn reserved_label_and_annotation_keys_are_refused() {
 }
 
 #[test]
-fn debug_of_a_shape_shows_fixed_keys_but_not_their_values() {
+fn debug_of_a_shape_shows_fixed_and_template_keys_but_not_their_text() {
     let shape = Shape {
-        fixed_data: FixedData(BTreeMap::from([("token".into(), "hunter2".into())])),
+        fixed_data: KeyedText(BTreeMap::from([("token".into(), "hunter2".into())])),
+        template: templated(&[("dsn", "literal-hunter2 {{ Fields.password }}")]),
         ..Default::default()
     };
     let debug = format!("{shape:?}");
     assert!(
-        debug.contains("token") && !debug.contains("hunter2"),
+        debug.contains("token") && debug.contains("dsn") && !debug.contains("hunter2"),
         "{debug}"
     );
 }
@@ -411,4 +415,124 @@ fn a_hostile_glob_stays_fast() {
     let started = std::time::Instant::now();
     assert!(!glob_match(&pattern, &text));
     assert!(started.elapsed() < std::time::Duration::from_millis(200));
+}
+
+fn templated(pairs: &[(&str, &str)]) -> KeyedText {
+    KeyedText(
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    )
+}
+
+#[test]
+fn template_keys_replace_the_default_keys_unless_includes_brings_them_back() {
+    let dsn = "postgres://{{ Fields.username }}:{{ Fields.password | urlencode }}@db:5432/app";
+    let shape = Shape {
+        template: templated(&[("DSN", dsn)]),
+        ..Default::default()
+    };
+    let data = shaped(&shape).unwrap();
+    assert_eq!(keys(&data), ["DSN"]);
+    assert_eq!(
+        text(&data, "DSN"),
+        "postgres://octocat:ghp_token@db:5432/app"
+    );
+    let with_includes = Shape {
+        includes: vec!["user*".into()],
+        ..shape
+    };
+    assert_eq!(keys(&shaped(&with_includes).unwrap()), ["DSN", "username"]);
+}
+
+#[test]
+fn template_keys_sit_after_data_and_image_pull_and_before_fixed_data() {
+    let shape = Shape {
+        data: vec![field("user", "username")],
+        image_pull: Some(Default::default()),
+        template: templated(&[("t", "{{ Fields.server }}")]),
+        ..Default::default()
+    };
+    let data = shaped(&shape).unwrap();
+    assert_eq!(keys(&data), [DOCKER_CONFIG_JSON_KEY, "t", "user"]);
+    assert_eq!(text(&data, "t"), "ghcr.io");
+}
+
+#[test]
+fn a_template_key_may_not_repeat_a_data_key_nor_a_fixed_key_a_template_key() {
+    refused(
+        Shape {
+            data: vec![field("k", "password")],
+            template: templated(&[("k", "{{ Fields.username }}")]),
+            ..Default::default()
+        },
+        "spec.template.data: key \"k\" is also in",
+    );
+    refused(
+        Shape {
+            template: templated(&[("k", "x")]),
+            fixed_data: KeyedText(BTreeMap::from([("k".into(), "y".into())])),
+            ..Default::default()
+        },
+        "spec.fixedData: key \"k\"",
+    );
+    refused(
+        Shape {
+            template: templated(&[("no/slash", "x")]),
+            ..Default::default()
+        },
+        "spec.template.data: \"no/slash\"",
+    );
+    refused(
+        Shape {
+            image_pull: Some(Default::default()),
+            template: templated(&[(DOCKER_CONFIG_JSON_KEY, "{}")]),
+            ..Default::default()
+        },
+        "imagePullSecret",
+    );
+}
+
+#[test]
+fn the_shape_digest_covers_templates_and_is_unchanged_without_them() {
+    let base = Shape {
+        data: vec![field("a", "password")],
+        ..Default::default()
+    };
+    // No `template` in what is hashed: shaped Secrets written before templates keep their digest.
+    assert!(
+        serde_json::to_value(&base)
+            .unwrap()
+            .get("template")
+            .is_none()
+    );
+    let t1 = Shape {
+        template: templated(&[("t", "{{ Fields.username }}")]),
+        ..base.clone()
+    };
+    let t2 = Shape {
+        template: templated(&[("t", "{{ Fields.username | upper }}")]),
+        ..base.clone()
+    };
+    assert!(!t1.is_default());
+    let digests = [base.digest(), t1.digest(), t2.digest()];
+    assert!(digests[0] != digests[1] && digests[1] != digests[2]);
+    assert_eq!(t1.digest(), t1.clone().digest());
+}
+
+#[test]
+fn a_template_error_stops_the_build_and_names_the_key() {
+    let shape = Shape {
+        template: templated(&[("good", "x"), ("bad", "ok\n{{ Fields.password | int }}")]),
+        ..Default::default()
+    };
+    let err = shaped(&shape).unwrap_err();
+    assert_eq!(err.reason(), crate::vocabulary::Reason::TemplateError);
+    let message = err.to_string();
+    assert!(
+        message.starts_with("spec.template.data key \"bad\", line 2: "),
+        "{message}"
+    );
+    assert_no_value(&message);
 }
