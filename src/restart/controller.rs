@@ -256,6 +256,8 @@ struct Governor {
     rolling_since: Mutex<HashMap<WorkloadRef, (String, Instant)>>,
     changes: Mutex<HashMap<(String, String), Vec<Instant>>>,
     waiting: Mutex<HashMap<WorkloadRef, (&'static str, String)>>,
+    /// (namespace, Secret, fingerprint) of held changes already told to the Secret's owner.
+    told: Mutex<HashSet<(String, String, String)>>,
 }
 
 /// One workload store, seen as the workloads the operator restarted: (workload, restarted-for,
@@ -275,6 +277,7 @@ impl Governor {
             rolling_since: Mutex::default(),
             changes: Mutex::default(),
             waiting: Mutex::default(),
+            told: Mutex::default(),
         }
     }
 
@@ -1011,7 +1014,75 @@ async fn hold<K: Workload>(
             .publish(&object, "Restart", type_, reason, &note)
             .await;
     }
+    if let Verdict::Blocked {
+        secret,
+        fingerprint,
+        by,
+        why,
+    } = verdict
+    {
+        tell_the_owner(ctx, me, secret, fingerprint, by, why).await;
+    }
     Action::requeue(retry_after(verdict))
+}
+
+/// A Warning `RolloutBlocked` event on the object that asked for the Secret (its
+/// OnePasswordItem, or an annotated Deployment), once per change held, so that the item's own
+/// events say why its change has not reached every workload.
+async fn tell_the_owner(
+    ctx: &Scope,
+    me: &WorkloadRef,
+    secret: &str,
+    fingerprint: &str,
+    by: &WorkloadRef,
+    why: &str,
+) {
+    let key = (
+        me.namespace.clone(),
+        secret.to_string(),
+        fingerprint.to_string(),
+    );
+    {
+        let mut told = ctx.governor.told.lock().expect("told lock");
+        if told.len() > 10_000 {
+            told.clear();
+        }
+        if !told.insert(key) {
+            return;
+        }
+    }
+    let Some(stored) = ctx
+        .secrets
+        .get(&ObjectRef::new(secret).within(&me.namespace))
+    else {
+        return;
+    };
+    let owners = stored.metadata.owner_references.iter().flatten();
+    for owner in owners.filter(|o| o.controller == Some(true)) {
+        let object = k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some(owner.api_version.clone()),
+            kind: Some(owner.kind.clone()),
+            name: Some(owner.name.clone()),
+            namespace: Some(me.namespace.clone()),
+            uid: Some(owner.uid.clone()),
+            ..Default::default()
+        };
+        let note = format!(
+            "Restarts for the new data of Secret {secret} are held: {by}, restarted for it, failed \
+             its rollout ({why}); they go on when the item changes again or the failed workload \
+             recovers (or: kubectl annotate secret {secret} -n {} {RESUME_RESTARTS_ANNOTATION}={fingerprint} --overwrite)",
+            me.namespace
+        );
+        ctx.shared
+            .publish(
+                &object,
+                "Restart",
+                EventType::Warning,
+                Reason::RolloutBlocked,
+                &note,
+            )
+            .await;
+    }
 }
 
 /// The plan for `obj` from the Secret store. `warn` logs invalid auto-restart values (done on
@@ -1420,6 +1491,7 @@ spec:
             },
             vocabulary::{MANAGED_LABEL, MANAGED_VALUE},
         };
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
         use serde_json::{Value, json};
 
         struct Harness {
@@ -1588,7 +1660,16 @@ spec:
                 governance,
                 ..testing::settings()
             };
-            let h = harness_with(vec![managed("db", "v1:s:db2", Some("true"))], settings);
+            let mut db = managed("db", "v1:s:db2", Some("true"));
+            db.metadata.owner_references = Some(vec![OwnerReference {
+                api_version: "onepassword.com/v1".into(),
+                kind: "OnePasswordItem".into(),
+                name: "db".into(),
+                uid: "0b0b".into(),
+                controller: Some(true),
+                ..Default::default()
+            }]);
+            let h = harness_with(vec![db], settings);
             let (store, mut writer) = reflector::store();
             writer.apply_watcher_event(&watcher::Event::Init);
             for d in others {
@@ -1680,11 +1761,17 @@ spec:
             let obj = web(Some(&record(&[("db", "v1:s:db1")])), None);
             let others = vec![restarted_other("api", "v1:s:db2", past_deadline())];
             let h = governed(Governance::off(), others);
-            let server = tokio::spawn(serve(h.handle, vec![event()]));
+            let server = tokio::spawn(serve(h.handle, vec![event(), event()]));
             let action = reconcile_workload(&obj, &h.ctx).await.unwrap();
             let (handle, seen) = server.await.unwrap();
             assert_no_more_requests(handle);
             assert_eq!(action, Action::requeue(Duration::from_secs(15)));
+            // The item that asked for the Secret is told too, once.
+            assert_eq!(seen[1].2["reason"], "RolloutBlocked");
+            assert_eq!(seen[1].2["regarding"]["kind"], "OnePasswordItem");
+            assert_eq!(seen[1].2["regarding"]["name"], "db");
+            let again = reconcile_workload(&obj, &h.ctx).await.unwrap();
+            assert_eq!(again, Action::requeue(Duration::from_secs(15)));
             assert_eq!(seen[0].2["reason"], "RolloutBlocked");
             assert_eq!(seen[0].2["type"], "Warning");
             let note = seen[0].2["note"].as_str().unwrap();

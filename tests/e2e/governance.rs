@@ -223,6 +223,9 @@ async fn a_failed_rollout_blocks_the_other_restarts_for_that_change_until_a_pers
         "{note}"
     );
     assert!(note.contains("ProgressDeadlineExceeded"), "{note}");
+    // The item whose change is held says so too.
+    env.wait_event("OnePasswordItem", "db", "Warning", "RolloutBlocked")
+        .await;
     tokio::time::sleep(QUIET).await;
     assert_eq!(
         restarted(&env, &deployments).await,
