@@ -11,8 +11,8 @@ use onepassword_secrets_operator::connect::model::{
 use onepassword_secrets_operator::crd::{ITEM_PATH_PATTERN, ImagePullSecretConfig, SecretKeyRef};
 use onepassword_secrets_operator::secret::shape::{FixedData, Shape, glob_match, shaped_data};
 use onepassword_secrets_operator::secret::{
-    BuildError, BuildOptions, DesiredSecret, build_secret, data_key, is_dns1123_subdomain,
-    is_valid_data_key, secret_data, secret_name,
+    BuildError, BuildOptions, DesiredSecret, SourceItems, build_secret, data_key,
+    is_dns1123_subdomain, is_valid_data_key, secret_data, secret_name,
 };
 use proptest::prelude::*;
 use proptest::test_runner::Config;
@@ -280,6 +280,7 @@ fn shape() -> impl Strategy<Value = Shape> {
     }));
     (data, globs.clone(), globs, fixed, pull).prop_map(
         |(data, includes, excludes, fixed, image_pull)| Shape {
+            items: Vec::new(),
             data,
             includes,
             excludes,
@@ -298,8 +299,8 @@ proptest! {
         shape in shape(),
     ) {
         prop_assume!(shape.validate().is_ok());
-        let first = shaped_data(&item, BuildOptions::default(), &shape);
-        prop_assert_eq!(&first, &shaped_data(&item, BuildOptions::default(), &shape));
+        let first = shaped_data(SourceItems::single(&item), BuildOptions::default(), &shape);
+        prop_assert_eq!(&first, &shaped_data(SourceItems::single(&item), BuildOptions::default(), &shape));
         match first {
             Ok(data) => {
                 for key in shape.data.iter().map(|r| &r.key).chain(shape.fixed_data.0.keys()) {

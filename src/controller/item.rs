@@ -209,6 +209,7 @@ pub fn target_for(
             .get(FORCE_SYNC_ANNOTATION)
             .map(String::as_str),
     );
+    target.extra_paths()?;
     Ok(target)
 }
 
@@ -379,12 +380,20 @@ async fn write_status(
     Ok(())
 }
 
-/// The start of a Ready message that says which version of which item the Secret holds.
+/// The start of a Ready message that says which version of which item the Secret holds, and
+/// of each other item of `spec.items`, by name (the status fields name the main item only).
 fn held_head(name: &str, s: &Synced) -> String {
-    format!(
+    let mut head = format!(
         "Secret {name:?} holds version {} of item {} in vault {}",
         s.version, s.resolution.item_id, s.resolution.vault_id
-    )
+    );
+    for (item, (r, version)) in &s.extra {
+        head.push_str(&format!(
+            ", and as {item:?} version {version} of item {} in vault {}",
+            r.item_id, r.vault_id
+        ));
+    }
+    head
 }
 
 /// The part of a Ready message that says what the Secret holds (its head and the warnings
@@ -509,6 +518,7 @@ mod tests {
                 ignored: false,
             },
             version,
+            extra: Default::default(),
             change: Change::Updated,
             warnings: vec![],
             updated_at: None,

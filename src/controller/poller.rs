@@ -102,6 +102,18 @@ pub struct Tracked {
     /// Its reconcile reported that Connect could not be asked (down, or the token refused), or
     /// that the last poll could not refresh its vault.
     pub outage: bool,
+    /// The other items of its Secret (`spec.items`), each seen as the main one is (their own
+    /// `outage` and `extra` are unused): a new version of any of them wakes the object.
+    pub extra: Vec<Tracked>,
+}
+
+impl Tracked {
+    /// The vaults its items resolved to.
+    fn vaults(&self) -> impl Iterator<Item = &String> {
+        std::iter::once(self)
+            .chain(&self.extra)
+            .filter_map(|t| t.resolved.as_ref().map(|(vault, _)| vault))
+    }
 }
 
 /// The objects the poller looks after; reconcilers keep it current.
@@ -235,27 +247,32 @@ pub async fn poll_once(ctx: &Context, triggers: &Triggers, cycle: Cycle) -> usiz
     let started = Instant::now();
     let in_use: HashSet<String> = snapshot
         .iter()
-        .filter_map(|(_, t)| t.resolved.as_ref().map(|(v, _)| v.clone()))
+        .flat_map(|(_, t)| t.vaults().cloned())
         .collect();
     let refreshed = ctx.catalog.refresh(&in_use, cycle.full).await;
     let mut due = 0;
     for (key, tracked) in &snapshot {
         let affected = match &refreshed {
             Err(_) => true,
-            Ok(report) => tracked
-                .resolved
-                .as_ref()
-                .is_some_and(|(vault, _)| report.failed.contains(vault)),
+            Ok(report) => tracked.vaults().any(|vault| report.failed.contains(vault)),
         };
-        let now = if affected {
-            None
-        } else {
+        let now = |path| async move {
             ctx.catalog
-                .resolve_cached(&tracked.path)
+                .resolve_cached(path)
                 .await
                 .map(|r| r.map(|r| (r.vault_id, r.item_id, r.version)).map_err(drop))
         };
-        if is_woken(tracked, affected, now, cycle) {
+        let mut woken = if affected {
+            is_woken(tracked, affected, None, cycle)
+        } else {
+            is_woken(tracked, affected, now(&tracked.path).await, cycle)
+        };
+        // The other items count when the poll saw their vaults (an outage wakes it above).
+        let mut extra = tracked.extra.iter().filter(|_| !affected);
+        while !woken && let Some(other) = extra.next() {
+            woken = is_woken(other, false, now(&other.path).await, cycle);
+        }
+        if woken {
             triggers.send(key);
             due += 1;
         }
@@ -336,6 +353,7 @@ mod tests {
             resolved: resolved.map(|(a, b)| (a.into(), b.into())),
             version,
             outage: false,
+            extra: Vec::new(),
         }
     }
 

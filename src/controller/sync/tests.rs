@@ -216,6 +216,7 @@ fn resolution(version: u64) -> Held {
         vault_id: "vvvvvvvvvvvvvvvvvvvvvvvvvv".into(),
         item_id: "iiiiiiiiiiiiiiiiiiiiiiiiii".into(),
         version,
+        extra: Default::default(),
     }
 }
 
@@ -435,6 +436,7 @@ fn an_older_version_of_the_same_item_is_refused_but_not_a_newer_one_or_another_i
             vault_id: vault.into(),
             item_id: item.into(),
             version: served,
+            extra: Default::default(),
         };
         refuse_older(&live, &t, &held)
     };

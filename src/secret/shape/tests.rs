@@ -43,7 +43,7 @@ fn field(key: &str, field: &str) -> SecretKeyRef {
 }
 
 fn shaped(shape: &Shape) -> Result<SecretData, BuildError> {
-    shaped_data(&item(), BuildOptions::default(), shape)
+    shaped_data(SourceItems::single(&item()), BuildOptions::default(), shape)
 }
 
 fn keys(data: &SecretData) -> Vec<&str> {
@@ -133,7 +133,7 @@ fn an_empty_image_pull_field_is_refused() {
     let mut it = item();
     it.item.fields[0].value = Some(String::new());
     let err = shaped_data(
-        &it,
+        SourceItems::single(&it),
         BuildOptions::default(),
         &image_pull(Default::default()),
     )
