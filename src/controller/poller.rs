@@ -5,6 +5,10 @@
 //! listed version or resolution changed are handed to their reconciler, which fetches them (one
 //! item GET, plus one request for all of its files).
 //!
+//! An object whose Secret is made of several items (`spec.items`) is tracked with all of them:
+//! their vaults are in use, and a new version of any of them wakes it; with nothing changed
+//! that costs nothing more.
+//!
 //! A reconcile whose Secret holds the listed version asks Connect nothing, so a poll that
 //! cannot refresh a vault (Connect down, token refused) must tell the objects that depend on
 //! it: it wakes them once when the failure starts and once when it ends, and their reconcile
@@ -237,6 +241,25 @@ pub fn is_woken(
     (cycle.poll || !unlisted) && is_due_after(tracked, affected, now)
 }
 
+/// [`is_woken`] for a target and the other items of its Secret (`extra`, in the order of
+/// `tracked.extra`): a new version of any item wakes it. The others count only when the poll
+/// saw their vaults (an outage wakes the target through its main item, once).
+pub fn is_target_woken(
+    tracked: &Tracked,
+    affected: bool,
+    now: Option<Result<(String, String, u64), ()>>,
+    extra: Vec<Option<Result<(String, String, u64), ()>>>,
+    cycle: Cycle,
+) -> bool {
+    is_woken(tracked, affected, now, cycle)
+        || (!affected
+            && tracked
+                .extra
+                .iter()
+                .zip(extra)
+                .any(|(other, now)| is_woken(other, false, now, cycle)))
+}
+
 /// One poll cycle. Returns how many targets were handed to their reconcilers.
 pub async fn poll_once(ctx: &Context, triggers: &Triggers, cycle: Cycle) -> usize {
     let snapshot = ctx.registry.snapshot();
@@ -262,17 +285,16 @@ pub async fn poll_once(ctx: &Context, triggers: &Triggers, cycle: Cycle) -> usiz
                 .await
                 .map(|r| r.map(|r| (r.vault_id, r.item_id, r.version)).map_err(drop))
         };
-        let mut woken = if affected {
-            is_woken(tracked, affected, None, cycle)
+        let mut extra = Vec::new();
+        let main = if affected {
+            None
         } else {
-            is_woken(tracked, affected, now(&tracked.path).await, cycle)
+            for other in &tracked.extra {
+                extra.push(now(&other.path).await);
+            }
+            now(&tracked.path).await
         };
-        // The other items count when the poll saw their vaults (an outage wakes it above).
-        let mut extra = tracked.extra.iter().filter(|_| !affected);
-        while !woken && let Some(other) = extra.next() {
-            woken = is_woken(other, false, now(&other.path).await, cycle);
-        }
-        if woken {
+        if is_target_woken(tracked, affected, main, extra, cycle) {
             triggers.send(key);
             due += 1;
         }
@@ -498,5 +520,94 @@ mod tests {
         assert!(is_due_after(&reporting, false, now("v", "i", 3)));
         assert!(!is_due_after(&synced, false, now("v", "i", 3)));
         assert!(is_due_after(&synced, false, now("v", "i", 4)));
+    }
+}
+
+#[cfg(test)]
+mod extra_tests {
+    use super::*;
+
+    fn seen(item: &str, version: u64) -> Tracked {
+        Tracked {
+            path: ItemPath::parse(&format!("vaults/v/items/{item}")).unwrap(),
+            resolved: Some(("v".into(), item.into())),
+            version: Some(version),
+            outage: false,
+            extra: Vec::new(),
+        }
+    }
+
+    fn now(item: &str, version: u64) -> Option<Result<(String, String, u64), ()>> {
+        Some(Ok(("v".into(), item.into(), version)))
+    }
+
+    #[test]
+    fn a_new_version_of_any_item_of_the_secret_wakes_its_object_and_nothing_else_does() {
+        let tracked = Tracked {
+            extra: vec![seen("db", 7), seen("cache", 2)],
+            ..seen("main", 4)
+        };
+        let check = Cycle::default();
+        let woken = |main, db, cache| {
+            is_target_woken(
+                &tracked,
+                false,
+                now("main", main),
+                vec![now("db", db), now("cache", cache)],
+                check,
+            )
+        };
+        assert!(!woken(4, 7, 2));
+        assert!(woken(5, 7, 2));
+        assert!(woken(4, 8, 2));
+        assert!(woken(4, 7, 3));
+        // The other items' vaults are in use, so their listings are kept and refreshed.
+        let vaults: Vec<&String> = tracked.vaults().collect();
+        assert_eq!(vaults.len(), 3);
+        // An outage wakes it once, through the main item, whatever the others say.
+        let reporting = Tracked {
+            outage: true,
+            ..tracked.clone()
+        };
+        assert!(!is_target_woken(&reporting, true, None, Vec::new(), check));
+    }
+
+    #[test]
+    fn another_item_that_never_resolved_asks_connect_once_per_poll_interval() {
+        let missing = Tracked {
+            resolved: None,
+            version: None,
+            ..seen("db", 0)
+        };
+        let tracked = Tracked {
+            extra: vec![missing],
+            ..seen("main", 4)
+        };
+        let poll = Cycle {
+            poll: true,
+            full: false,
+        };
+        assert!(!is_target_woken(
+            &tracked,
+            false,
+            now("main", 4),
+            vec![None],
+            Cycle::default()
+        ));
+        assert!(is_target_woken(
+            &tracked,
+            false,
+            now("main", 4),
+            vec![None],
+            poll
+        ));
+        // It appears in a listing kept: at once.
+        assert!(is_target_woken(
+            &tracked,
+            false,
+            now("main", 4),
+            vec![now("db", 1)],
+            Cycle::default()
+        ));
     }
 }
