@@ -196,3 +196,31 @@ async fn a_missing_second_item_leaves_the_secret_as_it_was_and_names_the_item() 
     assert_eq!(replica_set_count(&env, &deployment).await, 1);
     env.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_several_items_sample_syncs_against_the_demo_seed() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let seed = Seed::from_file(format!("{root}/tests/fixtures/sim/demo.yaml")).unwrap();
+    let mut env = TestEnv::new("multi-item-sample", seed).await;
+    env.start_operator(env.operator_config());
+    let sample = std::fs::read_to_string(format!("{root}/config/samples/shaping.yaml")).unwrap();
+    env.apply(&sample).await.unwrap();
+    env.wait_ready("app-env", "Synced").await;
+    let secret = env
+        .wait_secret("app-env", "the sample's keys", |s| {
+            let keys: Vec<String> = data_of(s).into_keys().collect();
+            let want = [
+                "DB_PASSWORD",
+                "PAYMENTS_API_KEY",
+                "tls_ca.crt",
+                "tls_id_ed25519.pub",
+            ];
+            (keys == want).then_some(()).ok_or(format!("keys {keys:?}"))
+        })
+        .await;
+    let data = data_of(&secret);
+    assert_eq!(data["DB_PASSWORD"], "demo-db-password");
+    assert_eq!(data["PAYMENTS_API_KEY"], "demo-api-key-0123456789");
+    assert!(data["tls_ca.crt"].starts_with("-----BEGIN CERTIFICATE-----\n"));
+    env.finish().await;
+}
