@@ -8,7 +8,9 @@ use onepassword_secrets_operator::connect::ItemPath;
 use onepassword_secrets_operator::connect::model::{
     Field, File, FileContent, FullItem, ItemUrl, ItemWithFiles, VaultRef,
 };
-use onepassword_secrets_operator::crd::{ITEM_PATH_PATTERN, ImagePullSecretConfig, SecretKeyRef};
+use onepassword_secrets_operator::crd::{
+    ITEM_PATH_PATTERN, ImagePullSecretConfig, ItemSource, SecretKeyRef,
+};
 use onepassword_secrets_operator::secret::shape::{FixedData, Shape, glob_match, shaped_data};
 use onepassword_secrets_operator::secret::{
     BuildError, BuildOptions, DesiredSecret, SourceItems, build_secret, data_key,
@@ -319,6 +321,47 @@ proptest! {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn several_items_shape_deterministically_and_refuse_a_repeated_key_by_name(
+        main in item(),
+        other in item(),
+        prefix in prop_oneof![Just(String::new()), "[a-z.]{1,3}"],
+    ) {
+        let shape = Shape {
+            items: vec![ItemSource {
+                name: "other".into(),
+                item_path: "vaults/v/items/o".into(),
+                key_prefix: Some(prefix.clone()),
+            }],
+            ..Shape::default()
+        };
+        let named = BTreeMap::from([("other".to_string(), other.clone())]);
+        let items = SourceItems { main: &main, named: &named };
+        let opts = BuildOptions::default();
+        let first = shaped_data(items, opts, &shape);
+        prop_assert_eq!(&first, &shaped_data(items, opts, &shape));
+        let mut want = secret_data(&main, opts).data;
+        let theirs: Vec<(String, Vec<u8>)> = secret_data(&other, opts)
+            .data
+            .into_iter()
+            .map(|(k, v)| (format!("{prefix}{k}"), v))
+            .filter(|(k, _)| is_valid_data_key(k))
+            .collect();
+        let shared = theirs.iter().map(|(k, _)| k).find(|k| want.contains_key(*k)).cloned();
+        match first {
+            Ok(data) => {
+                prop_assert_eq!(shared, None);
+                want.extend(theirs);
+                prop_assert_eq!(data.data, want);
+            }
+            Err(BuildError::KeyTwice { key, item }) => {
+                prop_assert_eq!(Some(key), shared);
+                prop_assert_eq!(item, "other");
+            }
+            Err(e) => prop_assert!(false, "{}", e),
         }
     }
 
