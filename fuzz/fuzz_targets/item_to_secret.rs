@@ -159,7 +159,10 @@ fn check(item: &ItemWithFiles, options: BuildOptions) {
                 // This target builds unshaped Secrets: no reference to a field can fail.
                 BuildError::FieldNotFound { .. }
                 | BuildError::AmbiguousField { .. }
-                | BuildError::EmptyField { .. } => panic!("a shaping error without shaping"),
+                | BuildError::EmptyField { .. }
+                | BuildError::KeyTwice { .. }
+                | BuildError::UnknownItem { .. }
+                | BuildError::InItem { .. } => panic!("a shaping error without shaping"),
             }
             assert!(!err.reason().as_str().is_empty());
             return;
