@@ -196,9 +196,13 @@ impl Triggers {
     }
 }
 
+/// Where the fresh catalog resolves a path: `(vault id, item id, version)`, an error when it
+/// does not resolve, `None` when the vault's listing is not cached.
+pub type Now = Option<Result<(String, String, u64), ()>>;
+
 /// Should this target be reconciled after a refresh? `now` is the resolution against the fresh
 /// catalog (`None`: not cached).
-pub fn is_due(tracked: &Tracked, now: Option<Result<(String, String, u64), ()>>) -> bool {
+pub fn is_due(tracked: &Tracked, now: Now) -> bool {
     match now {
         Some(Ok((vault, item, version))) => {
             tracked.resolved.as_ref() != Some(&(vault, item)) || tracked.version != Some(version)
@@ -214,11 +218,7 @@ pub fn is_due(tracked: &Tracked, now: Option<Result<(String, String, u64), ()>>)
 /// Should this target be reconciled after a poll? `affected`: the poll could not refresh the
 /// vault it resolved to (or the vault list). `now` as in [`is_due`], when the poll succeeded
 /// for it.
-pub fn is_due_after(
-    tracked: &Tracked,
-    affected: bool,
-    now: Option<Result<(String, String, u64), ()>>,
-) -> bool {
+pub fn is_due_after(tracked: &Tracked, affected: bool, now: Now) -> bool {
     if affected {
         // Once, to report the outage; its reconcile says so and records it.
         !tracked.outage
@@ -231,12 +231,7 @@ pub fn is_due_after(
 /// Is the target woken by this cycle? As [`is_due_after`], except that a target whose item is
 /// in no listing kept (it never resolved, and no resolved target uses its vault) can only find
 /// out by asking Connect: it does so once per poll interval, not at every change check.
-pub fn is_woken(
-    tracked: &Tracked,
-    affected: bool,
-    now: Option<Result<(String, String, u64), ()>>,
-    cycle: Cycle,
-) -> bool {
+pub fn is_woken(tracked: &Tracked, affected: bool, now: Now, cycle: Cycle) -> bool {
     let unlisted = !affected && now.is_none() && tracked.resolved.is_none() && !tracked.outage;
     (cycle.poll || !unlisted) && is_due_after(tracked, affected, now)
 }
@@ -247,8 +242,8 @@ pub fn is_woken(
 pub fn is_target_woken(
     tracked: &Tracked,
     affected: bool,
-    now: Option<Result<(String, String, u64), ()>>,
-    extra: Vec<Option<Result<(String, String, u64), ()>>>,
+    now: Now,
+    extra: Vec<Now>,
     cycle: Cycle,
 ) -> bool {
     is_woken(tracked, affected, now, cycle)
@@ -379,7 +374,7 @@ mod tests {
         }
     }
 
-    fn now(v: &str, i: &str, version: u64) -> Option<Result<(String, String, u64), ()>> {
+    fn now(v: &str, i: &str, version: u64) -> Now {
         Some(Ok((v.into(), i.into(), version)))
     }
 
@@ -537,7 +532,7 @@ mod extra_tests {
         }
     }
 
-    fn now(item: &str, version: u64) -> Option<Result<(String, String, u64), ()>> {
+    fn now(item: &str, version: u64) -> Now {
         Some(Ok(("v".into(), item.into(), version)))
     }
 
