@@ -514,6 +514,13 @@ mod forget_tests {
         }
     }
 
+    /// Settles a sync of `key` (for `vaults/v/items/i`, one item) that came to `synced`.
+    async fn settle(ctx: &Context, key: &TargetKey, synced: Synced) -> Result<Synced, SyncError> {
+        let path = "vaults/v/items/i";
+        ctx.settle(key.clone(), path, None, Ok(synced), Vec::new())
+            .await
+    }
+
     fn tracked(ctx: &Context, key: &TargetKey) -> Tracked {
         ctx.registry
             .snapshot()
@@ -533,15 +540,7 @@ mod forget_tests {
             name: "db".into(),
         };
         // No poll yet: the Secret holds the listed version, and that is all there is to know.
-        let outcome = ctx
-            .settle(
-                key.clone(),
-                "vaults/v/items/i",
-                None,
-                Ok(unchanged("v")),
-                Vec::new(),
-            )
-            .await;
+        let outcome = settle(&ctx, &key, unchanged("v")).await;
         assert!(outcome.is_ok());
         assert!(!tracked(&ctx, &key).outage);
 
@@ -549,15 +548,7 @@ mod forget_tests {
         let in_use = ["v".to_string()].into();
         let err = ctx.catalog.refresh(&in_use, false).await.unwrap_err();
         assert_eq!(err.reason(), "ConnectUnavailable");
-        let outcome = ctx
-            .settle(
-                key.clone(),
-                "vaults/v/items/i",
-                None,
-                Ok(unchanged("v")),
-                Vec::new(),
-            )
-            .await;
+        let outcome = settle(&ctx, &key, unchanged("v")).await;
         let err = outcome.expect_err("an outage, not Synced");
         assert_eq!(err.reason(), Reason::ConnectUnavailable);
         let t = tracked(&ctx, &key);
@@ -571,17 +562,7 @@ mod forget_tests {
         // A Secret written from a fresh fetch is current whatever the last poll said.
         let mut written = unchanged("v");
         written.change = Change::Updated;
-        assert!(
-            ctx.settle(
-                key.clone(),
-                "vaults/v/items/i",
-                None,
-                Ok(written),
-                Vec::new()
-            )
-            .await
-            .is_ok()
-        );
+        assert!(settle(&ctx, &key, written).await.is_ok());
         assert!(!tracked(&ctx, &key).outage);
     }
 
@@ -618,15 +599,7 @@ mod forget_tests {
         sim.inject(Fault::status(403).on("list_vaults"));
         let in_use = ["v".to_string()].into();
         ctx.catalog.refresh(&in_use, false).await.unwrap_err();
-        let outcome = ctx
-            .settle(
-                key.clone(),
-                "vaults/v/items/i",
-                None,
-                Ok(unchanged("v")),
-                Vec::new(),
-            )
-            .await;
+        let outcome = settle(&ctx, &key, unchanged("v")).await;
         let reason = outcome.expect_err("not Synced").reason();
         assert_eq!(reason, Reason::VaultForbidden);
         let t = tracked(&ctx, &key);
