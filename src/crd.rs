@@ -47,7 +47,7 @@ pub struct OnePasswordItem {
 
 /// Which 1Password item to sync, and how its Secret is shaped.
 ///
-/// With none of the shaping fields (`data`, `includes`, `excludes`, `fixedData`,
+/// With none of the shaping fields (`items`, `data`, `includes`, `excludes`, `template`, `fixedData`,
 /// `secretLabels`, `secretAnnotations`, `imagePullSecret`) the Secret holds every URL, field and
 /// file of the item under its label, as with the official operator.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -58,6 +58,12 @@ pub struct OnePasswordItemSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^vaults/[^\s/][^\n]*/items/[^\s/][^\n]*$"))]
     pub item_path: Option<String>,
+    /// More items whose values go into the same Secret (like several `remoteRef`s of External
+    /// Secrets). Each has a `name`, by which a `data` entry (`item: <name>`) picks one of its
+    /// fields, files or URLs; with a `keyPrefix`, all of its keys are added under that prefix.
+    /// `itemPath` stays the Secret's main item. The Secret is rewritten when any of them changes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub items: Vec<ItemSource>,
     /// Secret keys rendered from templates over the item (`data`: key to template). The field
     /// of an unreleased revision of the official operator (0730a79), which uses Go templates;
     /// here they are Jinja templates, with the same names less Go's leading dot.
@@ -98,6 +104,27 @@ pub struct OnePasswordItemSpec {
     pub secret_annotations: BTreeMap<String, String>,
 }
 
+/// One more item of the Secret (`spec.items`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ItemSource {
+    /// How `data[].item` names this item: a letter or `_`, then letters, digits and `_` (at most
+    /// 63), unique among `items`.
+    #[schemars(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"))]
+    pub name: String,
+    /// The item, as `vaults/<vault title or id>/items/<item title or id>`, resolved as
+    /// `spec.itemPath` is (the same vault rules apply).
+    #[schemars(regex(pattern = r"^vaults/[^\s/][^\n]*/items/[^\s/][^\n]*$"))]
+    pub item_path: String,
+    /// When set, every URL, field and file of this item is added under this prefix followed by
+    /// its usual key (e.g. `db_` gives `db_password`; `""` keeps the keys as they are, like
+    /// External Secrets' `dataFrom`), filtered by `includes` and `excludes` like the main item's
+    /// keys. A key given twice (by two items, or by this item and the main one) is refused.
+    /// When unset, the item gives only what `data` entries pick from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_prefix: Option<String>,
+}
+
 /// One key of the Secret and where its value comes from: exactly one of `field`, `file`, `url`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -114,6 +141,10 @@ pub struct SecretKeyRef {
     /// A URL of the item, by its label (a primary URL wins over others of the same label).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// The `name` of one of `spec.items` to take the value from; the main item (`itemPath`)
+    /// when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub item: Option<String>,
 }
 
 /// Secret keys rendered from templates (in no released official operator; see `template`).

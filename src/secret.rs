@@ -34,8 +34,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 
 use crate::connect::model::{ItemUrl, ItemWithFiles};
 
+pub mod items;
 pub mod shape;
 pub mod template;
+pub use items::SourceItems;
 pub use shape::Shape;
 
 // Where they were first defined; tests and the fuzz target still name them here.
@@ -92,6 +94,23 @@ pub enum KeyWarning {
     FileShadowed { file: String, key: String },
     /// A key of `spec.fixedData` replaced the item's key of the same name.
     FixedWins { key: String },
+    /// An item's key under its `keyPrefix` is no valid key (too long, or a leading `..`).
+    InvalidPrefixedKey { key: String },
+    /// About one of the items of `spec.items`, by its name.
+    InItem {
+        item: String,
+        warning: Box<KeyWarning>,
+    },
+}
+
+impl KeyWarning {
+    /// This warning, said of the item of `spec.items` called `name`.
+    pub fn in_item(self, name: &str) -> KeyWarning {
+        KeyWarning::InItem {
+            item: name.to_owned(),
+            warning: Box::new(self),
+        }
+    }
 }
 
 impl fmt::Display for KeyWarning {
@@ -115,6 +134,11 @@ impl fmt::Display for KeyWarning {
                 f,
                 "the item's key {key:?} was replaced by the spec.fixedData value of that key"
             ),
+            KeyWarning::InvalidPrefixedKey { key } => write!(
+                f,
+                "the key {key:?} was skipped: with its keyPrefix it is no valid Secret key"
+            ),
+            KeyWarning::InItem { item, warning } => write!(f, "item {item:?}: {warning}"),
         }
     }
 }
@@ -191,6 +215,19 @@ pub enum BuildError {
         line: Option<usize>,
         problem: template::TemplateProblem,
     },
+    #[error(
+        "the key {key:?} of item {item:?} (under its keyPrefix) is also given by the main item \
+         or another item of spec.items; a key has one source: change a keyPrefix, or leave one \
+         out with excludes"
+    )]
+    KeyTwice { key: String, item: String },
+    #[error("no item of spec.items is called {name:?}")]
+    UnknownItem { name: String },
+    #[error("item {item:?} of spec.items: {error}")]
+    InItem {
+        item: String,
+        error: Box<BuildError>,
+    },
 }
 
 impl BuildError {
@@ -207,6 +244,20 @@ impl BuildError {
             }
             BuildError::AmbiguousField { .. } => Reason::AmbiguousField,
             BuildError::Template { .. } => Reason::TemplateError,
+            BuildError::KeyTwice { .. } | BuildError::UnknownItem { .. } => Reason::InvalidShape,
+            BuildError::InItem { error, .. } => error.reason(),
+        }
+    }
+
+    /// This error, said of the item of `spec.items` called `name` (`None`: the main item,
+    /// which the error is already about).
+    pub fn in_item(self, name: Option<&str>) -> BuildError {
+        match name {
+            None => self,
+            Some(name) => BuildError::InItem {
+                item: name.to_owned(),
+                error: Box::new(self),
+            },
         }
     }
 }
@@ -471,6 +522,7 @@ pub struct DesiredSecret<'a> {
     /// The requested name; made valid with [`secret_name`].
     pub name: &'a str,
     pub namespace: &'a str,
+    /// The main item: the item-path and item-version annotations name it.
     pub item: &'a ItemWithFiles,
     /// The OnePasswordItem's `type`; see [`secret_type`].
     pub secret_type: Option<&'a str>,
@@ -487,17 +539,23 @@ pub struct DesiredSecret<'a> {
 /// carries `apiVersion: v1` and `kind: Secret`). Deterministic: the same input gives the same
 /// object. The warnings are those of [`secret_data`].
 pub fn build_secret(d: &DesiredSecret<'_>) -> Result<(Secret, Vec<KeyWarning>), BuildError> {
-    build_shaped_secret(d, &Shape::default())
+    build_shaped_secret(d, &BTreeMap::new(), &Shape::default())
 }
 
-/// [`build_secret`], with the keys shaped by `shape` ([`shape::shaped_data`]).
+/// [`build_secret`], with the keys shaped by `shape` ([`shape::shaped_data`]) from `d.item`
+/// and the other items of `shape.items`, by name (`named`).
 pub fn build_shaped_secret(
     d: &DesiredSecret<'_>,
+    named: &BTreeMap<String, ItemWithFiles>,
     shape: &Shape,
 ) -> Result<(Secret, Vec<KeyWarning>), BuildError> {
     let name = secret_name(d.name)?;
     let secret_type = secret_type(d.secret_type)?;
-    let data = shape::shaped_data(d.item, d.options, shape)?;
+    let items = SourceItems {
+        main: d.item,
+        named,
+    };
+    let data = shape::shaped_data(items, d.options, shape)?;
     let bytes = data.total_bytes();
     if bytes > MAX_SECRET_DATA_BYTES {
         return Err(BuildError::TooLarge { bytes });

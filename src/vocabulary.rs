@@ -2,7 +2,7 @@
 //! the one list of reasons its conditions, events and metrics speak in.
 //!
 //! The annotations are those of the official operator (`item-path`, `item-name`,
-//! `item-version`, `auto-restart`) plus our own (`data-digest`, `secret-digests`,
+//! `item-version`, `auto-restart`) plus our own (`items`, `data-digest`, `secret-digests`,
 //! `restarted-for`, `force-sync`, `force-synced`); all are under [`ANNOTATION_PREFIX`].
 
 use crate::connect::ConnectError;
@@ -16,6 +16,10 @@ pub const ITEM_PATH_ANNOTATION: &str = "operator.1password.io/item-path";
 pub const ITEM_NAME_ANNOTATION: &str = "operator.1password.io/item-name";
 /// On a Secret we write: the item version it holds, in decimal.
 pub const ITEM_VERSION_ANNOTATION: &str = "operator.1password.io/item-version";
+/// On a Secret we write from a OnePasswordItem with `spec.items`: each of those items it holds,
+/// as `<name>=vaults/<vaultId>/items/<itemId>@<version>`, sorted by name and joined by `,`.
+/// Absent without `spec.items` (the item-path and item-version annotations say the rest).
+pub const ITEMS_ANNOTATION: &str = "operator.1password.io/items";
 /// `true`/`false` on a Secret, a workload or a Namespace; the most specific one wins.
 pub const AUTO_RESTART_ANNOTATION: &str = "operator.1password.io/auto-restart";
 /// On a Secret we write: opaque, changes exactly when the Secret's data changes.

@@ -9,6 +9,8 @@ mod argo;
 mod force_sync;
 #[path = "e2e/governance.rs"]
 mod governance;
+#[path = "e2e/multi_item.rs"]
+mod multi_item;
 #[path = "e2e/propagation.rs"]
 mod propagation;
 #[path = "e2e/safety.rs"]

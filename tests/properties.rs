@@ -8,11 +8,13 @@ use onepassword_secrets_operator::connect::ItemPath;
 use onepassword_secrets_operator::connect::model::{
     Field, File, FileContent, FullItem, ItemUrl, ItemWithFiles, VaultRef,
 };
-use onepassword_secrets_operator::crd::{ITEM_PATH_PATTERN, ImagePullSecretConfig, SecretKeyRef};
+use onepassword_secrets_operator::crd::{
+    ITEM_PATH_PATTERN, ImagePullSecretConfig, ItemSource, SecretKeyRef,
+};
 use onepassword_secrets_operator::secret::shape::{KeyedText, Shape, glob_match, shaped_data};
 use onepassword_secrets_operator::secret::{
-    BuildError, BuildOptions, DesiredSecret, build_secret, data_key, is_dns1123_subdomain,
-    is_valid_data_key, secret_data, secret_name,
+    BuildError, BuildOptions, DesiredSecret, SourceItems, build_secret, data_key,
+    is_dns1123_subdomain, is_valid_data_key, secret_data, secret_name,
 };
 use proptest::prelude::*;
 use proptest::test_runner::Config;
@@ -281,6 +283,7 @@ fn shape() -> impl Strategy<Value = Shape> {
     let templates = proptest::collection::btree_map("tpl-[a-z]{1,4}", template(), 0..3);
     (data, globs.clone(), globs, fixed, pull, templates).prop_map(
         |(data, includes, excludes, fixed, image_pull, templates)| Shape {
+            items: Vec::new(),
             data,
             includes,
             excludes,
@@ -327,8 +330,8 @@ proptest! {
         shape in shape(),
     ) {
         prop_assume!(shape.validate().is_ok());
-        let first = shaped_data(&item, BuildOptions::default(), &shape);
-        prop_assert_eq!(&first, &shaped_data(&item, BuildOptions::default(), &shape));
+        let first = shaped_data(SourceItems::single(&item), BuildOptions::default(), &shape);
+        prop_assert_eq!(&first, &shaped_data(SourceItems::single(&item), BuildOptions::default(), &shape));
         match first {
             Ok(data) => {
                 for key in shape.data.iter().map(|r| &r.key).chain(shape.fixed_data.0.keys()) {
@@ -370,7 +373,7 @@ proptest! {
                 ..Shape::default()
             };
             let started = std::time::Instant::now();
-            let result = shaped_data(&item, BuildOptions::default(), &shape);
+            let result = shaped_data(SourceItems::single(&item), BuildOptions::default(), &shape);
             prop_assert!(
                 started.elapsed() < std::time::Duration::from_secs(2),
                 "{} took {:?}", source, started.elapsed()
@@ -378,6 +381,47 @@ proptest! {
             if let Err(err) = result {
                 prop_assert_eq!(err.reason().as_str(), "TemplateError");
             }
+        }
+    }
+
+    #[test]
+    fn several_items_shape_deterministically_and_refuse_a_repeated_key_by_name(
+        main in item(),
+        other in item(),
+        prefix in prop_oneof![Just(String::new()), "[a-z.]{1,3}"],
+    ) {
+        let shape = Shape {
+            items: vec![ItemSource {
+                name: "other".into(),
+                item_path: "vaults/v/items/o".into(),
+                key_prefix: Some(prefix.clone()),
+            }],
+            ..Shape::default()
+        };
+        let named = BTreeMap::from([("other".to_string(), other.clone())]);
+        let items = SourceItems { main: &main, named: &named };
+        let opts = BuildOptions::default();
+        let first = shaped_data(items, opts, &shape);
+        prop_assert_eq!(&first, &shaped_data(items, opts, &shape));
+        let mut want = secret_data(&main, opts).data;
+        let theirs: Vec<(String, Vec<u8>)> = secret_data(&other, opts)
+            .data
+            .into_iter()
+            .map(|(k, v)| (format!("{prefix}{k}"), v))
+            .filter(|(k, _)| is_valid_data_key(k))
+            .collect();
+        let shared = theirs.iter().map(|(k, _)| k).find(|k| want.contains_key(*k)).cloned();
+        match first {
+            Ok(data) => {
+                prop_assert_eq!(shared, None);
+                want.extend(theirs);
+                prop_assert_eq!(data.data, want);
+            }
+            Err(BuildError::KeyTwice { key, item }) => {
+                prop_assert_eq!(Some(key), shared);
+                prop_assert_eq!(item, "other");
+            }
+            Err(e) => prop_assert!(false, "{}", e),
         }
     }
 

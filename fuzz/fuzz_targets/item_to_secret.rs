@@ -160,7 +160,10 @@ fn check(item: &ItemWithFiles, options: BuildOptions) {
                 BuildError::FieldNotFound { .. }
                 | BuildError::AmbiguousField { .. }
                 | BuildError::EmptyField { .. }
-                | BuildError::Template { .. } => panic!("a shaping error without shaping"),
+                | BuildError::Template { .. }
+                | BuildError::KeyTwice { .. }
+                | BuildError::UnknownItem { .. }
+                | BuildError::InItem { .. } => panic!("a shaping error without shaping"),
             }
             assert!(!err.reason().as_str().is_empty());
             return;

@@ -188,11 +188,55 @@ impl Context {
         target: Result<SyncTarget, SyncError>,
     ) -> Result<Synced, SyncError> {
         let before = self.cached_resolution(path).await;
+        let mut extra = Vec::new();
+        let paths = target.as_ref().ok().and_then(|t| t.extra_paths().ok());
+        for (name, path) in paths.into_iter().flatten() {
+            let before = self
+                .catalog
+                .resolve_cached(&path)
+                .await
+                .and_then(Result::ok);
+            extra.push((name.to_owned(), path, before));
+        }
         let outcome = match target {
             Ok(target) => sync::sync(self, &target).await,
             Err(e) => Err(e),
         };
-        self.settle(key, path, before, outcome).await
+        let extra = self.extra_tracked(extra, &outcome).await;
+        self.settle(key, path, before, outcome, extra).await
+    }
+
+    /// What the poller keeps of the other items of a Secret (`spec.items`, each by name, path
+    /// and resolution before the sync): as for the main item ([`Context::settle`]), where each
+    /// resolved and at which listed version.
+    async fn extra_tracked(
+        &self,
+        before: Vec<(String, ItemPath, Option<Resolution>)>,
+        outcome: &Result<Synced, SyncError>,
+    ) -> Vec<Tracked> {
+        let mut tracked = Vec::new();
+        for (name, path, before) in before {
+            let synced = outcome.as_ref().ok().and_then(|s| s.extra.get(&name));
+            let (resolved, version) = match synced {
+                Some((r, _)) => (Some(ids(r)), Some(r.version)),
+                None => {
+                    let after = self
+                        .catalog
+                        .resolve_cached(&path)
+                        .await
+                        .and_then(Result::ok);
+                    seen_after_failure(before, after)
+                }
+            };
+            tracked.push(Tracked {
+                path,
+                resolved,
+                version,
+                outage: false,
+                extra: Vec::new(),
+            });
+        }
+        tracked
     }
 
     /// Where the catalog says `path` points now, without asking Connect. Taken before a sync,
@@ -213,31 +257,34 @@ impl Context {
     /// it (`before` is [`Context::cached_resolution`] taken before the sync, its version kept
     /// when the catalog still says the same): it then wakes the object only when the item gets
     /// a new version, not on every poll. A path that does not parse is nothing to poll for.
+    /// `extra` is what it saw of the other items of the Secret ([`Context::extra_tracked`]).
     pub async fn settle(
         &self,
         key: TargetKey,
         path: &str,
         before: Option<Resolution>,
         outcome: Result<Synced, SyncError>,
+        extra: Vec<Tracked>,
     ) -> Result<Synced, SyncError> {
         let Ok(parsed) = ItemPath::parse(path) else {
             self.registry.forget(&key);
             return outcome;
         };
-        let ids = |r: &Resolution| (r.vault_id.clone(), r.item_id.clone());
         let mut outage = outcome.as_ref().is_err_and(SyncError::is_outage);
         let (outcome, resolved, version) = match outcome {
             Ok(synced) => {
                 let resolved = Some(ids(&synced.resolution));
                 let version = Some(synced.resolution.version);
                 let asked_connect = !matches!(synced.change, Change::Unchanged | Change::Ignored);
-                let failure = if asked_connect {
-                    None
-                } else {
-                    self.catalog
-                        .refresh_failure(&synced.resolution.vault_id)
-                        .await
-                };
+                // The vault of any of its items (`spec.items` too) that the last poll missed.
+                let mut failure = None;
+                if !asked_connect {
+                    let items = std::iter::once(&synced.resolution)
+                        .chain(synced.extra.values().map(|(r, _)| r));
+                    for r in items {
+                        failure = failure.or(self.catalog.refresh_failure(&r.vault_id).await);
+                    }
+                }
                 match failure {
                     Some(e) => {
                         // Whatever the poll's failure was: the poller wakes it again when the
@@ -248,15 +295,11 @@ impl Context {
                     None => (Ok(synced), resolved, version),
                 }
             }
-            Err(e) => match (before, self.cached_resolution(path).await) {
-                (Some(before), Some(after)) if before == after => {
-                    (Err(e), Some(ids(&before)), Some(before.version))
-                }
-                // Resolved during the sync, at a version not known for sure: the poller keeps
-                // the vault listed and wakes the object once more, which then knows it.
-                (_, Some(after)) => (Err(e), Some(ids(&after)), None),
-                (_, None) => (Err(e), None, None),
-            },
+            Err(e) => {
+                let (resolved, version) =
+                    seen_after_failure(before, self.cached_resolution(path).await);
+                (Err(e), resolved, version)
+            }
         };
         self.registry.track(
             key,
@@ -265,6 +308,7 @@ impl Context {
                 resolved,
                 version,
                 outage,
+                extra,
             },
         );
         outcome
@@ -374,6 +418,27 @@ pub fn object_key(kind: TargetKind, namespace: &str, name: &str) -> String {
     }
 }
 
+fn ids(r: &Resolution) -> (String, String) {
+    (r.vault_id.clone(), r.item_id.clone())
+}
+
+/// Where the poller takes a path to resolve after a failed sync, and at which version: the
+/// version is known when the catalog said the same before and after the sync.
+fn seen_after_failure(
+    before: Option<Resolution>,
+    after: Option<Resolution>,
+) -> (Option<(String, String)>, Option<u64>) {
+    match (before, after) {
+        (Some(before), Some(after)) if before == after => {
+            (Some(ids(&before)), Some(before.version))
+        }
+        // Resolved during the sync, at a version not known for sure: the poller keeps the
+        // vault listed and wakes the object once more, which then knows it.
+        (_, Some(after)) => (Some(ids(&after)), None),
+        (_, None) => (None, None),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -441,11 +506,19 @@ mod forget_tests {
                 ignored: false,
             },
             version: 3,
+            extra: Default::default(),
             change: Change::Unchanged,
             warnings: vec![],
             updated_at: None,
             forced: false,
         }
+    }
+
+    /// Settles a sync of `key` (for `vaults/v/items/i`, one item) that came to `synced`.
+    async fn settle(ctx: &Context, key: &TargetKey, synced: Synced) -> Result<Synced, SyncError> {
+        let path = "vaults/v/items/i";
+        ctx.settle(key.clone(), path, None, Ok(synced), Vec::new())
+            .await
     }
 
     fn tracked(ctx: &Context, key: &TargetKey) -> Tracked {
@@ -467,9 +540,7 @@ mod forget_tests {
             name: "db".into(),
         };
         // No poll yet: the Secret holds the listed version, and that is all there is to know.
-        let outcome = ctx
-            .settle(key.clone(), "vaults/v/items/i", None, Ok(unchanged("v")))
-            .await;
+        let outcome = settle(&ctx, &key, unchanged("v")).await;
         assert!(outcome.is_ok());
         assert!(!tracked(&ctx, &key).outage);
 
@@ -477,9 +548,7 @@ mod forget_tests {
         let in_use = ["v".to_string()].into();
         let err = ctx.catalog.refresh(&in_use, false).await.unwrap_err();
         assert_eq!(err.reason(), "ConnectUnavailable");
-        let outcome = ctx
-            .settle(key.clone(), "vaults/v/items/i", None, Ok(unchanged("v")))
-            .await;
+        let outcome = settle(&ctx, &key, unchanged("v")).await;
         let err = outcome.expect_err("an outage, not Synced");
         assert_eq!(err.reason(), Reason::ConnectUnavailable);
         let t = tracked(&ctx, &key);
@@ -493,11 +562,7 @@ mod forget_tests {
         // A Secret written from a fresh fetch is current whatever the last poll said.
         let mut written = unchanged("v");
         written.change = Change::Updated;
-        assert!(
-            ctx.settle(key.clone(), "vaults/v/items/i", None, Ok(written))
-                .await
-                .is_ok()
-        );
+        assert!(settle(&ctx, &key, written).await.is_ok());
         assert!(!tracked(&ctx, &key).outage);
     }
 
@@ -534,9 +599,7 @@ mod forget_tests {
         sim.inject(Fault::status(403).on("list_vaults"));
         let in_use = ["v".to_string()].into();
         ctx.catalog.refresh(&in_use, false).await.unwrap_err();
-        let outcome = ctx
-            .settle(key.clone(), "vaults/v/items/i", None, Ok(unchanged("v")))
-            .await;
+        let outcome = settle(&ctx, &key, unchanged("v")).await;
         let reason = outcome.expect_err("not Synced").reason();
         assert_eq!(reason, Reason::VaultForbidden);
         let t = tracked(&ctx, &key);
@@ -570,6 +633,7 @@ mod forget_tests {
                 resolved: None,
                 version: None,
                 outage: false,
+                extra: Vec::new(),
             },
         );
     }

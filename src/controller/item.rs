@@ -206,6 +206,7 @@ pub fn target_for(
             .get(FORCE_SYNC_ANNOTATION)
             .map(String::as_str),
     );
+    target.extra_paths()?;
     Ok(target)
 }
 
@@ -376,12 +377,20 @@ async fn write_status(
     Ok(())
 }
 
-/// The start of a Ready message that says which version of which item the Secret holds.
+/// The start of a Ready message that says which version of which item the Secret holds, and
+/// of each other item of `spec.items`, by name (the status fields name the main item only).
 fn held_head(name: &str, s: &Synced) -> String {
-    format!(
+    let mut head = format!(
         "Secret {name:?} holds version {} of item {} in vault {}",
         s.version, s.resolution.item_id, s.resolution.vault_id
-    )
+    );
+    for (item, (r, version)) in &s.extra {
+        head.push_str(&format!(
+            ", and as {item:?} version {version} of item {} in vault {}",
+            r.item_id, r.vault_id
+        ));
+    }
+    head
 }
 
 /// The part of a Ready message that says what the Secret holds (its head and the warnings
@@ -506,6 +515,7 @@ mod tests {
                 ignored: false,
             },
             version,
+            extra: Default::default(),
             change: Change::Updated,
             warnings: vec![],
             updated_at: None,
@@ -584,6 +594,54 @@ mod tests {
         let err = target_for(&obj, "apps", false).unwrap_err();
         assert_eq!(err.reason(), "InvalidShape");
         assert!(err.to_string().contains(MANAGED_LABEL), "{err}");
+    }
+
+    #[test]
+    fn other_items_are_checked_before_any_fetch_and_the_ready_message_names_each() {
+        let mut obj = item("vaults/Prod/items/app");
+        obj.spec.items = vec![crate::crd::ItemSource {
+            name: "db".into(),
+            item_path: "Prod/db".into(),
+            key_prefix: None,
+        }];
+        let err = target_for(&obj, "apps", false).unwrap_err();
+        assert_eq!(err.reason(), "InvalidItemPath");
+        assert!(err.needs_spec_change());
+        assert!(
+            err.to_string().starts_with("item \"db\" of spec.items: "),
+            "{err}"
+        );
+        obj.spec.items[0].item_path = "vaults/Prod/items/db".into();
+        obj.spec.data = vec![crate::crd::SecretKeyRef {
+            key: "k".into(),
+            field: Some("password".into()),
+            item: Some("cache".into()),
+            ..Default::default()
+        }];
+        let err = target_for(&obj, "apps", false).unwrap_err();
+        assert_eq!(err.reason(), "InvalidShape");
+        assert!(err.to_string().contains("\"cache\""), "{err}");
+        obj.spec.data[0].item = Some("db".into());
+        assert!(target_for(&obj, "apps", false).is_ok());
+
+        let mut s = synced(3);
+        let db = Resolution {
+            vault_id: "w".into(),
+            item_id: "d".into(),
+            version: 7,
+            note: None,
+            ignored: false,
+        };
+        s.extra.insert("db".into(), (db, 7));
+        let t0: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let status = desired_status(&obj, &Ok(s), t0);
+        assert_eq!(
+            ready_message(&status),
+            "Secret \"db\" holds version 3 of item i in vault v, and as \"db\" version 7 of \
+             item d in vault w"
+        );
+        // The status fields name the main item, as they always did.
+        assert_eq!(status.item_id.as_deref(), Some("i"));
     }
 
     #[test]

@@ -5,6 +5,10 @@
 //! listed version or resolution changed are handed to their reconciler, which fetches them (one
 //! item GET, plus one request for all of its files).
 //!
+//! An object whose Secret is made of several items (`spec.items`) is tracked with all of them:
+//! their vaults are in use, and a new version of any of them wakes it; with nothing changed
+//! that costs nothing more.
+//!
 //! A reconcile whose Secret holds the listed version asks Connect nothing, so a poll that
 //! cannot refresh a vault (Connect down, token refused) must tell the objects that depend on
 //! it: it wakes them once when the failure starts and once when it ends, and their reconcile
@@ -102,6 +106,18 @@ pub struct Tracked {
     /// Its reconcile reported that Connect could not be asked (down, or the token refused), or
     /// that the last poll could not refresh its vault.
     pub outage: bool,
+    /// The other items of its Secret (`spec.items`), each seen as the main one is (their own
+    /// `outage` and `extra` are unused): a new version of any of them wakes the object.
+    pub extra: Vec<Tracked>,
+}
+
+impl Tracked {
+    /// The vaults its items resolved to.
+    fn vaults(&self) -> impl Iterator<Item = &String> {
+        std::iter::once(self)
+            .chain(&self.extra)
+            .filter_map(|t| t.resolved.as_ref().map(|(vault, _)| vault))
+    }
 }
 
 /// The objects the poller looks after; reconcilers keep it current.
@@ -180,9 +196,13 @@ impl Triggers {
     }
 }
 
+/// Where the fresh catalog resolves a path: `(vault id, item id, version)`, an error when it
+/// does not resolve, `None` when the vault's listing is not cached.
+pub type Now = Option<Result<(String, String, u64), ()>>;
+
 /// Should this target be reconciled after a refresh? `now` is the resolution against the fresh
 /// catalog (`None`: not cached).
-pub fn is_due(tracked: &Tracked, now: Option<Result<(String, String, u64), ()>>) -> bool {
+pub fn is_due(tracked: &Tracked, now: Now) -> bool {
     match now {
         Some(Ok((vault, item, version))) => {
             tracked.resolved.as_ref() != Some(&(vault, item)) || tracked.version != Some(version)
@@ -198,11 +218,7 @@ pub fn is_due(tracked: &Tracked, now: Option<Result<(String, String, u64), ()>>)
 /// Should this target be reconciled after a poll? `affected`: the poll could not refresh the
 /// vault it resolved to (or the vault list). `now` as in [`is_due`], when the poll succeeded
 /// for it.
-pub fn is_due_after(
-    tracked: &Tracked,
-    affected: bool,
-    now: Option<Result<(String, String, u64), ()>>,
-) -> bool {
+pub fn is_due_after(tracked: &Tracked, affected: bool, now: Now) -> bool {
     if affected {
         // Once, to report the outage; its reconcile says so and records it.
         !tracked.outage
@@ -215,14 +231,28 @@ pub fn is_due_after(
 /// Is the target woken by this cycle? As [`is_due_after`], except that a target whose item is
 /// in no listing kept (it never resolved, and no resolved target uses its vault) can only find
 /// out by asking Connect: it does so once per poll interval, not at every change check.
-pub fn is_woken(
-    tracked: &Tracked,
-    affected: bool,
-    now: Option<Result<(String, String, u64), ()>>,
-    cycle: Cycle,
-) -> bool {
+pub fn is_woken(tracked: &Tracked, affected: bool, now: Now, cycle: Cycle) -> bool {
     let unlisted = !affected && now.is_none() && tracked.resolved.is_none() && !tracked.outage;
     (cycle.poll || !unlisted) && is_due_after(tracked, affected, now)
+}
+
+/// [`is_woken`] for a target and the other items of its Secret (`extra`, in the order of
+/// `tracked.extra`): a new version of any item wakes it. The others count only when the poll
+/// saw their vaults (an outage wakes the target through its main item, once).
+pub fn is_target_woken(
+    tracked: &Tracked,
+    affected: bool,
+    now: Now,
+    extra: Vec<Now>,
+    cycle: Cycle,
+) -> bool {
+    is_woken(tracked, affected, now, cycle)
+        || (!affected
+            && tracked
+                .extra
+                .iter()
+                .zip(extra)
+                .any(|(other, now)| is_woken(other, false, now, cycle)))
 }
 
 /// One poll cycle. Returns how many targets were handed to their reconcilers.
@@ -235,27 +265,31 @@ pub async fn poll_once(ctx: &Context, triggers: &Triggers, cycle: Cycle) -> usiz
     let started = Instant::now();
     let in_use: HashSet<String> = snapshot
         .iter()
-        .filter_map(|(_, t)| t.resolved.as_ref().map(|(v, _)| v.clone()))
+        .flat_map(|(_, t)| t.vaults().cloned())
         .collect();
     let refreshed = ctx.catalog.refresh(&in_use, cycle.full).await;
     let mut due = 0;
     for (key, tracked) in &snapshot {
         let affected = match &refreshed {
             Err(_) => true,
-            Ok(report) => tracked
-                .resolved
-                .as_ref()
-                .is_some_and(|(vault, _)| report.failed.contains(vault)),
+            Ok(report) => tracked.vaults().any(|vault| report.failed.contains(vault)),
         };
-        let now = if affected {
-            None
-        } else {
+        let now = |path| async move {
             ctx.catalog
-                .resolve_cached(&tracked.path)
+                .resolve_cached(path)
                 .await
                 .map(|r| r.map(|r| (r.vault_id, r.item_id, r.version)).map_err(drop))
         };
-        if is_woken(tracked, affected, now, cycle) {
+        let mut extra = Vec::new();
+        let main = if affected {
+            None
+        } else {
+            for other in &tracked.extra {
+                extra.push(now(&other.path).await);
+            }
+            now(&tracked.path).await
+        };
+        if is_target_woken(tracked, affected, main, extra, cycle) {
             triggers.send(key);
             due += 1;
         }
@@ -336,10 +370,11 @@ mod tests {
             resolved: resolved.map(|(a, b)| (a.into(), b.into())),
             version,
             outage: false,
+            extra: Vec::new(),
         }
     }
 
-    fn now(v: &str, i: &str, version: u64) -> Option<Result<(String, String, u64), ()>> {
+    fn now(v: &str, i: &str, version: u64) -> Now {
         Some(Ok((v.into(), i.into(), version)))
     }
 
@@ -480,5 +515,94 @@ mod tests {
         assert!(is_due_after(&reporting, false, now("v", "i", 3)));
         assert!(!is_due_after(&synced, false, now("v", "i", 3)));
         assert!(is_due_after(&synced, false, now("v", "i", 4)));
+    }
+}
+
+#[cfg(test)]
+mod extra_tests {
+    use super::*;
+
+    fn seen(item: &str, version: u64) -> Tracked {
+        Tracked {
+            path: ItemPath::parse(&format!("vaults/v/items/{item}")).unwrap(),
+            resolved: Some(("v".into(), item.into())),
+            version: Some(version),
+            outage: false,
+            extra: Vec::new(),
+        }
+    }
+
+    fn now(item: &str, version: u64) -> Now {
+        Some(Ok(("v".into(), item.into(), version)))
+    }
+
+    #[test]
+    fn a_new_version_of_any_item_of_the_secret_wakes_its_object_and_nothing_else_does() {
+        let tracked = Tracked {
+            extra: vec![seen("db", 7), seen("cache", 2)],
+            ..seen("main", 4)
+        };
+        let check = Cycle::default();
+        let woken = |main, db, cache| {
+            is_target_woken(
+                &tracked,
+                false,
+                now("main", main),
+                vec![now("db", db), now("cache", cache)],
+                check,
+            )
+        };
+        assert!(!woken(4, 7, 2));
+        assert!(woken(5, 7, 2));
+        assert!(woken(4, 8, 2));
+        assert!(woken(4, 7, 3));
+        // The other items' vaults are in use, so their listings are kept and refreshed.
+        let vaults: Vec<&String> = tracked.vaults().collect();
+        assert_eq!(vaults.len(), 3);
+        // An outage wakes it once, through the main item, whatever the others say.
+        let reporting = Tracked {
+            outage: true,
+            ..tracked.clone()
+        };
+        assert!(!is_target_woken(&reporting, true, None, Vec::new(), check));
+    }
+
+    #[test]
+    fn another_item_that_never_resolved_asks_connect_once_per_poll_interval() {
+        let missing = Tracked {
+            resolved: None,
+            version: None,
+            ..seen("db", 0)
+        };
+        let tracked = Tracked {
+            extra: vec![missing],
+            ..seen("main", 4)
+        };
+        let poll = Cycle {
+            poll: true,
+            full: false,
+        };
+        assert!(!is_target_woken(
+            &tracked,
+            false,
+            now("main", 4),
+            vec![None],
+            Cycle::default()
+        ));
+        assert!(is_target_woken(
+            &tracked,
+            false,
+            now("main", 4),
+            vec![None],
+            poll
+        ));
+        // It appears in a listing kept: at once.
+        assert!(is_target_woken(
+            &tracked,
+            false,
+            now("main", 4),
+            vec![now("db", 1)],
+            Cycle::default()
+        ));
     }
 }

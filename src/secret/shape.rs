@@ -6,10 +6,16 @@
 //! 1. the default keys (every URL, field and file under its label, [`super::secret_data`]),
 //!    unless `data`, `imagePullSecret` or `template.data` is set and `includes` is not; only those matching an
 //!    `includes` glob when there are any, and never those matching an `excludes` glob;
-//! 2. each key of `data`, from the one field, file or URL it names;
-//! 3. `.dockerconfigjson`, from the fields `imagePullSecret` names;
-//! 4. each key of `template.data`, rendered ([`super::template`]);
-//! 5. each key of `fixedData`, as written (with a warning when it replaces an item key).
+//! 2. the default keys of each item of `items` that has a `keyPrefix`, under that prefix,
+//!    filtered by `includes` and `excludes` in the same way (but always asked for); a key that
+//!    is already there (from the main item or another prefix) is refused, not replaced, since
+//!    which one should win cannot be told from the spec;
+//! 3. each key of `data`, from the one field, file or URL it names, in the main item or the
+//!    item of `items` it names (an explicit key replaces a default one, as in step 1);
+//! 4. `.dockerconfigjson`, from the fields of the main item `imagePullSecret` names;
+//! 5. each key of `template.data`, rendered over the main item and `Items.<name>`
+//!    ([`super::template`]);
+//! 6. each key of `fixedData`, as written (with a warning when it replaces an item key).
 //!
 //! Errors name the reference (a label, a key), never a value.
 
@@ -18,10 +24,13 @@ use std::collections::BTreeMap;
 use base64::Engine as _;
 use sha2::{Digest as _, Sha256};
 
-use super::{BuildError, BuildOptions, KeySource, KeyWarning, SecretData, is_valid_data_key};
+use super::{
+    BuildError, BuildOptions, KeySource, KeyWarning, SecretData, SourceItems, is_key_char,
+    is_valid_data_key,
+};
 use crate::{
     connect::model::{Field, ItemWithFiles},
-    crd::{ImagePullSecretConfig, OnePasswordItemSpec, SecretKeyRef},
+    crd::{ImagePullSecretConfig, ItemSource, OnePasswordItemSpec, SecretKeyRef},
     digest::hex,
     vocabulary::ANNOTATION_PREFIX,
 };
@@ -33,6 +42,9 @@ pub const DOCKER_CONFIG_JSON_TYPE: &str = "kubernetes.io/dockerconfigjson";
 /// The shaping a OnePasswordItem asks for; the default is none (the official operator's keys).
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Shape {
+    /// The other items (`spec.items`). Their paths are part of the shaping: a new path, name or
+    /// prefix rewrites the Secret.
+    pub items: Vec<ItemSource>,
     pub data: Vec<SecretKeyRef>,
     pub includes: Vec<String>,
     pub excludes: Vec<String>,
@@ -68,6 +80,7 @@ impl Shape {
     /// The shaping fields of a spec.
     pub fn of(spec: &OnePasswordItemSpec) -> Self {
         Shape {
+            items: spec.items.clone(),
             data: spec.data.clone(),
             includes: spec.includes.clone(),
             excludes: spec.excludes.clone(),
@@ -97,13 +110,36 @@ impl Shape {
         Some(format!("v1:{}", hex(&Sha256::digest(&json)[..16])))
     }
 
-    /// Checks what can be checked without the item: each `data` entry names a valid key and
-    /// exactly one source, no key is given twice, a template key repeats no `data` key, and a
-    /// fixed key repeats neither. The message names keys and references only. (Whether the
-    /// templates compile is [`super::template::check`].)
+    /// Checks what can be checked without the item: each of `items` has a valid, unique name
+    /// and a valid prefix; each `data` entry names a valid key, exactly one source and a known
+    /// item; no key is given twice, a template key repeats no `data` key, and a fixed key
+    /// repeats neither. The message names keys and references only. (Whether the templates
+    /// compile is [`super::template::check`].)
     pub fn validate(&self) -> Result<(), String> {
+        let mut names = BTreeMap::new();
+        for source in &self.items {
+            check_item_name(&source.name)?;
+            if names.insert(source.name.as_str(), ()).is_some() {
+                return Err(format!(
+                    "spec.items: name {:?} is given twice; each item needs its own",
+                    source.name
+                ));
+            }
+            if let Some(prefix) = &source.key_prefix {
+                check_prefix(&source.name, prefix)?;
+            }
+        }
         let mut keys = BTreeMap::new();
         for r in &self.data {
+            if let Some(name) = &r.item
+                && !names.contains_key(name.as_str())
+            {
+                return Err(format!(
+                    "spec.data: key {:?} takes its value from item {name:?}, which is not one \
+                     of spec.items",
+                    r.key
+                ));
+            }
             let sources = [&r.field, &r.file, &r.url]
                 .iter()
                 .filter(|s| s.is_some())
@@ -155,6 +191,39 @@ fn check_key(field: &str, key: &str) -> Result<(), String> {
     }
 }
 
+/// The longest `spec.items` name.
+const MAX_ITEM_NAME_LEN: usize = 63;
+
+/// An item's name is an identifier, so that a template can say `Items.<name>`.
+fn check_item_name(name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && name.len() <= MAX_ITEM_NAME_LEN;
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "spec.items: name {name:?} is not valid (a letter or '_', then letters, digits and \
+             '_', at most {MAX_ITEM_NAME_LEN})"
+        ))
+    }
+}
+
+/// A prefix is the start of a key: key characters, not starting with `..` (a key may not).
+fn check_prefix(name: &str, prefix: &str) -> Result<(), String> {
+    if prefix.chars().all(is_key_char) && !prefix.starts_with("..") {
+        Ok(())
+    } else {
+        Err(format!(
+            "spec.items: keyPrefix {prefix:?} of item {name:?} is not the start of a valid \
+             Secret key (letters, digits, '-', '_' and '.', not starting with '..')"
+        ))
+    }
+}
+
 /// Refuses a label or annotation key of ours in `secretLabels` or `secretAnnotations`.
 pub fn check_not_reserved<'a>(
     field: &str,
@@ -171,42 +240,71 @@ pub fn check_not_reserved<'a>(
     }
 }
 
-/// The keys and values of `item` shaped by `shape` (see the module documentation).
+/// The keys and values of `items` shaped by `shape` (see the module documentation).
 pub fn shaped_data(
-    item: &ItemWithFiles,
+    items: SourceItems<'_>,
     opts: BuildOptions,
     shape: &Shape,
 ) -> Result<SecretData, BuildError> {
-    let defaults = super::secret_data(item, opts);
+    let defaults = super::secret_data(items.main, opts);
     if shape.is_default() {
         return Ok(defaults);
     }
     let mut out = SecretData::default();
+    let kept = |key: &str| {
+        (shape.includes.is_empty() || shape.includes.iter().any(|g| glob_match(g, key)))
+            && !shape.excludes.iter().any(|g| glob_match(g, key))
+    };
     let explicit =
         !shape.data.is_empty() || shape.image_pull.is_some() || !shape.template.is_empty();
     if !explicit || !shape.includes.is_empty() {
         out.warnings = defaults.warnings;
-        out.data = defaults
-            .data
-            .into_iter()
-            .filter(|(k, _)| {
-                (shape.includes.is_empty() || shape.includes.iter().any(|g| glob_match(g, k)))
-                    && !shape.excludes.iter().any(|g| glob_match(g, k))
-            })
-            .collect();
+        out.data = defaults.data.into_iter().filter(|(k, _)| kept(k)).collect();
+    }
+    for source in &shape.items {
+        let Some(prefix) = &source.key_prefix else {
+            continue;
+        };
+        let item = named(items, &source.name)?;
+        let theirs = super::secret_data(item, opts);
+        out.warnings
+            .extend(theirs.warnings.into_iter().map(|w| w.in_item(&source.name)));
+        for (key, value) in theirs.data {
+            let key = format!("{prefix}{key}");
+            if !kept(&key) {
+                continue;
+            }
+            if !is_valid_data_key(&key) {
+                out.warnings.push(
+                    KeyWarning::InvalidPrefixedKey { key: key.clone() }.in_item(&source.name),
+                );
+                continue;
+            }
+            if out.data.insert(key.clone(), value).is_some() {
+                return Err(BuildError::KeyTwice {
+                    key,
+                    item: source.name.clone(),
+                });
+            }
+        }
     }
     for r in &shape.data {
-        out.data.insert(r.key.clone(), value_of(item, r)?);
+        let item = match &r.item {
+            None => items.main,
+            Some(name) => named(items, name)?,
+        };
+        let value = value_of(item, r).map_err(|e| e.in_item(r.item.as_deref()))?;
+        out.data.insert(r.key.clone(), value);
     }
     if let Some(config) = &shape.image_pull {
         out.data.insert(
             DOCKER_CONFIG_JSON_KEY.into(),
-            docker_config_json(item, config)?,
+            docker_config_json(items.main, config)?,
         );
     }
     if !shape.template.is_empty() {
         out.data
-            .extend(super::template::render(&shape.template, item)?);
+            .extend(super::template::render(&shape.template, items)?);
     }
     for (key, value) in &shape.fixed_data.0 {
         if out
@@ -219,6 +317,15 @@ pub fn shaped_data(
         }
     }
     Ok(out)
+}
+
+/// The item of `spec.items` called `name`, as fetched.
+fn named<'a>(items: SourceItems<'a>, name: &str) -> Result<&'a ItemWithFiles, BuildError> {
+    items
+        .get(Some(name))
+        .ok_or_else(|| BuildError::UnknownItem {
+            name: name.to_owned(),
+        })
 }
 
 /// The value a `data` entry names.

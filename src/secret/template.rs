@@ -25,7 +25,7 @@ use minijinja::{
     AutoEscape, Environment, ErrorKind, State, UndefinedBehavior, Value, syntax::SyntaxConfig,
 };
 
-use super::{BuildError, MAX_SECRET_DATA_BYTES, shape::KeyedText};
+use super::{BuildError, MAX_SECRET_DATA_BYTES, SourceItems, shape::KeyedText};
 use sha2::{Digest as _, Sha256};
 
 use crate::connect::model::ItemWithFiles;
@@ -85,13 +85,14 @@ impl fmt::Display for TemplateProblem {
     }
 }
 
-/// The keys of `templates`, rendered over `item`.
+/// The keys of `templates`, rendered over the main item (and `Items.<name>`: each item of
+/// `spec.items`, seen the same way).
 pub fn render(
     templates: &KeyedText,
-    item: &ItemWithFiles,
+    items: SourceItems<'_>,
 ) -> Result<BTreeMap<String, Vec<u8>>, BuildError> {
     let env = environment();
-    let context = context(item);
+    let context = context_of(items);
     templates
         .0
         .iter()
@@ -115,8 +116,25 @@ pub fn check(templates: &KeyedText) -> Result<(), BuildError> {
     Ok(())
 }
 
-/// What a template sees of the item. One function, so that more items can be added beside.
+/// What a template sees: the main item's names, and `Items`: each item of `spec.items` by its
+/// name, with the same names (`Items.db.Fields.password`).
+pub fn context_of(items: SourceItems<'_>) -> Value {
+    let named: BTreeMap<String, Value> = items
+        .named
+        .iter()
+        .map(|(name, item)| (name.clone(), context(item)))
+        .collect();
+    let mut top = names(items.main);
+    top.insert("Items".to_owned(), Value::from(named));
+    Value::from(top)
+}
+
+/// What a template sees of one item.
 pub fn context(item: &ItemWithFiles) -> Value {
+    Value::from(names(item))
+}
+
+fn names(item: &ItemWithFiles) -> BTreeMap<String, Value> {
     let full = &item.item;
     let value = |v: &Option<String>| v.clone().unwrap_or_default();
     let mut fields = BTreeMap::new();
@@ -169,14 +187,14 @@ pub fn context(item: &ItemWithFiles) -> Value {
         ("Tags".to_owned(), Value::from(full.tags.clone())),
         ("VaultID".to_owned(), Value::from(full.vault.id.as_str())),
     ]);
-    Value::from(BTreeMap::from([
+    BTreeMap::from([
         ("Fields".to_owned(), Value::from(fields)),
         ("FieldsByID".to_owned(), Value::from(by_id)),
         ("Sections".to_owned(), Value::from(sections)),
         ("Files".to_owned(), Value::from(files)),
         ("URLs".to_owned(), Value::from(urls)),
         ("Item".to_owned(), Value::from(meta)),
-    ]))
+    ])
 }
 
 /// A section by its label, or by its id when it has none (as the official operator does).

@@ -75,12 +75,17 @@ pub async fn apply(
     Ok(applied)
 }
 
-/// What a write is of, for telling a fight from a change: the item, and the shaping, so that
-/// writing a new shaping of the same item version is never counted as a rewrite.
+/// What a write is of, for telling a fight from a change: the items, and the shaping, so that
+/// writing a new shaping, or a new version of another item, is never counted as a rewrite.
 pub(super) fn written_as(target: &SyncTarget, held: &Held) -> String {
+    let mut what = held.item_path();
+    // A new version of another item of the Secret is a change too.
+    if let Some(items) = held.items_annotation() {
+        what = format!("{what}+{items}");
+    }
     match target.shape.digest() {
-        Some(shape) => format!("{}#{shape}", held.item_path()),
-        None => held.item_path(),
+        Some(shape) => format!("{what}#{shape}"),
+        None => what,
     }
 }
 

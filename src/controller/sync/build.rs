@@ -16,17 +16,18 @@ use crate::{
     digest::{hex, hmac_sha256},
     secret::{self, BuildError, DesiredSecret},
     vocabulary::{
-        DIGEST_ANNOTATION, ITEM_PATH_ANNOTATION, ITEM_VERSION_ANNOTATION, MANAGED_LABEL,
-        MANAGED_VALUE, SHAPE_ANNOTATION,
+        DIGEST_ANNOTATION, ITEM_PATH_ANNOTATION, ITEM_VERSION_ANNOTATION, ITEMS_ANNOTATION,
+        MANAGED_LABEL, MANAGED_VALUE, SHAPE_ANNOTATION,
     },
 };
 
-/// The desired Secret for the fetched `item`, with the warnings the user should see (keys
-/// left out, never values). Refused before anything is sent when the API server could not
-/// store it.
+/// The desired Secret for the fetched `item` and the other items of `spec.items` (`named`),
+/// with the warnings the user should see (keys left out, never values). Refused before
+/// anything is sent when the API server could not store it.
 pub fn build(
     target: &SyncTarget,
     item: &ItemWithFiles,
+    named: &BTreeMap<String, ItemWithFiles>,
     salt: &str,
     allow_empty_values: bool,
 ) -> Result<(Secret, Vec<String>), BuildError> {
@@ -41,7 +42,18 @@ pub fn build(
         owners: target.owners.clone(),
         options: secret::BuildOptions { allow_empty_values },
     };
-    let (mut secret, warnings) = secret::build_shaped_secret(&desired, &target.shape)?;
+    let (mut secret, warnings) = secret::build_shaped_secret(&desired, named, &target.shape)?;
+    let held = Held::fetched(item).with_extra(
+        named
+            .iter()
+            .map(|(name, item)| (name.clone(), Held::fetched(item)))
+            .collect(),
+    );
+    if let Some(items) = held.items_annotation() {
+        secret
+            .annotations_mut()
+            .insert(ITEMS_ANNOTATION.into(), items);
+    }
     let data: BTreeMap<String, Vec<u8>> = secret
         .data
         .iter()
@@ -63,8 +75,11 @@ pub fn annotations_moved(live: &Secret, target: &SyncTarget, held: &Held) -> Sec
     let (labels, mut annotations) = desired_metadata(target);
     annotations.insert(ITEM_PATH_ANNOTATION.into(), held.item_path());
     annotations.insert(ITEM_VERSION_ANNOTATION.into(), held.version.to_string());
-    if let Some(digest) = live.annotations().get(DIGEST_ANNOTATION) {
-        annotations.insert(DIGEST_ANNOTATION.into(), digest.clone());
+    // The data stays as it is, and with it what the other items' annotation says of it.
+    for key in [DIGEST_ANNOTATION, ITEMS_ANNOTATION] {
+        if let Some(value) = live.annotations().get(key) {
+            annotations.insert(key.into(), value.clone());
+        }
     }
     Secret {
         metadata: ObjectMeta {
@@ -112,7 +127,13 @@ pub(super) fn wanted_type(target: &SyncTarget) -> &str {
 
 /// The annotations that say what data the Secret holds.
 pub(super) fn is_data_annotation(key: &str) -> bool {
-    key == ITEM_PATH_ANNOTATION || key == ITEM_VERSION_ANNOTATION || key == DIGEST_ANNOTATION
+    [
+        ITEM_PATH_ANNOTATION,
+        ITEM_VERSION_ANNOTATION,
+        ITEMS_ANNOTATION,
+        DIGEST_ANNOTATION,
+    ]
+    .contains(&key)
 }
 
 /// A JSON patch that removes `keys` from the data of the Secret as it was at

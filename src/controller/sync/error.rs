@@ -61,6 +61,10 @@ pub enum SyncError {
     },
     #[error("Kubernetes API error: {0}")]
     Kube(#[from] kube::Error),
+    /// About one of the other items of the Secret (`spec.items`), by its name: reported with
+    /// that failure's reason, and retried as it would be.
+    #[error("item {item:?} of spec.items: {error}")]
+    InItem { item: String, error: Box<SyncError> },
 }
 
 /// When a failed object is looked at again.
@@ -81,6 +85,7 @@ impl SyncError {
     /// The reason reported in the condition, the event and the metric.
     pub fn reason(&self) -> Reason {
         match self {
+            SyncError::InItem { error, .. } => error.reason(),
             SyncError::InvalidPath(_) => Reason::InvalidItemPath,
             SyncError::Unsupported(_) => Reason::Unsupported,
             SyncError::InvalidShape(_) => Reason::InvalidShape,
@@ -104,7 +109,9 @@ impl SyncError {
     /// built or is refused as built, waits for the object to change (or, through the poller,
     /// for a new version of the item).
     pub fn retry(&self) -> Retry {
-        if let SyncError::WriteConflict { paused, .. } = self {
+        if let SyncError::InItem { error, .. } = self {
+            error.retry()
+        } else if let SyncError::WriteConflict { paused, .. } = self {
             // Look again as soon as the pause is over, however many times the other writer made
             // us fail meanwhile.
             Retry::After(*paused + Duration::from_secs(1))
@@ -120,7 +127,19 @@ impl SyncError {
     /// Connect could not be asked (down, or the token refused): the poller is told, to wake
     /// the object when Connect is back rather than on every poll.
     pub fn is_outage(&self) -> bool {
-        matches!(self, SyncError::Connect(e) if is_outage(e))
+        match self {
+            SyncError::Connect(e) => is_outage(e),
+            SyncError::InItem { error, .. } => error.is_outage(),
+            _ => false,
+        }
+    }
+
+    /// This error, said of the item of `spec.items` called `name`.
+    pub fn in_item(self, name: &str) -> SyncError {
+        SyncError::InItem {
+            item: name.to_owned(),
+            error: Box::new(self),
+        }
     }
 
     /// Trying again would fail the same way until the item gets a new version or the object
@@ -132,6 +151,7 @@ impl SyncError {
             SyncError::Build(_) => true,
             SyncError::Connect(e) => matches!(e, ConnectError::FileTooLarge { .. }),
             SyncError::Kube(kube::Error::Api(status)) => matches!(status.code, 400 | 413 | 422),
+            SyncError::InItem { error, .. } => error.is_permanent(),
             _ => false,
         }
     }
@@ -143,19 +163,23 @@ impl SyncError {
             SyncError::Connect(e) => e.is_transient(),
             SyncError::Kube(_) => !self.is_permanent(),
             SyncError::StaleItem { .. } | SyncError::WriteConflict { .. } => true,
+            SyncError::InItem { error, .. } => error.is_transient(),
             _ => false,
         }
     }
 
     /// Only a change of the object itself can fix it.
     pub fn needs_spec_change(&self) -> bool {
-        matches!(
-            self,
-            SyncError::InvalidPath(_)
-                | SyncError::Unsupported(_)
-                | SyncError::InvalidShape(_)
-                | SyncError::Build(_)
-        )
+        match self {
+            SyncError::InItem { error, .. } => error.needs_spec_change(),
+            e => matches!(
+                e,
+                SyncError::InvalidPath(_)
+                    | SyncError::Unsupported(_)
+                    | SyncError::InvalidShape(_)
+                    | SyncError::Build(_)
+            ),
+        }
     }
 }
 

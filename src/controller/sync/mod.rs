@@ -32,7 +32,7 @@ use kube::Api;
 use super::Context;
 use crate::{
     catalog::{Resolution, ResolveError},
-    connect::ItemPath,
+    connect::{ItemPath, model::ItemWithFiles},
     vocabulary::{FORCE_SYNC_ANNOTATION, FORCE_SYNCED_ANNOTATION, IGNORE_TAG},
 };
 pub use error::{Retry, SyncError};
@@ -54,6 +54,19 @@ pub struct SyncTarget {
 }
 
 impl SyncTarget {
+    /// The other items of the Secret (`spec.items`): each name with its path.
+    pub fn extra_paths(&self) -> Result<Vec<(&str, ItemPath)>, SyncError> {
+        self.shape
+            .items
+            .iter()
+            .map(|source| {
+                ItemPath::parse(&source.item_path)
+                    .map(|path| (source.name.as_str(), path))
+                    .map_err(|e| SyncError::from(e).in_item(&source.name))
+            })
+            .collect()
+    }
+
     /// Asks for the item to be fetched again once per new `force-sync` value: `asked` are the
     /// values on the objects that ask for this Secret (empty ones ask for nothing; several
     /// Deployments sharing a Secret each count, so none undoes another's). The values go in
@@ -95,6 +108,9 @@ pub struct Synced {
     pub resolution: Resolution,
     /// The item version the Secret holds now.
     pub version: u64,
+    /// The other items of the Secret (`spec.items`) by name: where each resolved, and the
+    /// version the Secret holds now.
+    pub extra: BTreeMap<String, (Resolution, u64)>,
     pub change: Change,
     /// Things the user should know (skipped keys, duplicate titles); never values.
     pub warnings: Vec<String>,
@@ -122,13 +138,25 @@ impl Synced {
 
 /// Brings the Secret of `target` in line with its item.
 pub async fn sync(ctx: &Context, target: &SyncTarget) -> Result<Synced, SyncError> {
-    let (resolution, live) = observe(ctx, target).await?;
+    let (resolution, extra, live) = observe(ctx, target).await?;
     let live = live.as_ref();
-    let listed = Held::listed(&resolution);
+    let listed = Held::listed(&resolution).with_extra(
+        extra
+            .iter()
+            .map(|(name, r)| (name.clone(), Held::listed(r)))
+            .collect(),
+    );
+    let with_versions = |held: &Held| {
+        extra
+            .iter()
+            .map(|(name, r)| (name.clone(), (r.clone(), held.extra[name].version)))
+            .collect()
+    };
     match plan::plan(live, target, &listed, resolution.ignored, Seen::Listed)? {
         Plan::UpToDate => {
             return Ok(Synced {
                 version: resolution.version,
+                extra: with_versions(&listed),
                 resolution,
                 change: Change::Unchanged,
                 warnings: Vec::new(),
@@ -147,12 +175,24 @@ pub async fn sync(ctx: &Context, target: &SyncTarget) -> Result<Synced, SyncErro
     let forced = plan::force_sync_asked(live, target);
     // A Secret we keep writing back is left alone for a while: nothing is fetched or written.
     apply::admit(ctx, target, &listed)?;
-    let item = ctx
-        .catalog
-        .client()
+    let client = ctx.catalog.client();
+    let item = client
         .fetch_item(&resolution.vault_id, &resolution.item_id)
         .await?;
-    let fetched = Held::fetched(&item);
+    let mut named: BTreeMap<String, ItemWithFiles> = BTreeMap::new();
+    for (name, r) in &extra {
+        let fetched = client
+            .fetch_item(&r.vault_id, &r.item_id)
+            .await
+            .map_err(|e| SyncError::from(e).in_item(name))?;
+        named.insert(name.clone(), fetched);
+    }
+    let fetched = Held::fetched(&item).with_extra(
+        named
+            .iter()
+            .map(|(name, item)| (name.clone(), Held::fetched(item)))
+            .collect(),
+    );
     let updated_at = item.item.updated_at.clone();
     let tagged = item.item.tags.iter().any(|t| t == IGNORE_TAG);
     if let Plan::KeepIgnored { move_annotations } =
@@ -166,7 +206,8 @@ pub async fn sync(ctx: &Context, target: &SyncTarget) -> Result<Synced, SyncErro
         let key = |message: &[u8]| ctx.catalog.client().token_mac(message);
         build::derived_salt(key, &target.namespace, &target.name)
     });
-    let (secret, warnings) = build::build(target, &item, &salt, ctx.config.allow_empty_values)?;
+    let (secret, warnings) =
+        build::build(target, &item, &named, &salt, ctx.config.allow_empty_values)?;
     let (change, leftovers) = plan::effect_of_write(live, &secret);
     let api = secrets(ctx, target);
     let applied = apply::apply(ctx, &api, target, &secret, &fetched).await?;
@@ -174,8 +215,14 @@ pub async fn sync(ctx: &Context, target: &SyncTarget) -> Result<Synced, SyncErro
         apply::remove_leftovers(ctx, &api, target, &applied, &leftovers).await?;
     }
     let mut notes: Vec<String> = resolution.note.iter().cloned().collect();
+    notes.extend(
+        extra
+            .iter()
+            .filter_map(|(name, r)| Some(format!("item {name:?}: {}", r.note.as_ref()?))),
+    );
     notes.extend(warnings);
     Ok(Synced {
+        extra: with_versions(&fetched),
         resolution,
         version: fetched.version,
         change,
@@ -185,26 +232,41 @@ pub async fn sync(ctx: &Context, target: &SyncTarget) -> Result<Synced, SyncErro
     })
 }
 
-/// Where the target's item path resolves, checked against the vault policy, and the live
-/// Secret. The policy is checked on the resolved vault alone, before the vault's items are
-/// listed: a denied namespace learns nothing about what the vault holds.
+/// Where the target's item paths resolve (the main one, then those of `spec.items` by name),
+/// each checked against the vault policy, and the live Secret. The policy is checked on the
+/// resolved vault alone, before the vault's items are listed: a denied namespace learns nothing
+/// about what the vault holds.
 async fn observe(
     ctx: &Context,
     target: &SyncTarget,
-) -> Result<(Resolution, Option<Secret>), SyncError> {
+) -> Result<(Resolution, BTreeMap<String, Resolution>, Option<Secret>), SyncError> {
+    let resolution = resolve(ctx, target, &target.path).await?;
+    let mut extra = BTreeMap::new();
+    for (name, path) in target.extra_paths()? {
+        let resolved = resolve(ctx, target, &path)
+            .await
+            .map_err(|e| e.in_item(name))?;
+        extra.insert(name.to_owned(), resolved);
+    }
+    let live = secrets(ctx, target).get_opt(&target.name).await?;
+    Ok((resolution, extra, live))
+}
+
+async fn resolve(
+    ctx: &Context,
+    target: &SyncTarget,
+    path: &ItemPath,
+) -> Result<Resolution, SyncError> {
     let policy = ctx.config.vault_policy.as_deref();
-    let resolution = ctx
-        .catalog
-        .resolve_allowed(&target.path, |vault_id, vault_name| {
+    ctx.catalog
+        .resolve_allowed(path, |vault_id, vault_name| {
             policy.map_or(Ok(()), |p| p.check(&target.namespace, vault_id, vault_name))
         })
         .await
         .map_err(|e| match e {
             ResolveError::Connect(e) => SyncError::Connect(e),
             ResolveError::Refused(denied) => SyncError::VaultNotAllowed(denied),
-        })?;
-    let live = secrets(ctx, target).get_opt(&target.name).await?;
-    Ok((resolution, live))
+        })
 }
 
 fn secrets(ctx: &Context, target: &SyncTarget) -> Api<Secret> {
@@ -232,6 +294,7 @@ fn ignored(resolution: Resolution, version: u64, updated_at: Option<String>) -> 
     Synced {
         resolution,
         version,
+        extra: BTreeMap::new(),
         change: Change::Ignored,
         warnings: vec![format!(
             "the item is tagged {IGNORE_TAG}: its changes are not synced"

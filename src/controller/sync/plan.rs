@@ -16,7 +16,7 @@ use crate::{
     secret,
     vocabulary::{
         DIGEST_ANNOTATION, FIELD_MANAGER, FORCE_SYNCED_ANNOTATION, ITEM_PATH_ANNOTATION,
-        ITEM_VERSION_ANNOTATION,
+        ITEM_VERSION_ANNOTATION, ITEMS_ANNOTATION,
     },
 };
 
@@ -26,6 +26,8 @@ pub struct Held {
     pub vault_id: String,
     pub item_id: String,
     pub version: u64,
+    /// The other items of the Secret (`spec.items`), by name; their own `extra` is empty.
+    pub extra: BTreeMap<String, Held>,
 }
 
 impl Held {
@@ -34,6 +36,7 @@ impl Held {
             vault_id: resolution.vault_id.clone(),
             item_id: resolution.item_id.clone(),
             version: resolution.version,
+            extra: BTreeMap::new(),
         }
     }
 
@@ -42,13 +45,47 @@ impl Held {
             vault_id: item.item.vault.id.clone(),
             item_id: item.item.id.clone(),
             version: item.item.version,
+            extra: BTreeMap::new(),
         }
+    }
+
+    /// With the other items of the Secret, by name.
+    pub fn with_extra(self, extra: BTreeMap<String, Held>) -> Self {
+        Held { extra, ..self }
     }
 
     /// The value of the item-path annotation: ids, never titles.
     pub fn item_path(&self) -> String {
         secret::item_path(&self.vault_id, &self.item_id)
     }
+
+    /// The value of the items annotation ([`ITEMS_ANNOTATION`]); `None` without other items,
+    /// so a Secret of one item carries exactly the annotations it always did.
+    pub fn items_annotation(&self) -> Option<String> {
+        (!self.extra.is_empty()).then(|| {
+            self.extra
+                .iter()
+                .map(|(name, held)| format!("{name}={}@{}", held.item_path(), held.version))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+    }
+}
+
+/// The other items a live Secret says it holds, by name: their item path and version, as
+/// [`Held::items_annotation`] wrote them (an entry it cannot read is left out).
+fn recorded_items(live: &Secret) -> BTreeMap<&str, (&str, u64)> {
+    let Some(value) = live.annotations().get(ITEMS_ANNOTATION) else {
+        return BTreeMap::new();
+    };
+    value
+        .split(',')
+        .filter_map(|entry| {
+            let (name, held) = entry.split_once('=')?;
+            let (path, version) = held.rsplit_once('@')?;
+            Some((name, (path, version.parse().ok()?)))
+        })
+        .collect()
 }
 
 /// Where the version looked at comes from.
@@ -202,6 +239,9 @@ pub(super) fn stale_because(
     if ann.get(ITEM_VERSION_ANNOTATION) != Some(&held.version.to_string()) {
         return Some("the item has a new version");
     }
+    if ann.get(ITEMS_ANNOTATION) != held.items_annotation().as_ref() {
+        return Some("another item of spec.items is new or has a new version");
+    }
     if !ann.contains_key(DIGEST_ANNOTATION) {
         return Some("it has no data digest of ours");
     }
@@ -265,14 +305,24 @@ pub(super) fn refuse_older(
     target: &SyncTarget,
     held: &Held,
 ) -> Result<(), SyncError> {
-    match held_version(live, held) {
-        Some(in_secret) if held.version < in_secret => Err(SyncError::StaleItem {
+    let older = |in_secret: Option<u64>, served: u64| match in_secret {
+        Some(in_secret) if served < in_secret => Err(SyncError::StaleItem {
             name: target.name.clone(),
             held: in_secret,
-            served: held.version,
+            served,
         }),
         _ => Ok(()),
+    };
+    older(held_version(live, held), held.version)?;
+    let recorded = recorded_items(live);
+    for (name, item) in &held.extra {
+        let in_secret = recorded
+            .get(name.as_str())
+            .filter(|(path, _)| *path == item.item_path())
+            .map(|(_, version)| *version);
+        older(in_secret, item.version).map_err(|e| e.in_item(name))?;
     }
+    Ok(())
 }
 
 /// What applying `desired` over `live` changes, and the keys a Secret taken over from another

@@ -26,7 +26,8 @@ use crate::{
     digest::hmac_sha256,
     vocabulary::{
         DIGEST_ANNOTATION, FIELD_MANAGER, FORCE_SYNC_ANNOTATION, FORCE_SYNCED_ANNOTATION,
-        ITEM_PATH_ANNOTATION, ITEM_VERSION_ANNOTATION, MANAGED_LABEL, MANAGED_VALUE,
+        ITEM_PATH_ANNOTATION, ITEM_VERSION_ANNOTATION, ITEMS_ANNOTATION, MANAGED_LABEL,
+        MANAGED_VALUE,
     },
 };
 
@@ -184,6 +185,9 @@ fn written_by_us(target: &SyncTarget, held: &Held) -> Secret {
     let mut annotations: BTreeMap<String, String> = desired_metadata(target).1;
     annotations.insert(ITEM_PATH_ANNOTATION.into(), held.item_path());
     annotations.insert(ITEM_VERSION_ANNOTATION.into(), held.version.to_string());
+    if let Some(items) = held.items_annotation() {
+        annotations.insert(ITEMS_ANNOTATION.into(), items);
+    }
     annotations.insert(DIGEST_ANNOTATION.into(), data_digest(SALT, &data));
     let (labels, _) = desired_metadata(target);
     let key_set = |m: &mut dyn Iterator<Item = &String>| {
@@ -216,6 +220,7 @@ fn resolution(version: u64) -> Held {
         vault_id: "vvvvvvvvvvvvvvvvvvvvvvvvvv".into(),
         item_id: "iiiiiiiiiiiiiiiiiiiiiiiiii".into(),
         version,
+        extra: Default::default(),
     }
 }
 
@@ -435,6 +440,7 @@ fn an_older_version_of_the_same_item_is_refused_but_not_a_newer_one_or_another_i
             vault_id: vault.into(),
             item_id: item.into(),
             version: served,
+            extra: Default::default(),
         };
         refuse_older(&live, &t, &held)
     };
@@ -633,4 +639,119 @@ fn a_write_is_a_creation_an_update_of_the_data_or_of_its_metadata_only() {
         effect_of_write(Some(&theirs), &with_data(&["password"], None)),
         (Change::Updated, vec!["username".to_string()])
     );
+}
+
+/// The main item at `version`, with other items of `spec.items` at theirs.
+fn with_items(version: u64, items: &[(&str, &str, u64)]) -> Held {
+    resolution(version).with_extra(
+        items
+            .iter()
+            .map(|(name, item, version)| {
+                let held = Held {
+                    item_id: (*item).into(),
+                    ..resolution(*version)
+                };
+                (name.to_string(), held)
+            })
+            .collect(),
+    )
+}
+
+/// A target with `spec.items` of these names (their paths do not matter to the plan).
+fn target_with_items(names: &[&str]) -> SyncTarget {
+    let mut t = target(vec![owner("OnePasswordItem", "u1")]);
+    t.shape.items = names
+        .iter()
+        .map(|name| crate::crd::ItemSource {
+            name: name.to_string(),
+            item_path: format!("vaults/v/items/{name}"),
+            key_prefix: None,
+        })
+        .collect();
+    t
+}
+
+#[test]
+fn the_items_annotation_names_each_other_item_by_ids_and_version_and_is_absent_without_them() {
+    assert_eq!(resolution(4).items_annotation(), None);
+    let held = with_items(4, &[("redis", "r", 2), ("db", "d", 7)]);
+    assert_eq!(
+        held.items_annotation().as_deref(),
+        Some(
+            "db=vaults/vvvvvvvvvvvvvvvvvvvvvvvvvv/items/d@7,\
+             redis=vaults/vvvvvvvvvvvvvvvvvvvvvvvvvv/items/r@2"
+        )
+    );
+    // A Secret of one item is written with exactly the annotations it always had.
+    let t = target(vec![owner("OnePasswordItem", "u1")]);
+    let live = written_by_us(&t, &resolution(4));
+    assert!(!live.annotations().contains_key(ITEMS_ANNOTATION));
+}
+
+#[test]
+fn a_secret_of_several_items_is_up_to_date_only_while_every_item_has_the_version_it_holds() {
+    let t = target_with_items(&["db", "redis"]);
+    let held = with_items(4, &[("db", "d", 7), ("redis", "r", 2)]);
+    let live = written_by_us(&t, &held);
+    let plan_for = |held: &Held| plan(Some(&live), &t, held, false, Seen::Listed).unwrap();
+    assert_eq!(plan_for(&held), Plan::UpToDate);
+    let moved = "another item of spec.items is new or has a new version";
+    for changed in [
+        with_items(4, &[("db", "d", 8), ("redis", "r", 2)]),
+        with_items(4, &[("db", "d", 7), ("redis", "r", 3)]),
+        // A title that now resolves to another item.
+        with_items(4, &[("db", "e", 7), ("redis", "r", 2)]),
+        // An item added to, or taken from, spec.items.
+        with_items(4, &[("db", "d", 7)]),
+        with_items(4, &[("db", "d", 7), ("redis", "r", 2), ("s3", "s", 1)]),
+    ] {
+        assert_eq!(plan_for(&changed), Plan::Fetch { why: moved });
+    }
+    assert_eq!(
+        plan_for(&with_items(5, &[("db", "d", 7), ("redis", "r", 2)])),
+        Plan::Fetch {
+            why: "the item has a new version"
+        }
+    );
+}
+
+#[test]
+fn an_older_version_of_another_item_is_refused_naming_it() {
+    let t = target_with_items(&["db"]);
+    let live = written_by_us(&t, &with_items(4, &[("db", "d", 7)]));
+    let err = refuse_older(&live, &t, &with_items(4, &[("db", "d", 6)])).unwrap_err();
+    assert_eq!(err.reason(), "StaleItemVersion");
+    assert!(err.is_transient());
+    assert!(
+        err.to_string().starts_with("item \"db\" of spec.items: "),
+        "{err}"
+    );
+    assert!(refuse_older(&live, &t, &with_items(4, &[("db", "d", 8)])).is_ok());
+    // Another item under that name: its versions are its own.
+    assert!(refuse_older(&live, &t, &with_items(4, &[("db", "e", 1)])).is_ok());
+}
+
+#[test]
+fn a_new_version_of_another_item_is_a_change_not_a_rewrite_of_the_same_write() {
+    let t = target_with_items(&["db"]);
+    let rate = crate::controller::write_rate::WriteRate::default();
+    let now = std::time::Instant::now();
+    for version in 1..=8 {
+        let held = with_items(4, &[("db", "d", version)]);
+        let what = super::apply::written_as(&t, &held);
+        assert!(rate.admit("ns", "db", &what, 4, now).is_ok());
+        rate.record("ns", "db", &what, 4, now);
+    }
+}
+
+#[test]
+fn an_ignored_main_items_secret_keeps_what_it_says_of_the_other_items() {
+    let t = target_with_items(&["db"]);
+    let live = written_by_us(&t, &with_items(4, &[("db", "d", 7)]));
+    let moved = annotations_moved(&live, &t, &resolution(5));
+    assert_eq!(
+        moved.annotations().get(ITEMS_ANNOTATION),
+        live.annotations().get(ITEMS_ANNOTATION)
+    );
+    assert_eq!(moved.annotations()[ITEM_VERSION_ANNOTATION], "5");
 }

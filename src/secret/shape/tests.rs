@@ -1,5 +1,6 @@
 use super::*;
 use crate::connect::model::{FileContent, FullItem};
+use crate::crd::ItemSource;
 
 pub(in crate::secret) const SECRET_VALUES: &[&str] =
     &["hunter2", "s3cr3t-prod", "s3cr3t-staging", "ghp_token"];
@@ -44,7 +45,7 @@ fn field(key: &str, field: &str) -> SecretKeyRef {
 }
 
 fn shaped(shape: &Shape) -> Result<SecretData, BuildError> {
-    shaped_data(&item(), BuildOptions::default(), shape)
+    shaped_data(SourceItems::single(&item()), BuildOptions::default(), shape)
 }
 
 fn keys(data: &SecretData) -> Vec<&str> {
@@ -134,7 +135,7 @@ fn an_empty_image_pull_field_is_refused() {
     let mut it = item();
     it.item.fields[0].value = Some(String::new());
     let err = shaped_data(
-        &it,
+        SourceItems::single(&it),
         BuildOptions::default(),
         &image_pull(Default::default()),
     )
@@ -494,6 +495,145 @@ fn a_template_key_may_not_repeat_a_data_key_nor_a_fixed_key_a_template_key() {
     );
 }
 
+/// A Database item, the second item of a Secret.
+fn database() -> ItemWithFiles {
+    let item: FullItem = serde_json::from_value(serde_json::json!({
+        "id": "i2", "title": "db", "vault": {"id": "v2"}, "category": "DATABASE", "version": 9,
+        "fields": [
+            {"id": "u", "type": "STRING", "label": "username", "value": "app"},
+            {"id": "p", "type": "CONCEALED", "label": "password", "value": "pg-s3cr3t"},
+            {"id": "h", "type": "STRING", "label": "host", "value": "db.internal"}
+        ]
+    }))
+    .unwrap();
+    ItemWithFiles {
+        item,
+        files: Vec::new(),
+    }
+}
+
+fn source(name: &str, key_prefix: Option<&str>) -> ItemSource {
+    ItemSource {
+        name: name.into(),
+        item_path: format!("vaults/v/items/{name}"),
+        key_prefix: key_prefix.map(String::from),
+    }
+}
+
+fn from(item: &str, key: &str, label: &str) -> SecretKeyRef {
+    SecretKeyRef {
+        item: Some(item.into()),
+        ..field(key, label)
+    }
+}
+
+/// Shapes the test item and the database, called `db`.
+fn shaped_with_db(shape: &Shape) -> Result<SecretData, BuildError> {
+    let (main, named) = (item(), BTreeMap::from([("db".to_string(), database())]));
+    let items = SourceItems {
+        main: &main,
+        named: &named,
+    };
+    shaped_data(items, BuildOptions::default(), shape)
+}
+
+#[test]
+fn a_key_prefix_adds_every_key_of_the_other_item_under_it_beside_the_main_items() {
+    let shape = Shape {
+        items: vec![source("db", Some("db_"))],
+        ..Default::default()
+    };
+    let data = shaped_with_db(&shape).unwrap();
+    let main = shaped(&Shape::default()).unwrap();
+    for (key, value) in &main.data {
+        assert_eq!(&data.data[key], value);
+    }
+    assert_eq!(text(&data, "db_password"), "pg-s3cr3t");
+    assert_eq!(text(&data, "db_host"), "db.internal");
+    assert_eq!(data.data.len(), main.data.len() + 3);
+    // Includes and excludes see the prefixed names.
+    let filtered = Shape {
+        includes: vec!["db_*".into()],
+        excludes: vec!["db_host".into()],
+        ..shape
+    };
+    assert_eq!(
+        keys(&shaped_with_db(&filtered).unwrap()),
+        ["db_password", "db_username"]
+    );
+}
+
+#[test]
+fn a_data_entry_takes_its_value_from_the_item_it_names() {
+    let shape = Shape {
+        items: vec![source("db", None)],
+        data: vec![
+            from("db", "DB_PASSWORD", "password"),
+            field("REGISTRY_TOKEN", "password"),
+        ],
+        ..Default::default()
+    };
+    let data = shaped_with_db(&shape).unwrap();
+    // Without a prefix, the other item gives only what is picked from it.
+    assert_eq!(keys(&data), ["DB_PASSWORD", "REGISTRY_TOKEN"]);
+    assert_eq!(text(&data, "DB_PASSWORD"), "pg-s3cr3t");
+    assert_eq!(text(&data, "REGISTRY_TOKEN"), "ghp_token");
+}
+
+#[test]
+fn a_key_given_by_two_items_is_refused_naming_the_key_and_no_value() {
+    // The main item's `username` and the database's, both unprefixed.
+    let against_main = Shape {
+        items: vec![source("db", Some(""))],
+        ..Default::default()
+    };
+    // Two prefixes that give the same keys.
+    let mut named = BTreeMap::from([("db".to_string(), database())]);
+    named.insert("db2".into(), database());
+    let main = item();
+    let twice = Shape {
+        items: vec![source("db", Some("x_")), source("db2", Some("x_"))],
+        ..Default::default()
+    };
+    for err in [
+        shaped_with_db(&against_main).unwrap_err(),
+        shaped_data(
+            SourceItems {
+                main: &main,
+                named: &named,
+            },
+            BuildOptions::default(),
+            &twice,
+        )
+        .unwrap_err(),
+    ] {
+        assert_eq!(err.reason(), crate::vocabulary::Reason::InvalidShape);
+        let message = err.to_string();
+        assert!(
+            message.contains("key \"") && message.contains("of item \"db"),
+            "{message}"
+        );
+        assert_no_value(&message);
+        assert!(!message.contains("pg-s3cr3t"), "{message}");
+    }
+    // The same refusal every time: the first key in order, whatever the order of spec.items.
+    assert_eq!(
+        shaped_with_db(&against_main).unwrap_err(),
+        shaped_with_db(&against_main).unwrap_err()
+    );
+    // An explicit data key replaces a default one, as it does for the main item.
+    let explicit = Shape {
+        items: vec![source("db", Some("db_"))],
+        data: vec![field("db_password", "password")],
+        includes: vec!["*".into()],
+        ..Default::default()
+    };
+    assert_eq!(
+        text(&shaped_with_db(&explicit).unwrap(), "db_password"),
+        "ghp_token"
+    );
+}
+
 #[test]
 fn the_shape_digest_covers_templates_and_is_unchanged_without_them() {
     let base = Shape {
@@ -535,4 +675,88 @@ fn a_template_error_stops_the_build_and_names_the_key() {
         "{message}"
     );
     assert_no_value(&message);
+}
+
+#[test]
+fn a_missing_field_of_another_item_names_the_item_and_the_label() {
+    let err = shaped_with_db(&Shape {
+        items: vec![source("db", None)],
+        data: vec![from("db", "x", "port")],
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert_eq!(err.reason(), crate::vocabulary::Reason::FieldNotFound);
+    let message = err.to_string();
+    assert!(
+        message.starts_with("item \"db\" of spec.items: "),
+        "{message}"
+    );
+    assert!(message.contains("\"port\""), "{message}");
+}
+
+#[test]
+fn validate_refuses_bad_or_repeated_item_names_bad_prefixes_and_unknown_items() {
+    let bad = |shape: Shape, needle: &str| {
+        let message = shape.validate().unwrap_err();
+        assert!(message.contains(needle), "{message}");
+    };
+    for name in ["", "1db", "db-main", "db.x", &"a".repeat(64)] {
+        bad(
+            Shape {
+                items: vec![source(name, None)],
+                ..Default::default()
+            },
+            &format!("{name:?}"),
+        );
+    }
+    bad(
+        Shape {
+            items: vec![source("db", None), source("db", Some("x_"))],
+            ..Default::default()
+        },
+        "given twice",
+    );
+    for prefix in ["a/b", "..x", "a b"] {
+        bad(
+            Shape {
+                items: vec![source("db", Some(prefix))],
+                ..Default::default()
+            },
+            &format!("{prefix:?}"),
+        );
+    }
+    bad(
+        Shape {
+            items: vec![source("db", None)],
+            data: vec![from("cache", "k", "password")],
+            ..Default::default()
+        },
+        "\"cache\"",
+    );
+    let ok = Shape {
+        items: vec![source("db", Some("")), source("_Cache2", Some(".x-"))],
+        data: vec![from("db", "k", "password")],
+        ..Default::default()
+    };
+    assert!(ok.validate().is_ok());
+    assert!(ok.digest().is_some());
+}
+
+#[test]
+fn shaping_several_items_twice_gives_the_same_bytes() {
+    let shape = Shape {
+        items: vec![source("db", Some("db_"))],
+        data: vec![from("db", "a", "host"), field("b", "username")],
+        includes: vec!["*".into()],
+        ..Default::default()
+    };
+    assert_eq!(
+        shaped_with_db(&shape).unwrap(),
+        shaped_with_db(&shape).unwrap()
+    );
+    let other_prefix = Shape {
+        items: vec![source("db", Some("pg_"))],
+        ..shape.clone()
+    };
+    assert_ne!(shape.digest(), other_prefix.digest());
 }

@@ -3,7 +3,7 @@ use crate::secret::shape::tests::{SECRET_VALUES, assert_no_value, item};
 
 fn one(source: &str) -> Result<String, BuildError> {
     let templates = KeyedText(BTreeMap::from([("out".to_owned(), source.to_owned())]));
-    let mut data = render(&templates, &item())?;
+    let mut data = render(&templates, SourceItems::single(&item()))?;
     Ok(String::from_utf8(data.remove("out").unwrap()).unwrap())
 }
 
@@ -64,7 +64,7 @@ fn a_binary_file_is_bytes_that_b64enc_takes() {
         "{{ Files['ca.pem'] | b64enc }}".to_owned(),
     )]));
     assert_eq!(
-        render(&templates, &binary).unwrap()["der"],
+        render(&templates, SourceItems::single(&binary)).unwrap()["der"],
         b"/wCA".to_vec()
     );
 }
@@ -100,7 +100,7 @@ fn output_is_data_never_escaped_and_keeps_its_last_newline() {
         "<a href=\"{{ URLs.website }}\">&</a>\n".to_owned(),
     )]));
     assert_eq!(
-        render(&templates, &item()).unwrap()["config.html"],
+        render(&templates, SourceItems::single(&item())).unwrap()["config.html"],
         b"<a href=\"https://ghcr.io\">&</a>\n".to_vec()
     );
 }
@@ -262,7 +262,7 @@ fn htpasswd_is_deterministic_per_key_item_and_user() {
         "{{ Fields.username | htpasswd(Fields.password, 4) }}".to_owned(),
     )]));
     assert_ne!(
-        render(&templates, &item()).unwrap()["other-key"],
+        render(&templates, SourceItems::single(&item())).unwrap()["other-key"],
         line.as_bytes()
     );
 }
@@ -287,4 +287,28 @@ fn htpasswd_is_called_a_bounded_number_of_times() {
         problem(&calls(HTPASSWD_MAX_CALLS + 1)).1,
         TemplateProblem::Other("invalid operation".into())
     );
+}
+
+#[test]
+fn items_of_spec_items_are_read_by_name_with_the_same_names() {
+    let mut other = item();
+    other.item.title = "payments".into();
+    let named = BTreeMap::from([("payments".to_owned(), other)]);
+    let main = item();
+    let items = SourceItems {
+        main: &main,
+        named: &named,
+    };
+    let templates = KeyedText(BTreeMap::from([(
+        "out".to_owned(),
+        "{{ Item.Title }}/{{ Items.payments.Item.Title }}:{{ Items.payments.Fields.username }}"
+            .to_owned(),
+    )]));
+    let out = render(&templates, items).unwrap();
+    assert_eq!(
+        String::from_utf8(out["out"].clone()).unwrap(),
+        format!("{}/payments:octocat", main.item.title)
+    );
+    // Without spec.items, `Items` is there and empty.
+    assert!(one("{{ Items | length }}").unwrap() == "0");
 }
