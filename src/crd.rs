@@ -276,7 +276,44 @@ fn schema_of<T: JsonSchema>() -> serde_json::Value {
     if let Some(obj) = schema.as_object_mut() {
         obj.remove("title");
     }
+    unwrap_descriptions(&mut schema);
     schema
+}
+
+/// Joins the lines of each paragraph of every `description` (doc comments are wrapped at 100
+/// columns; `kubectl explain` wraps again, and kept line breaks would leave ragged text). A
+/// blank line still separates paragraphs, and a line starting with `- ` stays a list item.
+fn unwrap_descriptions(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, v) in map.iter_mut() {
+                match v {
+                    serde_json::Value::String(text) if key == "description" => {
+                        *text = unwrap_paragraphs(text);
+                    }
+                    _ => unwrap_descriptions(v),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(unwrap_descriptions),
+        _ => {}
+    }
+}
+
+fn unwrap_paragraphs(text: &str) -> String {
+    text.split("\n\n")
+        .map(|paragraph| {
+            let mut out = String::new();
+            for (i, line) in paragraph.lines().enumerate() {
+                if i > 0 {
+                    out.push(if line.starts_with("- ") { '\n' } else { ' ' });
+                }
+                out.push_str(line.trim_end());
+            }
+            out
+        })
+        .collect::<Vec<_>>()
+        .join("\n\n")
 }
 
 /// The CustomResourceDefinition, as `crdgen` prints it into `crds/`.
@@ -511,6 +548,37 @@ spec:
         assert!(
             !std::path::Path::new(chart_crds).exists(),
             "the chart has a crds/ folder again: Helm never upgrades it; the CRD is templates/crd.yaml"
+        );
+    }
+
+    #[test]
+    fn descriptions_are_paragraphs_kubectl_explain_can_wrap() {
+        let yaml = crd_yaml();
+        let crd: serde_json::Value = serde_saphyr::from_str(&yaml).unwrap();
+        let mut seen = 0;
+        let mut stack = vec![&crd];
+        while let Some(v) = stack.pop() {
+            match v {
+                serde_json::Value::Object(map) => {
+                    if let Some(serde_json::Value::String(d)) = map.get("description") {
+                        seen += 1;
+                        for paragraph in d.split("\n\n") {
+                            assert!(
+                                paragraph.lines().skip(1).all(|l| l.starts_with("- ")),
+                                "a line break inside a paragraph: {paragraph:?}"
+                            );
+                        }
+                    }
+                    stack.extend(map.values());
+                }
+                serde_json::Value::Array(items) => stack.extend(items),
+                _ => {}
+            }
+        }
+        assert!(seen > 20, "{seen} descriptions");
+        assert_eq!(
+            unwrap_paragraphs("a\nb\n\nc\n- d\n- e"),
+            "a b\n\nc\n- d\n- e"
         );
     }
 
