@@ -256,8 +256,8 @@ struct Governor {
     rolling_since: Mutex<HashMap<WorkloadRef, (String, Instant)>>,
     changes: Mutex<HashMap<(String, String), Vec<Instant>>>,
     waiting: Mutex<HashMap<WorkloadRef, (&'static str, String)>>,
-    /// (namespace, Secret, fingerprint) of held changes already told to the Secret's owner.
-    told: Mutex<HashSet<(String, String, String)>>,
+    /// (namespace, Secret, change/reason) already told to the Secret's owner, and when.
+    told: Mutex<HashMap<(String, String, String), Instant>>,
 }
 
 /// One workload store, seen as the workloads the operator restarted: (workload, restarted-for,
@@ -1014,47 +1014,76 @@ async fn hold<K: Workload>(
             .publish(&object, "Restart", type_, reason, &note)
             .await;
     }
-    if let Verdict::Blocked {
-        secret,
-        fingerprint,
-        by,
-        why,
-    } = verdict
-    {
-        tell_the_owner(ctx, me, secret, fingerprint, by, why).await;
+    match verdict {
+        Verdict::Blocked {
+            secret,
+            fingerprint,
+            by,
+            why,
+        } => {
+            let note = format!(
+                "Restarts for the new data of Secret {secret} are held: {by}, restarted for it, \
+                 failed its rollout ({why}); they go on when the item changes again or the failed \
+                 workload recovers (or: kubectl annotate secret {secret} -n {} \
+                 {RESUME_RESTARTS_ANNOTATION}={fingerprint} --overwrite)",
+                me.namespace
+            );
+            let told = (
+                secret.as_str(),
+                fingerprint.as_str(),
+                Reason::RolloutBlocked,
+            );
+            tell_the_owner(ctx, &me.namespace, told, None, &note).await;
+        }
+        Verdict::Paused { secret, .. } => {
+            let g = &ctx.governor.settings;
+            let note = format!(
+                "Secret {secret} changed more than {} times within {}s: the restarts it causes \
+                 are paused (its data still follows the item) until it has been stable for {}s",
+                g.breaker_changes,
+                g.breaker_period.as_secs(),
+                g.breaker_period.as_secs(),
+            );
+            // Once per pause, not once per change while it flaps.
+            let told = (secret.as_str(), "", Reason::RestartsPaused);
+            let again_after = Some(g.breaker_period);
+            tell_the_owner(ctx, &me.namespace, told, again_after, &note).await;
+        }
+        _ => {}
     }
     Action::requeue(retry_after(verdict))
 }
 
-/// A Warning `RolloutBlocked` event on the object that asked for the Secret (its
-/// OnePasswordItem, or an annotated Deployment), once per change held, so that the item's own
-/// events say why its change has not reached every workload.
+/// A Warning event on the object that asked for the Secret (its OnePasswordItem, or an
+/// annotated Deployment), once per (Secret, change, reason), or again after `again_after`, so
+/// that the item's own events say why its change has not reached every workload.
 async fn tell_the_owner(
     ctx: &Scope,
-    me: &WorkloadRef,
-    secret: &str,
-    fingerprint: &str,
-    by: &WorkloadRef,
-    why: &str,
+    namespace: &str,
+    (secret, change, reason): (&str, &str, Reason),
+    again_after: Option<Duration>,
+    note: &str,
 ) {
     let key = (
-        me.namespace.clone(),
+        namespace.to_string(),
         secret.to_string(),
-        fingerprint.to_string(),
+        format!("{change}/{}", reason.as_str()),
     );
     {
         let mut told = ctx.governor.told.lock().expect("told lock");
         if told.len() > 10_000 {
             told.clear();
         }
-        if !told.insert(key) {
+        let now = Instant::now();
+        let due = told
+            .get(&key)
+            .is_none_or(|at| again_after.is_some_and(|d| now.saturating_duration_since(*at) >= d));
+        if !due {
             return;
         }
+        told.insert(key, now);
     }
-    let Some(stored) = ctx
-        .secrets
-        .get(&ObjectRef::new(secret).within(&me.namespace))
-    else {
+    let Some(stored) = ctx.secrets.get(&ObjectRef::new(secret).within(namespace)) else {
         return;
     };
     let owners = stored.metadata.owner_references.iter().flatten();
@@ -1063,24 +1092,12 @@ async fn tell_the_owner(
             api_version: Some(owner.api_version.clone()),
             kind: Some(owner.kind.clone()),
             name: Some(owner.name.clone()),
-            namespace: Some(me.namespace.clone()),
+            namespace: Some(namespace.to_string()),
             uid: Some(owner.uid.clone()),
             ..Default::default()
         };
-        let note = format!(
-            "Restarts for the new data of Secret {secret} are held: {by}, restarted for it, failed \
-             its rollout ({why}); they go on when the item changes again or the failed workload \
-             recovers (or: kubectl annotate secret {secret} -n {} {RESUME_RESTARTS_ANNOTATION}={fingerprint} --overwrite)",
-            me.namespace
-        );
         ctx.shared
-            .publish(
-                &object,
-                "Restart",
-                EventType::Warning,
-                Reason::RolloutBlocked,
-                &note,
-            )
+            .publish(&object, "Restart", EventType::Warning, reason, note)
             .await;
     }
 }

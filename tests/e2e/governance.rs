@@ -148,11 +148,16 @@ async fn a_change_used_by_five_deployments_rolls_two_at_a_time_and_each_once_acr
                 .unwrap();
             env.wait_event("Deployment", &waiting, "Normal", "RestartQueued")
                 .await;
-            // The queue is in the cluster: an operator restarted mid-queue keeps it, and
-            // restarts nothing twice.
-            env.restart_operator(id);
+            // The queue is in the cluster: an operator killed mid-queue (SIGKILL) and started
+            // again keeps it, and restarts nothing twice.
+            env.kill_operator(id);
+            let config = env
+                .operator_config()
+                .with_env("RESTART_BUDGET_PER_NAMESPACE", "2")
+                .with_env("RESTART_DEBOUNCE", "0");
+            env.start_operator(config);
             timeline.push(format!(
-                "+{:>4.1}s operator restarted",
+                "+{:>4.1}s operator killed (SIGKILL) and started again",
                 started.elapsed().as_secs_f64()
             ));
         }
@@ -284,6 +289,8 @@ async fn a_flapping_item_stops_causing_restarts_and_one_follows_once_it_is_stabl
         tokio::time::sleep(Duration::from_millis(1500)).await;
     }
     env.wait_event("Deployment", "web-0", "Warning", "RestartsPaused")
+        .await;
+    env.wait_event("OnePasswordItem", "db", "Warning", "RestartsPaused")
         .await;
     let during = replica_set_count(&env, web).await - 1;
     assert!(during <= 2, "{during} rollouts while flapping (breaker: 2)");
