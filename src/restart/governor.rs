@@ -494,32 +494,20 @@ mod tests {
                 why: "ProgressDeadlineExceeded"
             }
         );
+        let asks = |who: &WorkloadRef, fingerprint: &str| {
+            admit(
+                &g,
+                who,
+                &[change(fingerprint, &[])],
+                &failed,
+                Instant::now(),
+            )
+        };
         // A new change (a fix in 1Password) is not blocked by the failure of the old one.
-        assert_eq!(
-            admit(&g, &me, &[change("f3", &[])], &failed, Instant::now()),
-            Verdict::Go
-        );
+        assert_eq!(asks(&me, "f3"), Verdict::Go);
         // Nor is the failed workload itself, nor a workload of another namespace.
-        assert_eq!(
-            admit(
-                &g,
-                &w("a", "api"),
-                &[change("f2", &[])],
-                &failed,
-                Instant::now()
-            ),
-            Verdict::Go
-        );
-        assert_eq!(
-            admit(
-                &g,
-                &w("b", "web"),
-                &[change("f2", &[])],
-                &failed,
-                Instant::now()
-            ),
-            Verdict::Go
-        );
+        assert_eq!(asks(&w("a", "api"), "f2"), Verdict::Go);
+        assert_eq!(asks(&w("b", "web"), "f2"), Verdict::Go);
     }
 
     #[test]
@@ -607,30 +595,6 @@ mod tests {
             available_replicas: Some(2),
             ..Default::default()
         };
-        assert_eq!(
-            deployment_rollout(&deployment(3, done.clone())),
-            Rollout::Done
-        );
-        assert_eq!(
-            deployment_rollout(&deployment(4, done.clone())),
-            Rollout::Rolling
-        );
-        let old_pods_left = DeploymentStatus {
-            replicas: Some(3),
-            ..done.clone()
-        };
-        assert_eq!(
-            deployment_rollout(&deployment(3, old_pods_left)),
-            Rollout::Rolling
-        );
-        let unavailable = DeploymentStatus {
-            available_replicas: Some(1),
-            ..done.clone()
-        };
-        assert_eq!(
-            deployment_rollout(&deployment(3, unavailable)),
-            Rollout::Rolling
-        );
         let stuck = DeploymentStatus {
             available_replicas: Some(0),
             conditions: Some(vec![DeploymentCondition {
@@ -639,12 +603,34 @@ mod tests {
                 reason: Some("ProgressDeadlineExceeded".into()),
                 ..Default::default()
             }]),
-            ..done
+            ..done.clone()
         };
-        assert_eq!(
-            deployment_rollout(&deployment(3, stuck)),
-            Rollout::Failed("ProgressDeadlineExceeded")
-        );
+        let cases = [
+            (3, done.clone(), Rollout::Done),
+            (4, done.clone(), Rollout::Rolling),
+            // Old pods left.
+            (
+                3,
+                DeploymentStatus {
+                    replicas: Some(3),
+                    ..done.clone()
+                },
+                Rollout::Rolling,
+            ),
+            // Not all available.
+            (
+                3,
+                DeploymentStatus {
+                    available_replicas: Some(1),
+                    ..done
+                },
+                Rollout::Rolling,
+            ),
+            (3, stuck, Rollout::Failed("ProgressDeadlineExceeded")),
+        ];
+        for (generation, status, want) in cases {
+            assert_eq!(deployment_rollout(&deployment(generation, status)), want);
+        }
         let mut no_status = deployment(1, DeploymentStatus::default());
         no_status.status = None;
         assert_eq!(deployment_rollout(&no_status), Rollout::Rolling);

@@ -22,26 +22,9 @@ use crate::support::{OperatorId, TIMEOUT, TestEnv, secret_value, wait_for};
 /// Deployment `name` (auto-restart on, one replica) using Secret `db` through `envFrom`, with
 /// the given progress deadline.
 fn deployment(name: &str, progress_deadline_s: u32) -> String {
-    format!(
-        r#"apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: {name}
-  annotations:
-    operator.1password.io/auto-restart: "true"
-spec:
-  replicas: 1
-  progressDeadlineSeconds: {progress_deadline_s}
-  selector: {{matchLabels: {{app: {name}}}}}
-  template:
-    metadata: {{labels: {{app: {name}}}}}
-    spec:
-      containers:
-      - name: app
-        image: registry.invalid/app:1
-        envFrom: [{{secretRef: {{name: db}}}}]
-"#
-    )
+    let with_deadline =
+        format!("  replicas: 1\n  progressDeadlineSeconds: {progress_deadline_s}\n");
+    super::deployment_using(name, "db", None).replacen("  replicas: 1\n", &with_deadline, 1)
 }
 
 /// A test namespace with item `db` synced and `count` Deployments `web-<i>` using it, each with
