@@ -409,8 +409,9 @@ fn warnings_of<'a>(message: &'a str, name: &str) -> &'a str {
         .map_or("", |(_, warnings)| warnings)
 }
 
-/// Events only on transitions: a change of the Ready reason, a Secret written, or warnings
-/// that differ from those the previous status carried.
+/// Events only on transitions: a change of the Ready reason, a Secret written (except the
+/// first one of a new item, which its Ready condition says), or warnings that differ from
+/// those the previous status carried.
 async fn publish_events(
     ctx: &Context,
     obj: &OnePasswordItem,
@@ -426,10 +427,15 @@ async fn publish_events(
     match outcome {
         Ok(s) => {
             match s.change {
+                // The first Secret of a new item is said by its Ready condition alone: an
+                // event per item at a cold start of N items is N writes nobody reads (and a
+                // third of the API requests a new Secret costs). A Secret made again, after
+                // someone deleted it, is news.
+                Change::Created if old_ready.is_none() => {}
                 Change::Created => events.push((
                     EventType::Normal,
                     Reason::SecretCreated,
-                    format!("Created Secret from item version {}", s.version),
+                    format!("Created Secret again from item version {}", s.version),
                 )),
                 Change::Updated => events.push((
                     EventType::Normal,
@@ -789,24 +795,32 @@ mod tests {
 
         /// Reconciles `item("vaults/Prod/items/db")` with the API server answering `script`.
         async fn reconcile_with(script: Vec<Expect>) -> (Result<Action, Error>, Vec<Seen>) {
+            reconcile_obj_with(item("vaults/Prod/items/db"), script).await
+        }
+
+        async fn reconcile_obj_with(
+            obj: OnePasswordItem,
+            script: Vec<Expect>,
+        ) -> (Result<Action, Error>, Vec<Seen>) {
             let sim = connect();
             let (client, handle) = testing::mock_client();
             let ctx = testing::context_on(client, &sim.url());
             let server = tokio::spawn(serve(handle, script));
-            let result = reconcile(Arc::new(item("vaults/Prod/items/db")), ctx).await;
+            let result = reconcile(Arc::new(obj), ctx).await;
             let (handle, seen) = server.await.unwrap();
             assert_no_more_requests(handle);
             (result, seen)
         }
 
         #[tokio::test]
-        async fn a_new_item_is_applied_as_a_secret_it_owns_then_its_status_is_ready_and_one_event_says_created()
+        async fn a_new_item_is_applied_as_a_secret_it_owns_then_its_status_is_ready_and_no_event_is_written()
          {
+            // Three API requests for a new Secret: read, apply, status. Its Ready condition
+            // says it was made; an event would be a fourth write nobody reads.
             let script = vec![
                 Expect::failing("GET", SECRET, 404),
                 Expect::apply(SECRET),
                 Expect::apply(STATUS),
-                Expect::event("apps"),
             ];
             let (result, seen) = reconcile_with(script).await;
             assert_eq!(result.unwrap(), Action::requeue(Duration::from_secs(3600)));
@@ -851,12 +865,41 @@ mod tests {
             assert_eq!(status["conditions"][0]["status"], "True");
             assert_eq!(status["conditions"][0]["reason"], "Synced");
             assert_eq!(status["itemId"], ITEM);
+        }
 
+        #[tokio::test]
+        async fn a_secret_made_again_after_a_deletion_is_said_by_an_event() {
+            let mut obj = item("vaults/Prod/items/db");
+            obj.status = Some(OnePasswordItemStatus {
+                conditions: vec![OnePasswordItemCondition {
+                    type_: "Ready".into(),
+                    status: "True".into(),
+                    reason: Some("Synced".into()),
+                    message: Some("Secret \"db\" holds version 1".into()),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            });
+            let script = vec![
+                Expect::failing("GET", SECRET, 404),
+                Expect::apply(SECRET),
+                Expect::apply(STATUS),
+                Expect::event("apps"),
+            ];
+            let (result, seen) = reconcile_obj_with(obj, script).await;
+            result.unwrap();
             let event = &seen[3].2;
             assert_eq!(event["type"], "Normal");
             assert_eq!(event["reason"], "SecretCreated");
             assert_eq!(event["action"], "Sync");
             assert_eq!(event["regarding"]["kind"], "OnePasswordItem");
+            assert!(
+                event["note"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("Created Secret again"),
+                "{event}"
+            );
         }
 
         #[tokio::test]
@@ -948,7 +991,6 @@ mod tests {
                 Expect::failing("GET", SECRET, 404),
                 Expect::apply(SECRET),
                 Expect::apply(STATUS),
-                Expect::event("apps"),
             ];
             let server = tokio::spawn(serve(handle, first));
             let mut obj = item("vaults/Prod/items/db");

@@ -117,7 +117,17 @@ pub(crate) mod testing {
     ) -> (ApiHandle, Vec<Seen>) {
         let mut seen = Vec::new();
         for expect in script {
-            let (request, respond) = handle.next_request().await.expect("a request");
+            // A script that expects more than the reconcile sends fails here, not hangs.
+            let (request, respond) =
+                tokio::time::timeout(std::time::Duration::from_secs(10), handle.next_request())
+                    .await
+                    .unwrap_or_else(|_| {
+                        panic!(
+                            "no request came where the script expected {} {}",
+                            expect.method, expect.uri
+                        )
+                    })
+                    .expect("a request");
             let method = request.method().to_string();
             let uri = request.uri().to_string();
             let bytes = request.into_body().collect_bytes().await.unwrap();
