@@ -462,6 +462,7 @@ fn target_for(
         annotations,
         owners,
         shape: Default::default(),
+        presumed_absent: false,
     };
     target.force_sync(forced.iter().map(String::as_str));
     Ok(target)

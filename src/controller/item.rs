@@ -134,7 +134,10 @@ async fn reconcile(obj: Arc<OnePasswordItem>, ctx: Arc<Context>) -> Result<Actio
     }
     let timer = ctx.metrics.reconcile_started("item");
     let path = obj.spec.item_path.as_deref().unwrap_or_default();
-    let target = target_for(&obj, &namespace, ctx.config.enable_annotations);
+    let target = target_for(&obj, &namespace, ctx.config.enable_annotations).map(|mut t| {
+        t.presumed_absent &= !ctx.own_writes.knows(&namespace, &t.name);
+        t
+    });
     let outcome = ctx.sync_tracked(key, path, target).await;
 
     let status = desired_status(&obj, &outcome, Timestamp::now());
@@ -200,6 +203,9 @@ pub fn target_for(
         annotations,
         owners: vec![owner_reference(obj)],
         shape,
+        // Nothing has synced an item without a status; `reconcile` also asks whether this
+        // process wrote its Secret already.
+        presumed_absent: obj.status.is_none(),
     };
     target.force_sync(
         obj.annotations()
@@ -815,17 +821,14 @@ mod tests {
         #[tokio::test]
         async fn a_new_item_is_applied_as_a_secret_it_owns_then_its_status_is_ready_and_no_event_is_written()
          {
-            // Three API requests for a new Secret: read, apply, status. Its Ready condition
-            // says it was made; an event would be a fourth write nobody reads.
-            let script = vec![
-                Expect::failing("GET", SECRET, 404),
-                Expect::apply(SECRET),
-                Expect::apply(STATUS),
-            ];
+            // Two API requests for a new Secret: an apply that creates it (and would fail on
+            // any existing Secret), the status. Its Ready condition says it was made; an event
+            // would be another write nobody reads.
+            let script = vec![Expect::apply(SECRET), Expect::apply(STATUS)];
             let (result, seen) = reconcile_with(script).await;
             assert_eq!(result.unwrap(), Action::requeue(Duration::from_secs(3600)));
 
-            let (method, uri, secret) = &seen[1];
+            let (method, uri, secret) = &seen[0];
             assert_eq!(method, "PATCH");
             assert!(
                 uri.contains(&format!("fieldManager={FIELD_MANAGER}")),
@@ -838,6 +841,10 @@ mod tests {
             let meta = &secret["metadata"];
             assert_eq!(meta["name"], "db");
             assert_eq!(meta["namespace"], "apps");
+            assert_eq!(
+                meta["resourceVersion"], "1",
+                "a precondition no existing Secret meets"
+            );
             assert_eq!(
                 meta["labels"],
                 json!({"team": "a", "operator.1password.io/managed-by": "onepassword-secrets-operator"}),
@@ -860,16 +867,16 @@ mod tests {
                 "{digest}"
             );
 
-            let status = &seen[2].2["status"];
+            let status = &seen[1].2["status"];
             assert_eq!(status["conditions"][0]["type"], "Ready");
             assert_eq!(status["conditions"][0]["status"], "True");
             assert_eq!(status["conditions"][0]["reason"], "Synced");
             assert_eq!(status["itemId"], ITEM);
         }
 
-        #[tokio::test]
-        async fn a_secret_made_again_after_a_deletion_is_said_by_an_event() {
-            let mut obj = item("vaults/Prod/items/db");
+        /// An item this operator synced before: its status says so.
+        fn synced_item(path: &str) -> OnePasswordItem {
+            let mut obj = item(path);
             obj.status = Some(OnePasswordItemStatus {
                 conditions: vec![OnePasswordItemCondition {
                     type_: "Ready".into(),
@@ -880,6 +887,12 @@ mod tests {
                 }],
                 ..Default::default()
             });
+            obj
+        }
+
+        #[tokio::test]
+        async fn a_secret_made_again_after_a_deletion_is_said_by_an_event() {
+            let obj = synced_item("vaults/Prod/items/db");
             let script = vec![
                 Expect::failing("GET", SECRET, 404),
                 Expect::apply(SECRET),
@@ -908,7 +921,10 @@ mod tests {
             let foreign = json!({"apiVersion": "v1", "kind": "Secret",
                 "metadata": {"name": "db", "namespace": "apps", "uid": "s1"},
                 "data": {"password": "dGhlaXJz"}});
+            // A new item's Secret is created without a read; the API server refuses the
+            // create (the precondition), the Secret is read, and it is not ours.
             let script = vec![
+                Expect::failing("PATCH", SECRET, 409),
                 Expect::new("GET", SECRET, 200, foreign),
                 Expect::apply(STATUS),
                 Expect::event("apps"),
@@ -916,10 +932,11 @@ mod tests {
             let (result, seen) = reconcile_with(script).await;
             // Looked at again at the next poll: the other Secret may go.
             assert_eq!(result.unwrap(), Action::requeue(Duration::from_secs(10)));
-            let ready = &seen[1].2["status"]["conditions"][0];
+            assert_eq!(seen[0].2["metadata"]["resourceVersion"], "1");
+            let ready = &seen[2].2["status"]["conditions"][0];
             assert_eq!(ready["status"], "False");
             assert_eq!(ready["reason"], "SecretConflict");
-            let event = &seen[2].2;
+            let event = &seen[3].2;
             assert_eq!(event["type"], "Warning");
             assert_eq!(event["reason"], "SecretConflict");
             assert!(
@@ -958,9 +975,11 @@ mod tests {
                 Expect::new("GET", SECRET, 200, live),
                 Expect::apply(SECRET),
                 Expect::apply(STATUS),
+                // Synced before, ignored now: an event says so.
+                Expect::event("apps"),
             ];
             let server = tokio::spawn(serve(handle, script));
-            let obj = Arc::new(item("vaults/Prod/items/db"));
+            let obj = Arc::new(synced_item("vaults/Prod/items/db"));
             reconcile(obj, ctx).await.unwrap();
             let (handle, seen) = server.await.unwrap();
             assert_no_more_requests(handle);
@@ -987,16 +1006,13 @@ mod tests {
             let sim = connect();
             let (client, handle) = testing::mock_client();
             let ctx = testing::context_on(client, &sim.url());
-            let first = vec![
-                Expect::failing("GET", SECRET, 404),
-                Expect::apply(SECRET),
-                Expect::apply(STATUS),
-            ];
+            let first = vec![Expect::apply(SECRET), Expect::apply(STATUS)];
             let server = tokio::spawn(serve(handle, first));
             let mut obj = item("vaults/Prod/items/db");
             reconcile(Arc::new(obj.clone()), ctx.clone()).await.unwrap();
             let (handle, seen) = server.await.unwrap();
-            let mut written: Value = seen[1].2.clone();
+            let mut written: Value = seen[0].2.clone();
+            written["metadata"]["resourceVersion"] = json!("7");
             // As the API server stores it: our manager owns the keys it applied.
             written["metadata"]["managedFields"] = json!([{
                 "manager": FIELD_MANAGER, "operation": "Apply", "fieldsType": "FieldsV1",
@@ -1006,7 +1022,7 @@ mod tests {
                         .keys().map(|k| (format!("f:{k}"), json!({}))).collect::<serde_json::Map<_, _>>(),
                 }},
             }]);
-            obj.status = serde_json::from_value(seen[2].2["status"].clone()).unwrap();
+            obj.status = serde_json::from_value(seen[1].2["status"].clone()).unwrap();
 
             let server = tokio::spawn(serve(
                 handle,
@@ -1016,6 +1032,48 @@ mod tests {
             let (handle, _) = server.await.unwrap();
             assert_no_more_requests(handle);
             assert_eq!(action, Action::requeue(Duration::from_secs(3600)));
+        }
+
+        #[tokio::test]
+        async fn an_item_without_status_whose_secret_exists_reads_it_after_the_refused_create_and_writes_nothing()
+         {
+            // A Secret this operator wrote, as a new process meets it with the item's status
+            // lost: the create is refused, the Secret read, and it already holds the item.
+            let sim = connect();
+            let (client, handle) = testing::mock_client();
+            let ctx = testing::context_on(client, &sim.url());
+            let server = tokio::spawn(serve(
+                handle,
+                vec![Expect::apply(SECRET), Expect::apply(STATUS)],
+            ));
+            reconcile(Arc::new(item("vaults/Prod/items/db")), ctx)
+                .await
+                .unwrap();
+            let (_, seen) = server.await.unwrap();
+            let mut written: Value = seen[0].2.clone();
+            written["metadata"]["resourceVersion"] = json!("7");
+            written["metadata"]["managedFields"] = json!([{
+                "manager": FIELD_MANAGER, "operation": "Apply", "fieldsType": "FieldsV1",
+                "fieldsV1": {"f:data": {"f:password": {}}},
+            }]);
+
+            let (client, handle) = testing::mock_client();
+            let ctx = testing::context_on(client, &sim.url());
+            let server = tokio::spawn(serve(
+                handle,
+                vec![
+                    Expect::failing("PATCH", SECRET, 409),
+                    Expect::new("GET", SECRET, 200, written),
+                    Expect::apply(STATUS),
+                ],
+            ));
+            let action = reconcile(Arc::new(item("vaults/Prod/items/db")), ctx)
+                .await
+                .unwrap();
+            let (handle, seen) = server.await.unwrap();
+            assert_no_more_requests(handle);
+            assert_eq!(action, Action::requeue(Duration::from_secs(3600)));
+            assert_eq!(seen[2].2["status"]["conditions"][0]["reason"], "Synced");
         }
     }
 

@@ -73,6 +73,14 @@ impl OwnWrites {
                 == Some(rv)
     }
 
+    /// Whether this process wrote `name` (and has not forgotten it since).
+    pub fn knows(&self, namespace: &str, name: &str) -> bool {
+        self.0
+            .lock()
+            .expect("own writes lock")
+            .contains_key(&(namespace.to_string(), name.to_string()))
+    }
+
     /// Forgets Secrets no longer managed.
     pub fn forget(&self, namespace: &str, name: &str) {
         self.record(namespace, name, None);

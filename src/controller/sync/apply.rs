@@ -62,6 +62,39 @@ pub async fn apply(
     let applied = api
         .patch(&target.name, &params, &Patch::Apply(secret))
         .await?;
+    Ok(remember(ctx, target, held, applied))
+}
+
+/// A resourceVersion no object ever has: etcd starts at revision 1 and the first write is 2.
+const NEVER_A_VERSION: &str = "1";
+
+/// Creates `secret` where none of that name is expected; `None` when one exists, which is
+/// left exactly as it is. The same apply as [`apply`] (our field manager owns every field we
+/// set, as a later apply needs to drop keys), with a resourceVersion as a precondition: the
+/// API server ignores it when it creates the object, and refuses the write (409 Conflict)
+/// when an object of that name exists, whoever made it, since none has that version.
+pub async fn create(
+    ctx: &Context,
+    api: &Api<Secret>,
+    target: &SyncTarget,
+    secret: &Secret,
+    held: &Held,
+) -> Result<Option<Secret>, SyncError> {
+    let mut secret = secret.clone();
+    secret.metadata.resource_version = Some(NEVER_A_VERSION.into());
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    match api
+        .patch(&target.name, &params, &Patch::Apply(&secret))
+        .await
+    {
+        Ok(applied) => Ok(Some(remember(ctx, target, held, applied))),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Records a write: its watch event is our own echo, and its rate tells a fight.
+fn remember(ctx: &Context, target: &SyncTarget, held: &Held, applied: Secret) -> Secret {
     let (namespace, name) = (&target.namespace, &target.name);
     ctx.own_writes
         .record(namespace, name, applied.resource_version());
@@ -72,7 +105,7 @@ pub async fn apply(
         held.version,
         Instant::now(),
     );
-    Ok(applied)
+    applied
 }
 
 /// What a write is of, for telling a fight from a change: the items, and the shaping, so that

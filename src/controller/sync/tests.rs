@@ -95,6 +95,7 @@ fn target(owners: Vec<OwnerReference>) -> SyncTarget {
         annotations: BTreeMap::new(),
         owners,
         shape: Default::default(),
+        presumed_absent: false,
     }
 }
 
