@@ -1,7 +1,7 @@
 //! The one pipeline both reconcilers use to keep a Secret equal to a 1Password item:
 //!
 //! 1. observe: where the item path resolves (the catalog, without asking Connect when it is
-//!    cached) and the live Secret;
+//!    cached) and the live Secret (not read for a new item: see [`SyncTarget::presumed_absent`]);
 //! 2. [`plan`]: what to do, pure: nothing (up to date), refuse (someone else's Secret, a type
 //!    change, an older version), keep an ignored item's data, or fetch the item;
 //! 3. fetch the item, and [`plan`] again on what was fetched;
