@@ -135,7 +135,9 @@ async fn reconcile(obj: Arc<OnePasswordItem>, ctx: Arc<Context>) -> Result<Actio
     let timer = ctx.metrics.reconcile_started("item");
     let path = obj.spec.item_path.as_deref().unwrap_or_default();
     let target = target_for(&obj, &namespace, ctx.config.enable_annotations).map(|mut t| {
-        t.presumed_absent &= !ctx.own_writes.knows(&namespace, &t.name);
+        // Nothing has synced an item without a status, unless this process wrote its Secret
+        // and the status write that followed failed.
+        t.presumed_absent = obj.status.is_none() && !ctx.own_writes.knows(&namespace, &t.name);
         t
     });
     let outcome = ctx.sync_tracked(key, path, target).await;
@@ -203,9 +205,8 @@ pub fn target_for(
         annotations,
         owners: vec![owner_reference(obj)],
         shape,
-        // Nothing has synced an item without a status; `reconcile` also asks whether this
-        // process wrote its Secret already.
-        presumed_absent: obj.status.is_none(),
+        // Decided by `reconcile`, which knows what this process wrote.
+        presumed_absent: false,
     };
     target.force_sync(
         obj.annotations()

@@ -62,7 +62,17 @@ pub async fn apply(
     let applied = api
         .patch(&target.name, &params, &Patch::Apply(secret))
         .await?;
-    Ok(remember(ctx, target, held, applied))
+    let (namespace, name) = (&target.namespace, &target.name);
+    ctx.own_writes
+        .record(namespace, name, applied.resource_version());
+    ctx.write_rate.record(
+        namespace,
+        name,
+        &written_as(target, held),
+        held.version,
+        Instant::now(),
+    );
+    Ok(applied)
 }
 
 /// A resourceVersion no object ever has: etcd starts at revision 1 and the first write is 2.
@@ -82,30 +92,11 @@ pub async fn create(
 ) -> Result<Option<Secret>, SyncError> {
     let mut secret = secret.clone();
     secret.metadata.resource_version = Some(NEVER_A_VERSION.into());
-    let params = PatchParams::apply(FIELD_MANAGER).force();
-    match api
-        .patch(&target.name, &params, &Patch::Apply(&secret))
-        .await
-    {
-        Ok(applied) => Ok(Some(remember(ctx, target, held, applied))),
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(None),
-        Err(e) => Err(e.into()),
+    match apply(ctx, api, target, &secret, held).await {
+        Ok(applied) => Ok(Some(applied)),
+        Err(SyncError::Kube(kube::Error::Api(e))) if e.code == 409 => Ok(None),
+        Err(e) => Err(e),
     }
-}
-
-/// Records a write: its watch event is our own echo, and its rate tells a fight.
-fn remember(ctx: &Context, target: &SyncTarget, held: &Held, applied: Secret) -> Secret {
-    let (namespace, name) = (&target.namespace, &target.name);
-    ctx.own_writes
-        .record(namespace, name, applied.resource_version());
-    ctx.write_rate.record(
-        namespace,
-        name,
-        &written_as(target, held),
-        held.version,
-        Instant::now(),
-    );
-    applied
 }
 
 /// What a write is of, for telling a fight from a change: the items, and the shaping, so that
