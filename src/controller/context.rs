@@ -2,7 +2,11 @@
 //! listings, the event sink, the metrics, the settings, the backoff, and what the poller and the
 //! watches need to know of each object.
 
-use std::{collections::HashMap, sync::Mutex, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Mutex,
+    time::Duration,
+};
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 
@@ -92,6 +96,10 @@ pub struct Settings {
 /// item at once.
 pub const FIRST_RETRY: Duration = Duration::from_secs(5);
 
+/// How soon an object is reconciled again when a change to its Secret came while our write was
+/// on its way (its watch event held back; see [`OwnWrites`]).
+pub const RECHECK_AFTER: Duration = Duration::from_secs(1);
+
 /// The delays before retrying objects whose reconciles fail in a row, each object on its own:
 /// from a first delay, doubling up to [`Backoff::MAX`] (backon's exponential backoff), plus up
 /// to 20% jitter so that many objects that failed together do not all retry together.
@@ -139,6 +147,8 @@ pub struct Context {
     /// The delay before retrying each object whose reconciles keep failing.
     pub backoff: Backoff,
     reasons: Mutex<HashMap<String, Reason>>,
+    /// The objects whose Secret changed while our write was on its way: reconciled again soon.
+    rechecks: Mutex<HashSet<String>>,
     /// Whether each OnePasswordItem is Ready, for the `ready_items` gauge.
     ready: Mutex<HashMap<String, bool>>,
 }
@@ -157,6 +167,7 @@ impl Context {
             status_schema: Default::default(),
             backoff: Backoff::default(),
             reasons: Mutex::new(HashMap::new()),
+            rechecks: Mutex::new(HashSet::new()),
             ready: Mutex::new(HashMap::new()),
         }
     }
@@ -198,10 +209,20 @@ impl Context {
                 .and_then(Result::ok);
             extra.push((name.to_owned(), path, before));
         }
+        let secret = target
+            .as_ref()
+            .ok()
+            .map(|t| (t.namespace.clone(), t.name.clone()));
         let outcome = match target {
             Ok(target) => sync::sync(self, &target).await,
             Err(e) => Err(e),
         };
+        if let Some((namespace, name)) = &secret
+            && self.own_writes.take_missed(namespace, name)
+        {
+            let object = object_key(key.kind, &key.namespace, &key.name);
+            self.rechecks.lock().expect("rechecks lock").insert(object);
+        }
         let extra = self.extra_tracked(extra, &outcome).await;
         self.settle(key, path, before, outcome, extra).await
     }
@@ -324,7 +345,7 @@ impl Context {
         outcome: &Result<Synced, SyncError>,
         timer: ReconcileTimer,
     ) -> Action {
-        match outcome {
+        let action = match outcome {
             Ok(synced) => {
                 self.backoff.reset(key);
                 if matches!(synced.change, Change::Created | Change::Updated) {
@@ -345,7 +366,11 @@ impl Context {
                     Retry::Poll => Action::requeue(self.config.poll_interval),
                 }
             }
+        };
+        if self.rechecks.lock().expect("rechecks lock").remove(key) {
+            return Action::requeue(RECHECK_AFTER);
         }
+        action
     }
 
     /// Publishes an event on `object` about `action` (`Sync`, `Restart`); a failure to publish

@@ -875,6 +875,46 @@ mod tests {
             assert_eq!(status["itemId"], ITEM);
         }
 
+        #[tokio::test]
+        async fn a_change_to_the_secret_while_its_apply_is_on_its_way_is_looked_at_again_within_a_second()
+         {
+            use crate::controller::context::RECHECK_AFTER;
+            use kube::api::PartialObjectMetaExt;
+            let resync = || Action::requeue(Duration::from_secs(3600));
+            // The events the watch delivers before the apply (which leaves version 5) is
+            // answered, in order, and what the reconcile asks for then.
+            let cases: [(&[&str], Action); 4] = [
+                (&["5"], resync()),                            // our own echo, early
+                (&["4", "5"], resync()), // someone's change before ours: rewritten
+                (&["5", "6"], Action::requeue(RECHECK_AFTER)), // after ours: looked at again
+                (&["4"], resync()),      // before ours; our echo comes later
+            ];
+            for (events, expected) in cases {
+                let sim = connect();
+                let (client, handle) = testing::mock_client();
+                let ctx = testing::context_on(client, &sim.url());
+                let watch = ctx.clone();
+                let apply = Expect::apply(SECRET).meanwhile(move |answer| {
+                    answer["metadata"]["resourceVersion"] = "5".into();
+                    for rv in events {
+                        let event = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                            name: Some("db".into()),
+                            namespace: Some("apps".into()),
+                            resource_version: Some(rv.to_string()),
+                            ..Default::default()
+                        }
+                        .into_response_partial::<k8s_openapi::api::core::v1::Secret>();
+                        assert!(watch.own_writes.is_echo(&event), "held back: {rv}");
+                    }
+                });
+                let server = tokio::spawn(serve(handle, vec![apply, Expect::apply(STATUS)]));
+                let result = reconcile(Arc::new(item("vaults/Prod/items/db")), ctx.clone()).await;
+                assert_no_more_requests(server.await.unwrap().0);
+                assert_eq!(result.unwrap(), expected, "{events:?}");
+                assert!(ctx.own_writes.knows("apps", "db"));
+            }
+        }
+
         /// An item this operator synced before: its status says so.
         fn synced_item(path: &str) -> OnePasswordItem {
             let mut obj = item(path);

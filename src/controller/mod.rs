@@ -62,7 +62,13 @@ pub(crate) mod testing {
         pub status: u16,
         /// `null`: the request's body is sent back (as the API server does for an apply).
         pub answer: Value,
+        /// Run once the request came, before it is answered (what else happens meanwhile);
+        /// it may change the answer.
+        pub meanwhile: Option<Meanwhile>,
     }
+
+    /// What happens while a request waits for its answer; it may change the answer.
+    pub(crate) type Meanwhile = Box<dyn FnOnce(&mut Value) + Send>;
 
     impl Expect {
         pub(crate) fn new(method: &'static str, uri: &str, status: u16, answer: Value) -> Self {
@@ -71,7 +77,14 @@ pub(crate) mod testing {
                 uri: uri.into(),
                 status,
                 answer,
+                meanwhile: None,
             }
+        }
+
+        /// The same, with `f` run before the answer goes back.
+        pub(crate) fn meanwhile(mut self, f: impl FnOnce(&mut Value) + Send + 'static) -> Self {
+            self.meanwhile = Some(Box::new(f));
+            self
         }
 
         /// A server-side apply with our field manager, answered with its own body.
@@ -142,11 +155,14 @@ pub(crate) mod testing {
                 "{uri} should start with {}",
                 expect.uri
             );
-            let answer = if expect.answer.is_null() {
+            let mut answer = if expect.answer.is_null() {
                 body.clone()
             } else {
                 expect.answer
             };
+            if let Some(meanwhile) = expect.meanwhile {
+                meanwhile(&mut answer);
+            }
             respond.send_response(
                 Response::builder()
                     .status(expect.status)

@@ -43,20 +43,88 @@ pub fn watch_managed_secrets(
 /// carries that same version is the echo of our own write: the Secret is exactly as we wrote
 /// it, so there is nothing to reconcile (this saves a GET per write). Any later change by
 /// anyone, a deletion included, has another version and goes through.
+///
+/// The echo can arrive before the answer to the write that caused it, so a write is marked as
+/// on its way ([`OwnWrites::begin`]) before it is sent. An update event meanwhile is held back,
+/// its version kept; when the answer comes ([`Flight::land`]), the events the watch delivered
+/// after our own (it delivers in order) were someone else's later changes, and the Secret is
+/// marked to be looked at again ([`OwnWrites::take_missed`]). Those delivered before ours
+/// changed a Secret our write then rewrote: nothing is lost by dropping them.
 #[derive(Default)]
-pub struct OwnWrites(Mutex<HashMap<(String, String), String>>);
+pub struct OwnWrites(Mutex<HashMap<(String, String), Written>>);
+
+/// What is known of our writes to one Secret.
+#[derive(Default)]
+struct Written {
+    /// The resourceVersion our last write left.
+    version: Option<String>,
+    /// Our writes sent and not yet answered.
+    on_its_way: u32,
+    /// The versions of the update events held back meanwhile, in the watch's order.
+    held: Vec<String>,
+    /// An event held back was a change after ours (or our write failed): look again.
+    missed: bool,
+}
 
 impl OwnWrites {
-    pub fn record(&self, namespace: &str, name: &str, resource_version: Option<String>) {
+    fn with<T>(&self, namespace: &str, name: &str, f: impl FnOnce(&mut Written) -> T) -> T {
         let mut all = self.0.lock().expect("own writes lock");
         let key = (namespace.to_string(), name.to_string());
-        match resource_version {
-            Some(rv) => all.insert(key, rv),
-            None => all.remove(&key),
-        };
+        let written = all.entry(key.clone()).or_default();
+        let out = f(written);
+        if written.version.is_none() && written.on_its_way == 0 && !written.missed {
+            all.remove(&key);
+        }
+        out
     }
 
-    /// Whether `secret` is, as far as we know, exactly what we last wrote.
+    /// Remembers the version a write of ours left (`None`: forget it).
+    pub fn record(&self, namespace: &str, name: &str, resource_version: Option<String>) {
+        self.with(namespace, name, |w| w.version = resource_version);
+    }
+
+    /// Marks a write to `name` as on its way; the returned [`Flight`] lands it with the answer
+    /// (dropped without one, the write counts as failed).
+    pub fn begin<'a>(&'a self, namespace: &'a str, name: &'a str) -> Flight<'a> {
+        self.with(namespace, name, |w| w.on_its_way += 1);
+        Flight {
+            writes: self,
+            namespace,
+            name,
+            landed: false,
+        }
+    }
+
+    fn land(&self, namespace: &str, name: &str, resource_version: Option<String>) {
+        self.with(namespace, name, |w| {
+            w.on_its_way = w.on_its_way.saturating_sub(1);
+            match &resource_version {
+                // Anything after our own echo came later than our write.
+                Some(rv) => {
+                    if let Some(ours) = w.held.iter().position(|h| h == rv) {
+                        w.missed |= ours + 1 < w.held.len();
+                    }
+                }
+                // A failed write changed nothing: whatever came meanwhile is someone else's.
+                None => w.missed |= !w.held.is_empty(),
+            }
+            if resource_version.is_some() {
+                w.version = resource_version;
+            }
+            if w.on_its_way == 0 {
+                w.held.clear();
+            }
+        });
+    }
+
+    /// Whether an update of `name` was held back while a write of ours was on its way, and came
+    /// after it (or the write failed): the Secret must be looked at again. Asking clears it.
+    pub fn take_missed(&self, namespace: &str, name: &str) -> bool {
+        self.with(namespace, name, |w| std::mem::take(&mut w.missed))
+    }
+
+    /// Whether `secret` is, as far as we know, exactly what we last wrote, or an update that
+    /// came while a write of ours was on its way (held back; see [`OwnWrites`]).
     pub fn is_echo(&self, secret: &SecretMeta) -> bool {
         let (Some(namespace), Some(rv)) = (
             secret.metadata.namespace.as_ref(),
@@ -64,13 +132,21 @@ impl OwnWrites {
         ) else {
             return false;
         };
-        secret.metadata.deletion_timestamp.is_none()
-            && self
-                .0
-                .lock()
-                .expect("own writes lock")
-                .get(&(namespace.clone(), secret.name_any()))
-                == Some(rv)
+        if secret.metadata.deletion_timestamp.is_some() {
+            return false;
+        }
+        let all = &mut *self.0.lock().expect("own writes lock");
+        let Some(w) = all.get_mut(&(namespace.clone(), secret.name_any())) else {
+            return false;
+        };
+        if w.on_its_way > 0 {
+            // Each controller's watch sees the event: keep each version once, in the order seen.
+            if !w.held.contains(rv) {
+                w.held.push(rv.clone());
+            }
+            return true;
+        }
+        w.version.as_ref() == Some(rv)
     }
 
     /// Whether this process wrote `name` (and has not forgotten it since).
@@ -78,12 +154,39 @@ impl OwnWrites {
         self.0
             .lock()
             .expect("own writes lock")
-            .contains_key(&(namespace.to_string(), name.to_string()))
+            .get(&(namespace.to_string(), name.to_string()))
+            .is_some_and(|w| w.version.is_some())
     }
 
     /// Forgets Secrets no longer managed.
     pub fn forget(&self, namespace: &str, name: &str) {
         self.record(namespace, name, None);
+    }
+}
+
+/// A write of ours on its way (see [`OwnWrites::begin`]).
+#[must_use = "a flight lands with the write's answer"]
+pub struct Flight<'a> {
+    writes: &'a OwnWrites,
+    namespace: &'a str,
+    name: &'a str,
+    landed: bool,
+}
+
+impl Flight<'_> {
+    /// The write's answer: the version it left, `None` when it failed.
+    pub fn land(mut self, resource_version: Option<String>) {
+        self.landed = true;
+        self.writes
+            .land(self.namespace, self.name, resource_version);
+    }
+}
+
+impl Drop for Flight<'_> {
+    fn drop(&mut self) {
+        if !self.landed {
+            self.writes.land(self.namespace, self.name, None);
+        }
     }
 }
 
@@ -243,7 +346,10 @@ where
 mod watch_filter_tests {
     use super::*;
     use futures::StreamExt;
-    use k8s_openapi::{api::core::v1::ConfigMap, apimachinery::pkg::apis::meta::v1::ObjectMeta};
+    use k8s_openapi::{
+        api::core::v1::ConfigMap,
+        apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
+    };
     use kube::api::PartialObjectMetaExt;
 
     fn cm(name: &str, generation: i64, rv: &str, label: &str) -> ConfigMap {
@@ -325,5 +431,88 @@ mod watch_filter_tests {
         assert!(!writes.is_echo(&meta("other", "5")));
         writes.forget("ns", "db");
         assert!(!writes.is_echo(&meta("db", "5")));
+    }
+
+    #[test]
+    fn an_echo_before_the_answer_is_held_back_and_nothing_is_missed() {
+        let writes = OwnWrites::default();
+        let flight = writes.begin("ns", "db");
+        assert!(!writes.knows("ns", "db"), "nothing written yet");
+        // Both controllers' watches see it.
+        assert!(writes.is_echo(&meta("db", "7")));
+        assert!(writes.is_echo(&meta("db", "7")));
+        flight.land(Some("7".into()));
+        assert!(!writes.take_missed("ns", "db"));
+        assert!(writes.knows("ns", "db"));
+        assert!(writes.is_echo(&meta("db", "7")));
+        assert!(
+            !writes.is_echo(&meta("db", "8")),
+            "later changes go through again"
+        );
+    }
+
+    #[test]
+    fn a_change_after_our_echo_while_the_write_was_on_its_way_is_looked_at_again() {
+        let writes = OwnWrites::default();
+        let flight = writes.begin("ns", "db");
+        assert!(writes.is_echo(&meta("db", "7")));
+        assert!(writes.is_echo(&meta("db", "9")), "held back");
+        flight.land(Some("7".into()));
+        assert!(writes.take_missed("ns", "db"));
+        assert!(!writes.take_missed("ns", "db"), "asking clears it");
+    }
+
+    #[test]
+    fn a_change_before_our_write_is_dropped_since_the_write_rewrote_it() {
+        let writes = OwnWrites::default();
+        writes.record("ns", "db", Some("5".into()));
+        let flight = writes.begin("ns", "db");
+        assert!(
+            writes.is_echo(&meta("db", "6")),
+            "someone else's, just before ours"
+        );
+        flight.land(Some("7".into()));
+        assert!(!writes.take_missed("ns", "db"));
+        // Our echo comes after the answer, as usual.
+        assert!(writes.is_echo(&meta("db", "7")));
+    }
+
+    #[test]
+    fn a_failed_or_abandoned_write_hands_back_what_came_meanwhile() {
+        let writes = OwnWrites::default();
+        writes.record("ns", "db", Some("5".into()));
+        let flight = writes.begin("ns", "db");
+        assert!(writes.is_echo(&meta("db", "6")));
+        flight.land(None);
+        assert!(writes.take_missed("ns", "db"));
+        assert!(
+            writes.is_echo(&meta("db", "5")),
+            "the last write we know of is kept"
+        );
+
+        let flight = writes.begin("ns", "db");
+        assert!(writes.is_echo(&meta("db", "8")));
+        drop(flight); // a reconcile cancelled mid-write
+        assert!(writes.take_missed("ns", "db"));
+        assert!(
+            !writes.is_echo(&meta("db", "8")),
+            "no write on its way: nothing held"
+        );
+
+        let flight = writes.begin("ns", "db");
+        flight.land(None);
+        assert!(
+            !writes.take_missed("ns", "db"),
+            "nothing came: nothing to look at"
+        );
+    }
+
+    #[test]
+    fn a_deletion_mark_is_never_held_back() {
+        let writes = OwnWrites::default();
+        let _flight = writes.begin("ns", "db");
+        let mut deleting = meta("db", "9");
+        deleting.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
+        assert!(!writes.is_echo(&deleting));
     }
 }

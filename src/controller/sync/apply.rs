@@ -50,7 +50,8 @@ pub fn admit(ctx: &Context, target: &SyncTarget, held: &Held) -> Result<(), Sync
 
 /// Server-side apply of `secret` (with force: the fields we own hold what we say, whoever
 /// changed them; fields others own, such as keys they added, stay theirs and stay as they are).
-/// The write is remembered: its watch event is our own echo, and its rate tells a fight.
+/// The write is remembered: its watch event is our own echo (even when it comes before the
+/// answer), and its rate tells a fight.
 pub async fn apply(
     ctx: &Context,
     api: &Api<Secret>,
@@ -59,12 +60,12 @@ pub async fn apply(
     held: &Held,
 ) -> Result<Secret, SyncError> {
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    let applied = api
-        .patch(&target.name, &params, &Patch::Apply(secret))
-        .await?;
     let (namespace, name) = (&target.namespace, &target.name);
-    ctx.own_writes
-        .record(namespace, name, applied.resource_version());
+    // Its echo may come before its answer.
+    let flight = ctx.own_writes.begin(namespace, name);
+    let applied = api.patch(name, &params, &Patch::Apply(secret)).await;
+    flight.land(applied.as_ref().ok().and_then(|a| a.resource_version()));
+    let applied = applied?;
     ctx.write_rate.record(
         namespace,
         name,
@@ -131,14 +132,14 @@ pub async fn remove_leftovers(
         field_manager: Some(FIELD_MANAGER.into()),
         ..Default::default()
     };
-    match api
+    let flight = ctx.own_writes.begin(&target.namespace, &target.name);
+    let done = api
         .patch(&target.name, &params, &Patch::<()>::Json(patch))
-        .await
-    {
-        Ok(done) => {
+        .await;
+    flight.land(done.as_ref().ok().and_then(|d| d.resource_version()));
+    match done {
+        Ok(_) => {
             tracing::info!(secret = %target.name, keys = ?keys, "removed keys the item no longer has from a Secret taken over from another operator");
-            ctx.own_writes
-                .record(&target.namespace, &target.name, done.resource_version());
             Ok(())
         }
         Err(kube::Error::Api(e)) if e.code == 409 || e.code == 422 || e.code == 404 => Ok(()),
