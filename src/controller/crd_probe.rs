@@ -11,7 +11,9 @@
 //! ("field not declared in schema"). So the operator reads the CRD at start and whenever it
 //! changes, and writes only what it declares; under the official CRD the reason leads the
 //! message (`ItemNotFound: ...`). When the CRD cannot be read (RBAC), the full status is tried
-//! and a schema rejection makes the operator fall back to the official shape for good.
+//! and a schema rejection makes the operator fall back to the official shape for good. A
+//! rejection of fields the CRD we read declares is the API server lagging a CRD update by a
+//! moment: the write is retried later in the same shape.
 
 use std::{
     collections::BTreeSet,
@@ -214,6 +216,18 @@ pub fn is_schema_rejection(error: &kube::Error) -> bool {
     matches!(error, kube::Error::Api(s) if s.message.contains(NOT_DECLARED))
 }
 
+/// What a refused status write means for the next try.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// From now on only the official operator's shape is written: try again at once in it.
+    Reshaped,
+    /// The CRD we read declares the fields; the API server has not caught up with it yet: try
+    /// again later in the same shape.
+    Lagging,
+    /// Nothing smaller to fall back to: trying again cannot help.
+    Final,
+}
+
 /// Where the fields we write now come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Source {
@@ -274,26 +288,42 @@ impl StatusSchema {
         }
     }
 
-    /// The API server refused a status field: write only the official operator's shape from
-    /// now on (until the CRD says otherwise). True when that changed what we write, so the
-    /// write is worth one more try.
-    pub fn reject(&self) -> bool {
+    /// The API server refused a status field. When we could not read the CRD, write only the
+    /// official operator's shape from now on (until the CRD says otherwise). When we did read it
+    /// and it declares the field, the API server has not yet caught up with a CRD that was just
+    /// updated (it rebuilds its schema for custom resources a moment after the CRD's watch event):
+    /// nothing changes, and the write is tried again later.
+    pub fn reject(&self) -> Refusal {
         let official = StatusFields::official();
+        let mut lagging = false;
         let changed = self.current.send_if_modified(|(current, source)| {
             if *current == official {
+                return false;
+            }
+            if *source == Source::Crd {
+                lagging = true;
                 return false;
             }
             *current = official.clone();
             *source = Source::Rejection;
             true
         });
+        if lagging {
+            tracing::info!(
+                "the API server refused status fields the installed OnePasswordItem CRD declares: \
+                 it has not yet caught up with the CRD's new schema; the status is written again \
+                 shortly"
+            );
+            return Refusal::Lagging;
+        }
         if changed {
             self.warn_official(
                 "the API server refused status fields this operator writes (not declared in \
                  the OnePasswordItem CRD's schema)",
             );
+            return Refusal::Reshaped;
         }
-        changed
+        Refusal::Final
     }
 
     /// Says once (until our CRD is seen) that the richer status is unavailable, and how to get it.
@@ -427,11 +457,36 @@ mod tests {
     fn a_rejection_falls_back_to_the_official_shape_once_and_a_crd_read_overrides_it() {
         let schema = StatusSchema::default();
         assert!(schema.fields().is_full());
-        assert!(schema.reject(), "the first rejection changes the shape");
+        assert_eq!(
+            schema.reject(),
+            Refusal::Reshaped,
+            "the first rejection changes the shape"
+        );
         assert_eq!(schema.fields(), StatusFields::official());
-        assert!(!schema.reject(), "nothing left to fall back to");
+        assert_eq!(
+            schema.reject(),
+            Refusal::Final,
+            "nothing left to fall back to"
+        );
         schema.learn(&serde_saphyr::from_str(&crate::crd::crd_yaml()).unwrap());
         assert!(schema.fields().is_full());
+    }
+
+    #[test]
+    fn a_rejection_right_after_our_crd_was_read_is_the_api_server_lagging_not_a_reason_to_shrink() {
+        // Seen in the migration test: the CRD is replaced by ours, its watch event arrives,
+        // and the API server still validates status writes against the official schema for a
+        // moment. Falling back then would keep the official shape for good.
+        let schema = StatusSchema::default();
+        schema.learn(&official_crd());
+        schema.learn(&serde_saphyr::from_str(&crate::crd::crd_yaml()).unwrap());
+        assert_eq!(schema.reject(), Refusal::Lagging);
+        assert!(
+            schema.fields().is_full(),
+            "what the CRD declares still holds"
+        );
+        schema.learn(&official_crd());
+        assert_eq!(schema.reject(), Refusal::Final);
     }
 
     #[test]

@@ -23,7 +23,7 @@ use serde_json::json;
 
 use super::{
     Context,
-    crd_probe::{self, StatusFields},
+    crd_probe::{self, Refusal, StatusFields},
     poller::{TargetKey, TargetKind},
     scoped_api,
     sync::{Change, SyncError, SyncTarget, Synced},
@@ -345,7 +345,8 @@ fn synced_reason(s: &Synced) -> Reason {
 
 /// Writes `status`, or as much of it as the installed CRD declares. A refusal for fields the
 /// CRD does not declare (a CRD we could not read) makes every later write use the official
-/// operator's shape, and this one is tried once more in it; never more.
+/// operator's shape, and this one is tried once more in it; never more. A refusal of fields the
+/// CRD we read declares (the API server lagging a CRD update) is an error: retried with backoff.
 async fn write_status(
     ctx: &Context,
     obj: &OnePasswordItem,
@@ -369,11 +370,12 @@ async fn write_status(
             .await;
         match written {
             Ok(_) => return Ok(()),
-            Err(e) if crd_probe::is_schema_rejection(&e) => {
-                if !ctx.status_schema.reject() && fields == StatusFields::official() {
-                    break;
-                }
-            }
+            Err(e) if crd_probe::is_schema_rejection(&e) => match ctx.status_schema.reject() {
+                Refusal::Reshaped => {}
+                Refusal::Lagging => return Err(Error::Status(e)),
+                Refusal::Final if fields == StatusFields::official() => break,
+                Refusal::Final => {}
+            },
             Err(e) => return Err(Error::Status(e)),
         }
     }
@@ -769,6 +771,42 @@ mod tests {
             }]});
             assert_eq!(second["status"], official);
             assert_eq!(third["status"], official);
+            use futures::FutureExt;
+            assert!(
+                handle.next_request().now_or_never().is_none(),
+                "no further request"
+            );
+        }
+        #[tokio::test]
+        async fn a_status_refused_right_after_our_crd_was_read_is_retried_later_in_the_full_shape()
+        {
+            let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+            let ctx = crate::controller::testing::context(kube::Client::new(service, "default"));
+            ctx.status_schema
+                .learn(&serde_saphyr::from_str(&crate::crd::crd_yaml()).unwrap());
+            let obj = item("vaults/Prod/items/db");
+            let t0: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+            let status = desired_status(&obj, &Ok(synced(3)), t0);
+            let server = tokio::spawn(async move {
+                // The API server still validates against the CRD it had a moment ago.
+                answer_status_apply(
+                    &mut handle,
+                    500,
+                    "failed to create typed patch object: .status.itemId: field not declared in schema",
+                )
+                .await;
+                let retried = answer_status_apply(&mut handle, 200, "").await;
+                (retried, handle)
+            });
+            let first = write_status(&ctx, &obj, "apps", &status).await;
+            assert!(
+                matches!(first, Err(Error::Status(_))),
+                "an error, so the reconcile is retried with backoff"
+            );
+            assert!(ctx.status_schema.fields().is_full());
+            write_status(&ctx, &obj, "apps", &status).await.unwrap();
+            let (retried, mut handle) = server.await.unwrap();
+            assert_eq!(retried["status"]["itemId"], "i", "the full shape again");
             use futures::FutureExt;
             assert!(
                 handle.next_request().now_or_never().is_none(),
