@@ -309,7 +309,7 @@ impl StatusSchema {
             true
         });
         if lagging {
-            tracing::info!(
+            tracing::debug!(
                 "the API server refused status fields the installed OnePasswordItem CRD declares: \
                  it has not yet caught up with the CRD's new schema; the status is written again \
                  shortly"

@@ -143,8 +143,9 @@ async fn reconcile(obj: Arc<OnePasswordItem>, ctx: Arc<Context>) -> Result<Actio
     let outcome = ctx.sync_tracked(key, path, target).await;
 
     let status = desired_status(&obj, &outcome, Timestamp::now());
+    let mut status_write = StatusWrite::Done;
     if obj.status.as_ref() != Some(&ctx.status_schema.fields().project(&status)) {
-        write_status(&ctx, &obj, &namespace, &status).await?;
+        status_write = write_status(&ctx, &obj, &namespace, &status).await?;
     }
     publish_events(&ctx, &obj, &outcome, &status).await;
 
@@ -152,7 +153,11 @@ async fn reconcile(obj: Arc<OnePasswordItem>, ctx: Arc<Context>) -> Result<Actio
         tracing::info!(reason = %e.reason(), error = %e, "OnePasswordItem not synced");
     }
     ctx.note_ready(&key_of(&obj), Some(outcome.is_ok()));
-    Ok(ctx.after_sync("item", &key_of(&obj), &outcome, timer))
+    let action = ctx.after_sync("item", &key_of(&obj), &outcome, timer);
+    Ok(match status_write {
+        StatusWrite::Done => action,
+        StatusWrite::Again => Action::requeue(super::context::RECHECK_AFTER),
+    })
 }
 
 /// What the item asks for, checked before anything is fetched.
@@ -343,19 +348,31 @@ fn synced_reason(s: &Synced) -> Reason {
     }
 }
 
+/// Whether a status write is done, or must be made again shortly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StatusWrite {
+    Done,
+    /// The API server had not yet caught up with a CRD update and took only the official
+    /// operator's shape: the whole status is written again shortly.
+    Again,
+}
+
 /// Writes `status`, or as much of it as the installed CRD declares. A refusal for fields the
 /// CRD does not declare (a CRD we could not read) makes every later write use the official
 /// operator's shape, and this one is tried once more in it; never more. A refusal of fields the
-/// CRD we read declares (the API server lagging a CRD update) is an error: retried with backoff.
+/// CRD we read declares (the API server lagging a CRD update by a moment) has this write made
+/// in the official shape and the whole status written again shortly.
 async fn write_status(
     ctx: &Context,
     obj: &OnePasswordItem,
     namespace: &str,
     status: &OnePasswordItemStatus,
-) -> Result<(), Error> {
+) -> Result<StatusWrite, Error> {
     let api: Api<OnePasswordItem> = Api::namespaced(ctx.client.clone(), namespace);
+    let official = StatusFields::official();
+    let mut fields = ctx.status_schema.fields();
+    let mut lagging = false;
     for _ in 0..2 {
-        let fields = ctx.status_schema.fields();
         let body = json!({
             "apiVersion": OnePasswordItem::api_version(&()),
             "kind": OnePasswordItem::kind(&()),
@@ -369,21 +386,36 @@ async fn write_status(
             )
             .await;
         match written {
-            Ok(_) => return Ok(()),
-            Err(e) if crd_probe::is_schema_rejection(&e) => match ctx.status_schema.reject() {
-                Refusal::Reshaped => {}
-                Refusal::Lagging => return Err(Error::Status(e)),
-                Refusal::Final if fields == StatusFields::official() => break,
-                Refusal::Final => {}
-            },
+            Ok(_) => break,
+            Err(e) if crd_probe::is_schema_rejection(&e) => {
+                match ctx.status_schema.reject() {
+                    Refusal::Reshaped => fields = ctx.status_schema.fields(),
+                    Refusal::Lagging => {
+                        lagging = true;
+                        fields = official.clone();
+                    }
+                    Refusal::Final if fields == official => {
+                        if !lagging {
+                            // Retrying cannot help: the status is left as it is until the
+                            // next reconcile.
+                            tracing::warn!(
+                                "the API server refuses even the official operator's status \
+                                 shape; the status is not written"
+                            );
+                        }
+                        break;
+                    }
+                    Refusal::Final => fields = official.clone(),
+                }
+            }
             Err(e) => return Err(Error::Status(e)),
         }
     }
-    // Retrying cannot help: the status is left as it is until the next reconcile.
-    tracing::warn!(
-        "the API server refuses even the official operator's status shape; the status is not written"
-    );
-    Ok(())
+    Ok(if lagging {
+        StatusWrite::Again
+    } else {
+        StatusWrite::Done
+    })
 }
 
 /// The start of a Ready message that says which version of which item the Secret holds, and
@@ -760,7 +792,8 @@ mod tests {
                 let third = answer_status_apply(&mut handle, 200, "").await;
                 (second, third, handle)
             });
-            write_status(&ctx, &obj, "apps", &status).await.unwrap();
+            let first = write_status(&ctx, &obj, "apps", &status).await.unwrap();
+            assert_eq!(first, StatusWrite::Done, "nothing more to write");
             write_status(&ctx, &obj, "apps", &status).await.unwrap();
             let (second, third, mut handle) = server.await.unwrap();
             let official = json!({"conditions": [{
@@ -778,8 +811,8 @@ mod tests {
             );
         }
         #[tokio::test]
-        async fn a_status_refused_right_after_our_crd_was_read_is_retried_later_in_the_full_shape()
-        {
+        async fn a_status_refused_right_after_our_crd_was_read_is_written_smaller_then_whole_shortly()
+         {
             let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
             let ctx = crate::controller::testing::context(kube::Client::new(service, "default"));
             ctx.status_schema
@@ -795,17 +828,22 @@ mod tests {
                     "failed to create typed patch object: .status.itemId: field not declared in schema",
                 )
                 .await;
+                // Made again at once in the official shape, which it takes.
+                let smaller = answer_status_apply(&mut handle, 200, "").await;
                 let retried = answer_status_apply(&mut handle, 200, "").await;
-                (retried, handle)
+                (smaller, retried, handle)
             });
-            let first = write_status(&ctx, &obj, "apps", &status).await;
-            assert!(
-                matches!(first, Err(Error::Status(_))),
-                "an error, so the reconcile is retried with backoff"
+            let first = write_status(&ctx, &obj, "apps", &status).await.unwrap();
+            assert_eq!(
+                first,
+                StatusWrite::Again,
+                "the whole status follows shortly"
             );
             assert!(ctx.status_schema.fields().is_full());
-            write_status(&ctx, &obj, "apps", &status).await.unwrap();
-            let (retried, mut handle) = server.await.unwrap();
+            let second = write_status(&ctx, &obj, "apps", &status).await.unwrap();
+            assert_eq!(second, StatusWrite::Done);
+            let (smaller, retried, mut handle) = server.await.unwrap();
+            assert_eq!(smaller["status"].get("itemId"), None, "the official shape");
             assert_eq!(retried["status"]["itemId"], "i", "the full shape again");
             use futures::FutureExt;
             assert!(
