@@ -13,7 +13,7 @@
 //! message (`ItemNotFound: ...`). When the CRD cannot be read (RBAC), the full status is tried
 //! and a schema rejection makes the operator fall back to the official shape for good. A
 //! rejection of fields the CRD we read declares is the API server lagging a CRD update by a
-//! moment: the write is retried later in the same shape.
+//! moment: that write is made in the official shape and the whole status again shortly.
 
 use std::{
     collections::BTreeSet,
@@ -221,8 +221,8 @@ pub fn is_schema_rejection(error: &kube::Error) -> bool {
 pub enum Refusal {
     /// From now on only the official operator's shape is written: try again at once in it.
     Reshaped,
-    /// The CRD we read declares the fields; the API server has not caught up with it yet: try
-    /// again later in the same shape.
+    /// The CRD we read declares the fields; the API server has not caught up with it yet: what
+    /// we write is unchanged, and the whole status is worth writing again shortly.
     Lagging,
     /// Nothing smaller to fall back to: trying again cannot help.
     Final,
@@ -292,7 +292,7 @@ impl StatusSchema {
     /// official operator's shape from now on (until the CRD says otherwise). When we did read it
     /// and it declares the field, the API server has not yet caught up with a CRD that was just
     /// updated (it rebuilds its schema for custom resources a moment after the CRD's watch event):
-    /// nothing changes, and the write is tried again later.
+    /// what we write is unchanged.
     pub fn reject(&self) -> Refusal {
         let official = StatusFields::official();
         let mut lagging = false;

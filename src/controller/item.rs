@@ -143,10 +143,12 @@ async fn reconcile(obj: Arc<OnePasswordItem>, ctx: Arc<Context>) -> Result<Actio
     let outcome = ctx.sync_tracked(key, path, target).await;
 
     let status = desired_status(&obj, &outcome, Timestamp::now());
-    let mut status_write = StatusWrite::Done;
-    if obj.status.as_ref() != Some(&ctx.status_schema.fields().project(&status)) {
-        status_write = write_status(&ctx, &obj, &namespace, &status).await?;
-    }
+    let status_write = if obj.status.as_ref() != Some(&ctx.status_schema.fields().project(&status))
+    {
+        write_status(&ctx, &obj, &namespace, &status).await?
+    } else {
+        StatusWrite::Done
+    };
     publish_events(&ctx, &obj, &outcome, &status).await;
 
     if let Err(e) = &outcome {
@@ -388,25 +390,19 @@ async fn write_status(
         match written {
             Ok(_) => break,
             Err(e) if crd_probe::is_schema_rejection(&e) => {
-                match ctx.status_schema.reject() {
-                    Refusal::Reshaped => fields = ctx.status_schema.fields(),
-                    Refusal::Lagging => {
-                        lagging = true;
-                        fields = official.clone();
+                lagging |= ctx.status_schema.reject() == Refusal::Lagging;
+                if fields == official {
+                    if !lagging {
+                        // Retrying cannot help: the status is left as it is until the next
+                        // reconcile.
+                        tracing::warn!(
+                            "the API server refuses even the official operator's status shape; \
+                             the status is not written"
+                        );
                     }
-                    Refusal::Final if fields == official => {
-                        if !lagging {
-                            // Retrying cannot help: the status is left as it is until the
-                            // next reconcile.
-                            tracing::warn!(
-                                "the API server refuses even the official operator's status \
-                                 shape; the status is not written"
-                            );
-                        }
-                        break;
-                    }
-                    Refusal::Final => fields = official.clone(),
+                    break;
                 }
+                fields = official.clone();
             }
             Err(e) => return Err(Error::Status(e)),
         }
@@ -810,6 +806,7 @@ mod tests {
                 "no further request"
             );
         }
+
         #[tokio::test]
         async fn a_status_refused_right_after_our_crd_was_read_is_written_smaller_then_whole_shortly()
          {
