@@ -211,7 +211,9 @@ impl Catalog {
     }
 
     /// One poll: lists vaults, then lists the items of each vault in `in_use` whose
-    /// `contentVersion` changed since its last listing (or every one, with `full`). A server
+    /// `contentVersion` changed since its last listing. With `verify`, one vault more is listed
+    /// whatever its `contentVersion` says: the one whose listing is the oldest (the first by id
+    /// among equals), so that repeated verifications go round every vault in use. A server
     /// that leaves `contentVersion` at 0 gets a listing every time. A vault list that fails is
     /// the error; a listing that fails keeps the vault's old listing, is named in
     /// `failed`, and the other vaults are listed all the same. Both are remembered until the
@@ -219,7 +221,7 @@ impl Catalog {
     pub async fn refresh(
         &self,
         in_use: &HashSet<String>,
-        full: bool,
+        verify: bool,
     ) -> Result<RefreshReport, ConnectError> {
         let mut state = self.state.lock().await;
         let vaults = match self.vaults(&mut state, Fetch::Always).await {
@@ -234,15 +236,28 @@ impl Catalog {
         let mut report = RefreshReport::default();
         let mut ids: Vec<&String> = in_use.iter().collect();
         ids.sort();
+        let unchanged: HashSet<&String> = ids
+            .iter()
+            .copied()
+            .filter(|vault_id| {
+                let listed = vaults
+                    .iter()
+                    .find(|v| &v.id == *vault_id)
+                    .map(|v| v.content_version);
+                let cached = state.listings.get(*vault_id).map(|l| l.content_version);
+                matches!((listed, cached), (Some(now), Some(before)) if now != 0 && now == before)
+            })
+            .collect();
+        let verified = verify
+            .then(|| {
+                ids.iter()
+                    .copied()
+                    .filter(|id| unchanged.contains(id))
+                    .min_by_key(|id| state.listings.get(*id).map(|l| l.fetched))
+            })
+            .flatten();
         for vault_id in ids {
-            let listed_version = vaults
-                .iter()
-                .find(|v| &v.id == vault_id)
-                .map(|v| v.content_version);
-            let cached = state.listings.get(vault_id).map(|l| l.content_version);
-            let unchanged = !full
-                && matches!((listed_version, cached), (Some(now), Some(before)) if now != 0 && now == before);
-            if unchanged {
+            if unchanged.contains(vault_id) && Some(vault_id) != verified {
                 report.unchanged += 1;
                 continue;
             }

@@ -19,14 +19,15 @@ pub struct Args {
     pub watch_namespace: Option<String>,
 
     /// Seconds between two polls of 1Password for changed items (`30`, or `30s`, `10m`, `1h`):
-    /// the longest a change waits when the change check is off, and every tenth poll interval
-    /// every vault in use is listed in full.
+    /// the longest a change waits when the change check is off; every tenth poll interval the
+    /// vault in use listed longest ago is listed again, whatever its `contentVersion` says.
     #[arg(long, env = "POLLING_INTERVAL", default_value = "600", value_parser = parse_interval)]
     pub polling_interval: Duration,
 
-    /// Seconds between two change checks (one `GET /v1/vaults`; a vault whose contentVersion
-    /// moved has its items listed at once). `0` turns it off: one check per polling interval.
-    /// Longer than the polling interval means the polling interval.
+    /// The shortest gap in seconds between two change checks (one `GET /v1/vaults`; a vault
+    /// whose contentVersion moved has its items listed at once): checks cut the polling
+    /// interval into equal parts no shorter than this. `0` turns it off: one check per polling
+    /// interval. Longer than the polling interval means the polling interval.
     #[arg(long, env = "CHANGE_CHECK_INTERVAL", default_value = "6",
           value_parser = parse_interval_or_off)]
     pub change_check_interval: Duration,

@@ -83,7 +83,7 @@ async fn run(args: Args) -> Result<(), String> {
     tracing::info!(
         connect = %connect.host(),
         poll_interval_s = args.polling_interval.as_secs(),
-        change_check_interval_s = schedule.check.as_secs(),
+        change_check_interval_s = schedule.check.as_secs_f64(),
         auto_restart = args.auto_restart,
         namespaces = ?namespaces,
         "starting"

@@ -385,10 +385,24 @@ async fn an_idle_poll_costs_one_request_and_a_change_one_listing_more() {
         .unwrap();
     assert_eq!(now.version, db.version + 1);
 
-    // A full cycle lists every vault in use whatever contentVersion says.
+    // A verifying cycle lists one unchanged vault more whatever contentVersion says, the one
+    // listed longest ago: Staging (Prod was just listed), then Prod, then Staging again.
+    for expected in [&staging.vault_id, &db.vault_id, &staging.vault_id] {
+        sim.reset_counts();
+        let report = catalog.refresh(&in_use, true).await.unwrap();
+        assert_eq!(report.listed, vec![expected.clone()]);
+        assert_eq!(report.unchanged, 1);
+        assert_eq!(sim.total_requests(), 2, "{:?}", sim.counts());
+    }
+    // A vault listed for its change does not count as the verification.
+    sim.set_field("Staging", "db", "password", "staging-pw-2")
+        .unwrap();
     sim.reset_counts();
-    catalog.refresh(&in_use, true).await.unwrap();
-    assert_eq!(sim.count("list_items"), 2);
+    let mut report = catalog.refresh(&in_use, true).await.unwrap();
+    report.listed.sort();
+    let mut both = vec![db.vault_id.clone(), staging.vault_id.clone()];
+    both.sort();
+    assert_eq!(report.listed, both);
 }
 
 #[tokio::test]

@@ -1,7 +1,9 @@
 //! 1Password cannot be watched, so it is polled. Each cycle (a change check, every
 //! [`Schedule::check`]) costs one `GET /v1/vaults` plus one item listing per vault in use whose
 //! `contentVersion` moved, whatever the number of items; the first cycle after each ten poll
-//! intervals lists every vault in use, in case a server does not bump it. Only items whose
+//! intervals lists one vault more, the one listed longest ago, in case a server does not bump
+//! `contentVersion` (so each vault of V is listed at least every 10 × V poll intervals, and an
+//! idle poll interval costs 1.1 requests on average whatever V is). Only items whose
 //! listed version or resolution changed are handed to their reconciler, which fetches them (one
 //! item GET, plus one request for all of its files).
 //!
@@ -28,17 +30,18 @@ use kube::runtime::reflector::ObjectRef;
 use super::Context;
 use crate::{connect::ItemPath, crd::OnePasswordItem, http::Alive};
 
-/// Every tenth poll interval, every vault in use is listed, whatever `contentVersion` says.
-const FULL_LISTING_EVERY: u32 = 10;
+/// Every tenth poll interval, the vault in use listed longest ago is listed again, whatever
+/// `contentVersion` says.
+const VERIFY_EVERY: u32 = 10;
 
 /// When the poller looks at Connect: a change check every `check`; what costs requests per
-/// target or per vault (see [`Cycle`]) stays once per `poll` or per `full` (ten poll
+/// target or per vault (see [`Cycle`]) stays once per `poll` or per `verify` (ten poll
 /// intervals), however often changes are checked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Schedule {
     pub check: Duration,
     pub poll: Duration,
-    pub full: Duration,
+    pub verify: Duration,
 }
 
 /// What one check does besides the vault list, as [`Schedule::cycle`] says.
@@ -46,24 +49,28 @@ pub struct Schedule {
 pub struct Cycle {
     /// The first check of a poll interval: targets whose vault has no listing kept ask Connect.
     pub poll: bool,
-    /// The first check of ten poll intervals: every vault in use is listed.
-    pub full: bool,
+    /// The first check of ten poll intervals: the vault in use listed longest ago is listed
+    /// again whatever its `contentVersion` says.
+    pub verify: bool,
 }
 
 impl Schedule {
     /// `change_check` is `CHANGE_CHECK_INTERVAL`: zero turns the change check off (one check per
-    /// poll interval, as before it existed), and a check rarer than the poll interval would
-    /// make the poll interval a lie, so it is cut to it.
+    /// poll interval, as before it existed). Otherwise it is the shortest gap between two
+    /// checks: the poll interval is cut into as many equal checks as fit (600 s by 6 s: 100
+    /// checks of 6 s; 10 s by 6 s: one of 10 s; 15 s by 6 s: two of 7.5 s), so that each poll
+    /// interval begins with a check and none is paid for twice, and a check rarer than the
+    /// poll interval, which would make the poll interval a lie, is the poll interval.
     pub fn new(poll_interval: Duration, change_check: Duration) -> Schedule {
-        let check = if change_check.is_zero() {
-            poll_interval
+        let checks = if change_check.is_zero() {
+            1
         } else {
-            change_check.min(poll_interval)
+            (poll_interval.as_nanos() / change_check.as_nanos()).clamp(1, u32::MAX as u128) as u32
         };
         Schedule {
-            check,
+            check: poll_interval / checks,
             poll: poll_interval,
-            full: poll_interval.saturating_mul(FULL_LISTING_EVERY),
+            verify: poll_interval.saturating_mul(VERIFY_EVERY),
         }
     }
 
@@ -76,7 +83,7 @@ impl Schedule {
         };
         Cycle {
             poll: crosses(self.poll),
-            full: crosses(self.full),
+            verify: crosses(self.verify),
         }
     }
 }
@@ -267,7 +274,7 @@ pub async fn poll_once(ctx: &Context, triggers: &Triggers, cycle: Cycle) -> usiz
         .iter()
         .flat_map(|(_, t)| t.vaults().cloned())
         .collect();
-    let refreshed = ctx.catalog.refresh(&in_use, cycle.full).await;
+    let refreshed = ctx.catalog.refresh(&in_use, cycle.verify).await;
     let mut due = 0;
     for (key, tracked) in &snapshot {
         let affected = match &refreshed {
@@ -397,41 +404,61 @@ mod tests {
         picked
     }
 
-    fn full_listings(schedule: Schedule, span: Duration) -> Vec<u64> {
-        checks(schedule, span, |c| c.full)
+    fn verifications(schedule: Schedule, span: Duration) -> Vec<u64> {
+        checks(schedule, span, |c| c.verify)
     }
 
     #[test]
-    fn changes_are_checked_every_check_interval_never_rarer_than_the_poll_interval() {
-        assert_eq!(Schedule::new(secs(600), secs(6)).check, secs(6));
+    fn the_poll_interval_is_cut_into_equal_checks_no_shorter_than_the_check_interval() {
+        let check = |poll, change| Schedule::new(secs(poll), change).check;
+        assert_eq!(check(600, secs(6)), secs(6));
         // Off: one check per poll interval, as before there was a change check.
-        assert_eq!(Schedule::new(secs(600), Duration::ZERO).check, secs(600));
-        assert_eq!(Schedule::new(secs(2), secs(6)).check, secs(2));
-        assert_eq!(Schedule::new(secs(600), secs(6)).full, secs(6000));
+        assert_eq!(check(600, Duration::ZERO), secs(600));
+        // Rarer than the poll interval: the poll interval.
+        assert_eq!(check(2, secs(6)), secs(2));
+        // 6 s does not divide 10 s: one check of 10 s, not 1.67 checks per poll interval.
+        assert_eq!(check(10, secs(6)), secs(10));
+        assert_eq!(check(15, secs(6)), Duration::from_millis(7_500));
+        assert_eq!(check(60, secs(7)), Duration::from_nanos(60_000_000_000 / 8));
+        assert_eq!(Schedule::new(secs(600), secs(6)).verify, secs(6000));
     }
 
     #[test]
-    fn the_full_listing_comes_once_per_ten_poll_intervals_however_often_changes_are_checked() {
-        // 600 s polls, checks every 6 s: the 1,000th and 2,000th checks list every vault.
+    fn each_poll_interval_costs_one_vault_list_when_the_check_interval_does_not_fit_twice() {
+        for poll in [10, 11, 15, 60, 600] {
+            let schedule = Schedule::new(secs(poll), secs(6));
+            let span = secs(poll * 20);
+            let checks = span.as_nanos() / schedule.check.as_nanos();
+            assert_eq!(
+                checks % 20,
+                0,
+                "poll {poll}: a whole number of checks per interval"
+            );
+            assert!(schedule.check >= secs(6), "poll {poll}");
+        }
+    }
+
+    #[test]
+    fn the_verification_comes_once_per_ten_poll_intervals_however_often_changes_are_checked() {
+        // 600 s polls, checks every 6 s: the 1,000th and 2,000th checks.
         let frequent = Schedule::new(secs(600), secs(6));
-        assert_eq!(full_listings(frequent, secs(12_000)), [6_000, 12_000]);
+        assert_eq!(verifications(frequent, secs(12_000)), [6_000, 12_000]);
         // No change check: every tenth poll, as before.
         let polls = Schedule::new(secs(10), Duration::ZERO);
-        assert_eq!(full_listings(polls, secs(300)), [100, 200, 300]);
-        // A check interval that does not divide the poll interval: the first check after.
-        let odd = Schedule::new(secs(10), secs(7));
-        assert_eq!(full_listings(odd, secs(210)), [105, 203]);
+        assert_eq!(verifications(polls, secs(300)), [100, 200, 300]);
+        let fitted = Schedule::new(secs(10), secs(7));
+        assert_eq!(verifications(fitted, secs(210)), [100, 200]);
     }
 
     #[test]
-    fn a_late_check_that_skipped_past_the_full_listing_still_does_it_and_only_once() {
+    fn a_late_check_that_skipped_past_the_verification_still_does_it_and_only_once() {
         let schedule = Schedule::new(secs(600), secs(6));
-        let full = |previous, at| schedule.cycle(secs(previous), secs(at)).full;
+        let verify = |previous, at| schedule.cycle(secs(previous), secs(at)).verify;
         // A slow cycle delays the next ticks past 6,000 s.
-        assert!(full(5_994, 6_010));
-        assert!(!full(6_010, 6_016));
-        assert!(!full(0, 6));
-        assert!(full(5_994, 6_000));
+        assert!(verify(5_994, 6_010));
+        assert!(!verify(6_010, 6_016));
+        assert!(!verify(0, 6));
+        assert!(verify(5_994, 6_000));
     }
 
     #[test]
@@ -440,7 +467,7 @@ mod tests {
         assert_eq!(checks(frequent, secs(180), |c| c.poll), [60, 120, 180]);
         let off = Schedule::new(secs(60), Duration::ZERO);
         assert_eq!(checks(off, secs(180), |c| c.poll), [60, 120, 180]);
-        assert_eq!(checks(off, secs(1_200), |c| c.full), [600, 1_200]);
+        assert_eq!(checks(off, secs(1_200), |c| c.verify), [600, 1_200]);
     }
 
     #[test]
@@ -448,7 +475,7 @@ mod tests {
         let check = Cycle::default();
         let poll = Cycle {
             poll: true,
-            full: false,
+            verify: false,
         };
         let never_resolved = tracked(None, None);
         assert!(!is_woken(&never_resolved, false, None, check));
@@ -580,7 +607,7 @@ mod extra_tests {
         };
         let poll = Cycle {
             poll: true,
-            full: false,
+            verify: false,
         };
         assert!(!is_target_woken(
             &tracked,
