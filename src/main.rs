@@ -202,6 +202,14 @@ async fn run(args: Args) -> Result<(), String> {
         shutdown(),
     ));
     tasks.spawn(health.watch(
+        "status writers".into(),
+        controller::status_queue::run(
+            ctx.clone(),
+            usize::from(args.max_concurrent_reconciles),
+            shutdown(),
+        ),
+    ));
+    tasks.spawn(health.watch(
         "restart controller".into(),
         restart::controller::run(ctx.clone(), shutdown()),
     ));

@@ -146,6 +146,8 @@ pub struct Context {
     pub status_schema: std::sync::Arc<crd_probe::StatusSchema>,
     /// The delay before retrying each object whose reconciles keep failing.
     pub backoff: Backoff,
+    /// The OnePasswordItem statuses not written yet.
+    pub statuses: super::status_queue::StatusQueue,
     reasons: Mutex<HashMap<String, Reason>>,
     /// The objects whose Secret changed while our write was on its way: reconciled again soon.
     rechecks: Mutex<HashSet<String>>,
@@ -166,6 +168,7 @@ impl Context {
             write_rate: write_rate::WriteRate::default(),
             status_schema: Default::default(),
             backoff: Backoff::default(),
+            statuses: Default::default(),
             reasons: Mutex::new(HashMap::new()),
             rechecks: Mutex::new(HashSet::new()),
             ready: Mutex::new(HashMap::new()),

@@ -26,6 +26,7 @@ use super::{
     crd_probe::{self, Refusal, StatusFields},
     poller::{TargetKey, TargetKind},
     scoped_api,
+    status_queue::{self, Written},
     sync::{Change, SyncError, SyncTarget, Synced},
     takeover, truncate,
 };
@@ -128,6 +129,8 @@ async fn reconcile(obj: Arc<OnePasswordItem>, ctx: Arc<Context>) -> Result<Actio
         .map_err(Error::Finalizer)?;
     if obj.meta().deletion_timestamp.is_some() {
         // The Secret goes with it through its owner reference; nothing to clean up here.
+        ctx.statuses
+            .forget(&(key.namespace.clone(), key.name.clone()));
         ctx.registry.forget(&key);
         ctx.note_ready(&key_of(&obj), None);
         return Ok(Action::await_change());
@@ -140,26 +143,25 @@ async fn reconcile(obj: Arc<OnePasswordItem>, ctx: Arc<Context>) -> Result<Actio
         t.presumed_absent = obj.status.is_none() && !ctx.own_writes.knows(&namespace, &t.name);
         t
     });
-    let outcome = ctx.sync_tracked(key, path, target).await;
-
-    let status = desired_status(&obj, &outcome, Timestamp::now());
-    let status_write = if obj.status.as_ref() != Some(&ctx.status_schema.fields().project(&status))
-    {
-        write_status(&ctx, &obj, &namespace, &status).await?
-    } else {
-        StatusWrite::Done
+    let outcome = {
+        let _in_flight = ctx.statuses.sync();
+        ctx.sync_tracked(key, path, target).await
     };
+
+    // The status is written after the Secret, by the status writers: a Secret never waits
+    // behind a status (see [`super::status_queue`]).
+    let status = desired_status(&obj, &outcome, Timestamp::now());
+    if obj.status.as_ref() != Some(&ctx.status_schema.fields().project(&status)) {
+        ctx.statuses
+            .push((namespace.clone(), obj.name_any()), status.clone());
+    }
     publish_events(&ctx, &obj, &outcome, &status).await;
 
     if let Err(e) = &outcome {
         tracing::info!(reason = %e.reason(), error = %e, "OnePasswordItem not synced");
     }
     ctx.note_ready(&key_of(&obj), Some(outcome.is_ok()));
-    let action = ctx.after_sync("item", &key_of(&obj), &outcome, timer);
-    Ok(match status_write {
-        StatusWrite::Done => action,
-        StatusWrite::Again => Action::requeue(super::context::RECHECK_AFTER),
-    })
+    Ok(ctx.after_sync("item", &key_of(&obj), &outcome, timer))
 }
 
 /// What the item asks for, checked before anything is fetched.
@@ -366,7 +368,7 @@ enum StatusWrite {
 /// in the official shape and the whole status written again shortly.
 async fn write_status(
     ctx: &Context,
-    obj: &OnePasswordItem,
+    name: &str,
     namespace: &str,
     status: &OnePasswordItemStatus,
 ) -> Result<StatusWrite, Error> {
@@ -382,7 +384,7 @@ async fn write_status(
         });
         let written = api
             .patch_status(
-                &obj.name_any(),
+                name,
                 &PatchParams::apply(FIELD_MANAGER).force(),
                 &Patch::Apply(&body),
             )
@@ -412,6 +414,33 @@ async fn write_status(
     } else {
         StatusWrite::Done
     })
+}
+
+/// Writes a status the queue handed over ([`super::status_queue::run`]): a failed write is tried
+/// again with the object's backoff, one the API server lagging took in part a second later; the
+/// status of an object that is gone is dropped.
+pub(super) async fn write_queued_status(
+    ctx: &Context,
+    (namespace, name): &status_queue::Key,
+    status: &OnePasswordItemStatus,
+) -> Written {
+    let backoff_key = format!(
+        "status/{}",
+        super::object_key(TargetKind::Item, namespace, name)
+    );
+    match write_status(ctx, name, namespace, status).await {
+        Ok(StatusWrite::Done) => {
+            ctx.backoff.reset(&backoff_key);
+            Written::Done
+        }
+        Ok(StatusWrite::Again) => Written::Retry(super::context::RECHECK_AFTER),
+        Err(Error::Status(kube::Error::Api(e))) if e.code == 404 => Written::Done,
+        Err(e) => {
+            let after = ctx.backoff.next(&backoff_key, super::context::FIRST_RETRY);
+            tracing::warn!(%namespace, item = %name, error = %e, retry_in_s = after.as_secs(), "cannot write the OnePasswordItem status; trying again");
+            Written::Retry(after)
+        }
+    }
 }
 
 /// The start of a Ready message that says which version of which item the Secret holds, and
@@ -788,9 +817,9 @@ mod tests {
                 let third = answer_status_apply(&mut handle, 200, "").await;
                 (second, third, handle)
             });
-            let first = write_status(&ctx, &obj, "apps", &status).await.unwrap();
+            let first = write_status(&ctx, "db", "apps", &status).await.unwrap();
             assert_eq!(first, StatusWrite::Done, "nothing more to write");
-            write_status(&ctx, &obj, "apps", &status).await.unwrap();
+            write_status(&ctx, "db", "apps", &status).await.unwrap();
             let (second, third, mut handle) = server.await.unwrap();
             let official = json!({"conditions": [{
                 "type": "Ready",
@@ -830,14 +859,14 @@ mod tests {
                 let retried = answer_status_apply(&mut handle, 200, "").await;
                 (smaller, retried, handle)
             });
-            let first = write_status(&ctx, &obj, "apps", &status).await.unwrap();
+            let first = write_status(&ctx, "db", "apps", &status).await.unwrap();
             assert_eq!(
                 first,
                 StatusWrite::Again,
                 "the whole status follows shortly"
             );
             assert!(ctx.status_schema.fields().is_full());
-            let second = write_status(&ctx, &obj, "apps", &status).await.unwrap();
+            let second = write_status(&ctx, "db", "apps", &status).await.unwrap();
             assert_eq!(second, StatusWrite::Done);
             let (smaller, retried, mut handle) = server.await.unwrap();
             assert_eq!(smaller["status"].get("itemId"), None, "the official shape");
@@ -886,7 +915,8 @@ mod tests {
             let (client, handle) = testing::mock_client();
             let ctx = testing::context_on(client, &sim.url());
             let server = tokio::spawn(serve(handle, script));
-            let result = reconcile(Arc::new(obj), ctx).await;
+            let result = reconcile(Arc::new(obj), ctx.clone()).await;
+            status_queue::flush(&ctx).await;
             let (handle, seen) = server.await.unwrap();
             assert_no_more_requests(handle);
             (result, seen)
@@ -982,6 +1012,7 @@ mod tests {
                 });
                 let server = tokio::spawn(serve(handle, vec![apply, Expect::apply(STATUS)]));
                 let result = reconcile(Arc::new(item("vaults/Prod/items/db")), ctx.clone()).await;
+                status_queue::flush(&ctx).await;
                 assert_no_more_requests(server.await.unwrap().0);
                 assert_eq!(result.unwrap(), expected, "{events:?}");
                 assert!(ctx.own_writes.knows("apps", "db"));
@@ -1010,12 +1041,12 @@ mod tests {
             let script = vec![
                 Expect::failing("GET", SECRET, 404),
                 Expect::apply(SECRET),
-                Expect::apply(STATUS),
                 Expect::event("apps"),
+                Expect::apply(STATUS),
             ];
             let (result, seen) = reconcile_obj_with(obj, script).await;
             result.unwrap();
-            let event = &seen[3].2;
+            let event = &seen[2].2;
             assert_eq!(event["type"], "Normal");
             assert_eq!(event["reason"], "SecretCreated");
             assert_eq!(event["action"], "Sync");
@@ -1040,17 +1071,17 @@ mod tests {
             let script = vec![
                 Expect::failing("PATCH", SECRET, 409),
                 Expect::new("GET", SECRET, 200, foreign),
-                Expect::apply(STATUS),
                 Expect::event("apps"),
+                Expect::apply(STATUS),
             ];
             let (result, seen) = reconcile_with(script).await;
             // Looked at again at the next poll: the other Secret may go.
             assert_eq!(result.unwrap(), Action::requeue(Duration::from_secs(10)));
             assert_eq!(seen[0].2["metadata"]["resourceVersion"], "1");
-            let ready = &seen[2].2["status"]["conditions"][0];
+            let ready = &seen[3].2["status"]["conditions"][0];
             assert_eq!(ready["status"], "False");
             assert_eq!(ready["reason"], "SecretConflict");
-            let event = &seen[3].2;
+            let event = &seen[2].2;
             assert_eq!(event["type"], "Warning");
             assert_eq!(event["reason"], "SecretConflict");
             assert!(
@@ -1088,13 +1119,14 @@ mod tests {
             let script = vec![
                 Expect::new("GET", SECRET, 200, live),
                 Expect::apply(SECRET),
-                Expect::apply(STATUS),
                 // Synced before, ignored now: an event says so.
                 Expect::event("apps"),
+                Expect::apply(STATUS),
             ];
             let server = tokio::spawn(serve(handle, script));
             let obj = Arc::new(synced_item("vaults/Prod/items/db"));
-            reconcile(obj, ctx).await.unwrap();
+            reconcile(obj, ctx.clone()).await.unwrap();
+            status_queue::flush(&ctx).await;
             let (handle, seen) = server.await.unwrap();
             assert_no_more_requests(handle);
             let secret = &seen[1].2;
@@ -1109,7 +1141,7 @@ mod tests {
                 annotations[DIGEST_ANNOTATION], "v1:00112233445566778899aabbccddeeff:0011",
                 "the digest, and so the workloads, do not move"
             );
-            let ready = &seen[2].2["status"]["conditions"][0];
+            let ready = &seen[3].2["status"]["conditions"][0];
             assert_eq!(ready["reason"], "Ignored");
             assert_eq!(ready["status"], "True");
         }
@@ -1124,6 +1156,7 @@ mod tests {
             let server = tokio::spawn(serve(handle, first));
             let mut obj = item("vaults/Prod/items/db");
             reconcile(Arc::new(obj.clone()), ctx.clone()).await.unwrap();
+            status_queue::flush(&ctx).await;
             let (handle, seen) = server.await.unwrap();
             let mut written: Value = seen[0].2.clone();
             written["metadata"]["resourceVersion"] = json!("7");
@@ -1160,9 +1193,10 @@ mod tests {
                 handle,
                 vec![Expect::apply(SECRET), Expect::apply(STATUS)],
             ));
-            reconcile(Arc::new(item("vaults/Prod/items/db")), ctx)
+            reconcile(Arc::new(item("vaults/Prod/items/db")), ctx.clone())
                 .await
                 .unwrap();
+            status_queue::flush(&ctx).await;
             let (_, seen) = server.await.unwrap();
             let mut written: Value = seen[0].2.clone();
             written["metadata"]["resourceVersion"] = json!("7");
@@ -1181,9 +1215,10 @@ mod tests {
                     Expect::apply(STATUS),
                 ],
             ));
-            let action = reconcile(Arc::new(item("vaults/Prod/items/db")), ctx)
+            let action = reconcile(Arc::new(item("vaults/Prod/items/db")), ctx.clone())
                 .await
                 .unwrap();
+            status_queue::flush(&ctx).await;
             let (handle, seen) = server.await.unwrap();
             assert_no_more_requests(handle);
             assert_eq!(action, Action::requeue(Duration::from_secs(3600)));

@@ -7,6 +7,7 @@
 //!   metrics, settings, backoff).
 //! - [`watch`]: which watch events wake a reconcile, and what is forgotten when objects go.
 //! - [`poller`]: the poll loop that finds changed items and wakes the two above.
+//! - [`status_queue`]: OnePasswordItem statuses, written after the Secrets they describe.
 //! - restarts of workloads whose Secrets' data changed: [`crate::restart`].
 //! - [`write_rate`]: notices a Secret we keep writing again (another writer fights us).
 //! - [`crd_probe`]: which status fields the installed CRD declares (ours or the official one).
@@ -19,6 +20,7 @@ pub mod deployment;
 pub mod events;
 pub mod item;
 pub mod poller;
+pub mod status_queue;
 pub mod sync;
 pub mod takeover;
 pub mod watch;
