@@ -217,7 +217,11 @@ impl Context {
             .ok()
             .map(|t| (t.namespace.clone(), t.name.clone()));
         let outcome = match target {
-            Ok(target) => sync::sync(self, &target).await,
+            // Status writes wait while Secrets are being written (see `status_queue`).
+            Ok(target) => {
+                let _in_flight = self.statuses.sync();
+                sync::sync(self, &target).await
+            }
             Err(e) => Err(e),
         };
         if let Some((namespace, name)) = &secret

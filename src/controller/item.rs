@@ -143,10 +143,7 @@ async fn reconcile(obj: Arc<OnePasswordItem>, ctx: Arc<Context>) -> Result<Actio
         t.presumed_absent = obj.status.is_none() && !ctx.own_writes.knows(&namespace, &t.name);
         t
     });
-    let outcome = {
-        let _in_flight = ctx.statuses.sync();
-        ctx.sync_tracked(key, path, target).await
-    };
+    let outcome = ctx.sync_tracked(key, path, target).await;
 
     // The status is written after the Secret, by the status writers: a Secret never waits
     // behind a status (see [`super::status_queue`]).

@@ -209,6 +209,7 @@ async fn sync_pass(ctx: &Context, target: &SyncTarget, read: Read) -> Result<Pas
     // A Secret we keep writing back is left alone for a while: nothing is fetched or written.
     apply::admit(ctx, target, &listed)?;
     let client = ctx.catalog.client();
+    let aside = ctx.statuses.aside();
     let item = client
         .fetch_item(&resolution.vault_id, &resolution.item_id)
         .await?;
@@ -220,6 +221,7 @@ async fn sync_pass(ctx: &Context, target: &SyncTarget, read: Read) -> Result<Pas
             .map_err(|e| SyncError::from(e).in_item(name))?;
         named.insert(name.clone(), fetched);
     }
+    drop(aside);
     let fetched = Held::fetched(&item).with_extra(
         named
             .iter()
@@ -280,6 +282,9 @@ async fn observe(
     target: &SyncTarget,
     read: Read,
 ) -> Result<(Resolution, BTreeMap<String, Resolution>, Option<Secret>), SyncError> {
+    // Waiting for Connect (or for a poll's listing) gives the API server nothing to do: status
+    // writes may go on meanwhile.
+    let aside = ctx.statuses.aside();
     let resolution = resolve(ctx, target, &target.path).await?;
     let mut extra = BTreeMap::new();
     for (name, path) in target.extra_paths()? {
@@ -288,6 +293,7 @@ async fn observe(
             .map_err(|e| e.in_item(name))?;
         extra.insert(name.to_owned(), resolved);
     }
+    drop(aside);
     let live = match read {
         Read::Live => secrets(ctx, target).get_opt(&target.name).await?,
         Read::Skip => None,
