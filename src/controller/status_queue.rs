@@ -163,15 +163,6 @@ impl StatusQueue {
             .remove(key);
     }
 
-    /// How many statuses wait (not counting those being written).
-    pub fn len(&self) -> usize {
-        self.state.lock().expect("status queue lock").pending.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Marks a sync in flight until the guard is dropped.
     pub fn sync(&self) -> Sync<'_> {
         self.syncs.fetch_add(1, Ordering::AcqRel);
@@ -250,8 +241,9 @@ impl StatusQueue {
                         _ = tokio::time::sleep_until(at) => {}
                     }
                 }
-                // Nothing to write yet, or patient: a new status is younger than any, so only
-                // the end of the syncs, or a while, can change the answer.
+                None if patient => quiet.await,
+                // Nothing to write yet: a status queued from now on is overdue no sooner than
+                // `PATIENCE` from now.
                 None => {
                     tokio::select! {
                         _ = quiet => {}
@@ -290,9 +282,14 @@ pub async fn flush(ctx: &Context) {
     loop {
         let job = ctx.statuses.state.lock().expect("status queue lock").take();
         let Some((key, status)) = job else { return };
-        let written = super::item::write_queued_status(ctx, &key, &status).await;
-        ctx.statuses.finish(key, status, written);
+        write(ctx, key, status).await;
     }
+}
+
+/// Writes one status taken from the queue and tells the queue how it went.
+async fn write(ctx: &Context, key: Key, status: OnePasswordItemStatus) {
+    let written = super::item::write_queued_status(ctx, &key, &status).await;
+    ctx.statuses.finish(key, status, written);
 }
 
 /// Writes the queued statuses until `shutdown`: `writers` writers, while no sync is in flight
@@ -307,8 +304,7 @@ pub async fn run(ctx: Arc<Context>, writers: usize, shutdown: impl Future<Output
                 let (key, status) = ctx.statuses.next().await;
                 // The wait for a status may have outlasted the quiet.
                 ctx.statuses.turn(!first).await;
-                let written = super::item::write_queued_status(&ctx, &key, &status).await;
-                ctx.statuses.finish(key, status, written);
+                write(&ctx, key, status).await;
             }
         }
     };
@@ -346,7 +342,7 @@ mod tests {
         queue.push(key("a"), status("1"));
         queue.push(key("b"), status("1"));
         queue.push(key("a"), status("2"));
-        assert_eq!(queue.len(), 2);
+        assert_eq!(queue.state.lock().unwrap().pending.len(), 2);
         assert_eq!(next_now(&queue).await, Some((key("a"), status("2"))));
         assert_eq!(next_now(&queue).await, Some((key("b"), status("1"))));
         assert_eq!(next_now(&queue).await, None);
@@ -410,7 +406,7 @@ mod tests {
         queue.push(key("a"), status("1"));
         queue.forget(&key("a"));
         assert_eq!(next_now(&queue).await, None);
-        assert!(queue.is_empty());
+        assert!(queue.state.lock().unwrap().pending.is_empty());
     }
 
     #[tokio::test(start_paused = true)]
