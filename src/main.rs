@@ -171,6 +171,7 @@ async fn run(args: Args) -> Result<(), String> {
     };
 
     let mut triggers = Triggers::default();
+    let mut restart_feeds = Vec::new();
     for scope in namespaces.scopes() {
         let (tx, rx) = mpsc::unbounded();
         triggers.items.insert(scope.clone(), tx);
@@ -178,15 +179,28 @@ async fn run(args: Args) -> Result<(), String> {
             Some(ns) => format!("{kind} controller ({ns})"),
             None => format!("{kind} controller"),
         };
+        // One watch of the scope's managed Secrets for the three controllers that read them.
+        let mut secrets = controller::SecretWatch::new(scope.clone());
         tasks.spawn(health.watch(
             name("OnePasswordItem"),
-            controller::item::run(ctx.clone(), scope.clone(), rx, shutdown()),
+            controller::item::run(
+                ctx.clone(),
+                scope.clone(),
+                secrets.subscribe(),
+                rx,
+                shutdown(),
+            ),
         ));
         let (tx, rx) = mpsc::unbounded();
         triggers.deployments.insert(scope.clone(), tx);
         tasks.spawn(health.watch(
             name("Deployment"),
-            controller::deployment::run(ctx.clone(), scope.clone(), rx, shutdown()),
+            controller::deployment::run(ctx.clone(), scope.clone(), secrets.feed(), rx, shutdown()),
+        ));
+        restart_feeds.push((scope.clone(), secrets.feed()));
+        tasks.spawn(health.watch(
+            name("managed Secret watch"),
+            secrets.run(client.clone(), shutdown()),
         ));
     }
     tasks.spawn(health.watch(
@@ -211,7 +225,7 @@ async fn run(args: Args) -> Result<(), String> {
     ));
     tasks.spawn(health.watch(
         "restart controller".into(),
-        restart::controller::run(ctx.clone(), shutdown()),
+        restart::controller::run(ctx.clone(), restart_feeds, shutdown()),
     ));
 
     // After the signal, tasks get a few seconds to finish what they are doing; a controller

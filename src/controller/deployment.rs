@@ -231,19 +231,14 @@ fn askers<'a>(
 pub async fn run(
     ctx: Arc<Context>,
     scope: Option<String>,
+    secrets: super::SecretFeed,
     trigger: UnboundedReceiver<ObjectRef<Deployment>>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let deployments: Api<Deployment> = scoped_api(&ctx.client, scope.as_deref());
-    // Owned Secrets: owners and labels are all that is needed (metadata only, no values).
-    let (secret_store, writer) = reflector::store();
-    let secret_stream = super::watch_managed_secrets(&ctx.client, scope.as_deref())
-        .modify(|s| {
-            s.metadata.labels = None;
-            s.metadata.annotations = None;
-        })
-        .reflect(writer);
-    let secret_stream = super::skip_own_echoes(secret_stream, ctx.clone()).touched_objects();
+    // Owned Secrets: their owners are all that is read (the shared cache, metadata only).
+    let secret_store = secrets.store;
+    let secret_stream = super::skip_own_echoes(secrets.events, ctx.clone()).touched_objects();
     // Every Deployment of the scope is cached: keep what the reconcile reads (metadata and
     // spec), not managedFields or status.
     let (deployment_store, writer) = reflector::store();

@@ -61,11 +61,12 @@ pub enum Error {
 pub async fn run(
     ctx: Arc<Context>,
     scope: Option<String>,
+    secrets: super::SecretEvents,
     trigger: UnboundedReceiver<ObjectRef<OnePasswordItem>>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let items: Api<OnePasswordItem> = scoped_api(&ctx.client, scope.as_deref());
-    // The cached items need no managedFields; the owned Secrets are watched as metadata only.
+    // The cached items need no managedFields; the owned Secrets come from the shared watch.
     let (store, writer) = reflector::store();
     // Status writes (ours) need no reconcile; spec, labels and annotations do.
     let items = watcher(items, watcher::Config::default())
@@ -79,11 +80,7 @@ pub async fn run(
         .reflect(writer);
     let items = super::forget_deleted(items, ctx.clone(), TargetKind::Item, scope.clone());
     let items = super::skip_unchanged(items).touched_objects();
-    let secrets = super::skip_own_echoes(
-        super::watch_managed_secrets(&ctx.client, scope.as_deref()),
-        ctx.clone(),
-    )
-    .touched_objects();
+    let secrets = super::skip_own_echoes(secrets, ctx.clone()).touched_objects();
     Controller::for_stream(items, store)
         .owns_stream(secrets)
         .reconcile_on(trigger)

@@ -2,7 +2,7 @@
 //! before they wake a reconcile (our own writes' echoes, updates that change nothing a reconcile
 //! reads), and what is forgotten when an object goes.
 
-use std::{collections::HashMap, sync::Mutex};
+use std::{collections::HashMap, future::Future, sync::Mutex};
 
 use futures::Stream;
 use k8s_openapi::api::core::v1::Secret;
@@ -10,7 +10,11 @@ use kube::{
     Api, Client, Resource, ResourceExt,
     api::PartialObjectMeta,
     core::NamespaceResourceScope,
-    runtime::{WatchStreamExt, watcher},
+    runtime::{
+        WatchStreamExt,
+        reflector::{self, Store, store::Writer},
+        watcher,
+    },
 };
 
 use super::{
@@ -24,7 +28,7 @@ pub type SecretMeta = PartialObjectMeta<Secret>;
 
 /// Watches the Secrets this operator manages (by label) in `scope`, metadata only (a metadata
 /// watch never transfers values), with `managedFields` dropped before they are cached.
-pub fn watch_managed_secrets(
+fn watch_managed_secrets(
     client: &Client,
     scope: Option<&str>,
 ) -> impl Stream<Item = Result<watcher::Event<SecretMeta>, watcher::Error>> + Send + 'static {
@@ -37,6 +41,129 @@ pub fn watch_managed_secrets(
     watcher(api, managed)
         .default_backoff()
         .modify(|s: &mut SecretMeta| s.managed_fields_mut().clear())
+}
+
+/// The events of the shared watch of managed Secrets, as one controller receives them
+/// ([`SecretWatch::subscribe`]). Watch errors are logged by the watch itself, never passed on.
+pub type SecretEvents =
+    futures::stream::BoxStream<'static, Result<watcher::Event<SecretMeta>, watcher::Error>>;
+
+/// What a controller gets of the shared watch of managed Secrets ([`SecretWatch::feed`]).
+pub struct SecretFeed {
+    /// The shared cache of their metadata, updated before an event is passed on.
+    pub store: Store<SecretMeta>,
+    /// The events, in order.
+    pub events: SecretEvents,
+}
+
+/// How many events a subscriber may lag behind before the watch waits for it.
+const SUBSCRIBER_BUFFER: usize = 256;
+
+/// The managed Secrets of one scope, watched once for every controller that needs them (the
+/// OnePasswordItem, Deployment and restart controllers): one watch connection, one decoding of
+/// each event, and one cache of their metadata ([`SecretWatch::store`]) instead of one each.
+///
+/// The cache keeps what its readers read and nothing more: owner references (which Deployment
+/// or item owns a Secret), and of the annotations only the data digest and the two restart
+/// settings. Labels and every other annotation are dropped. The cache is updated before a
+/// subscriber receives the event, so a controller woken by it reads the new state.
+pub struct SecretWatch {
+    scope: Option<String>,
+    store: Store<SecretMeta>,
+    writer: Writer<SecretMeta>,
+    subscribers: Vec<futures::channel::mpsc::Sender<watcher::Event<SecretMeta>>>,
+}
+
+impl SecretWatch {
+    /// A watch of `scope` (`None`: all namespaces), to be subscribed to and then [run].
+    ///
+    /// [run]: SecretWatch::run
+    pub fn new(scope: Option<String>) -> Self {
+        let (store, writer) = reflector::store();
+        SecretWatch {
+            scope,
+            store,
+            writer,
+            subscribers: Vec::new(),
+        }
+    }
+
+    fn store(&self) -> Store<SecretMeta> {
+        self.store.clone()
+    }
+
+    /// The shared cache and a subscription, for a controller that reads both.
+    pub fn feed(&mut self) -> SecretFeed {
+        SecretFeed {
+            store: self.store(),
+            events: self.subscribe(),
+        }
+    }
+
+    /// Every event of the watch, listings included, in order. Take them all before [run].
+    ///
+    /// [run]: SecretWatch::run
+    pub fn subscribe(&mut self) -> SecretEvents {
+        use futures::StreamExt;
+        let (tx, rx) = futures::channel::mpsc::channel(SUBSCRIBER_BUFFER);
+        self.subscribers.push(tx);
+        rx.map(Ok).boxed()
+    }
+
+    /// Watches until `shutdown`, then ends every subscriber's stream. A failed watch is logged
+    /// and retried with backoff; a subscriber that went away is dropped.
+    pub async fn run(mut self, client: Client, shutdown: impl Future<Output = ()> + Send) {
+        use futures::StreamExt;
+        let events = watch_managed_secrets(&client, self.scope.as_deref())
+            .modify(keep_what_is_read)
+            .boxed();
+        let subscribers = std::mem::take(&mut self.subscribers);
+        pass_on(events.take_until(shutdown), self.writer, subscribers).await;
+    }
+}
+
+/// Caches each event of `events` through `writer`, then hands it to every subscriber in turn.
+async fn pass_on(
+    events: impl Stream<Item = Result<watcher::Event<SecretMeta>, watcher::Error>>,
+    writer: Writer<SecretMeta>,
+    mut subscribers: Vec<futures::channel::mpsc::Sender<watcher::Event<SecretMeta>>>,
+) {
+    use futures::{SinkExt, StreamExt};
+    let events = events.reflect(writer);
+    futures::pin_mut!(events);
+    while let Some(event) = events.next().await {
+        let event = match event {
+            Ok(event) => event,
+            Err(e) => {
+                log_watch_error("managed Secrets", &e);
+                continue;
+            }
+        };
+        let mut gone = Vec::new();
+        for (i, subscriber) in subscribers.iter_mut().enumerate() {
+            if subscriber.send(event.clone()).await.is_err() {
+                gone.push(i);
+            }
+        }
+        for i in gone.into_iter().rev() {
+            subscribers.remove(i);
+        }
+    }
+}
+
+/// Of a managed Secret's metadata, drops what no reader of the shared cache reads.
+fn keep_what_is_read(secret: &mut SecretMeta) {
+    use crate::vocabulary::{
+        AUTO_RESTART_ANNOTATION, DIGEST_ANNOTATION, RESUME_RESTARTS_ANNOTATION,
+    };
+    secret.metadata.labels = None;
+    if let Some(a) = secret.metadata.annotations.as_mut() {
+        a.retain(|k, _| {
+            k == DIGEST_ANNOTATION
+                || k == AUTO_RESTART_ANNOTATION
+                || k == RESUME_RESTARTS_ANNOTATION
+        });
+    }
 }
 
 /// The resourceVersion of each managed Secret as our last write left it. A watch event that
@@ -351,6 +478,7 @@ mod watch_filter_tests {
         apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
     };
     use kube::api::PartialObjectMetaExt;
+    use kube::runtime::reflector::ObjectRef;
 
     fn cm(name: &str, generation: i64, rv: &str, label: &str) -> ConfigMap {
         ConfigMap {
@@ -419,6 +547,88 @@ mod watch_filter_tests {
             ..Default::default()
         }
         .into_response_partial()
+    }
+
+    #[tokio::test]
+    async fn the_shared_watch_caches_an_event_before_every_subscriber_gets_it() {
+        use futures::StreamExt;
+        let mut watch = SecretWatch::new(None);
+        let mut first = watch.feed();
+        let second = watch.subscribe();
+        let gone = watch.subscribe();
+        drop(gone); // a controller that stopped holds nobody back
+        let SecretWatch {
+            writer,
+            subscribers,
+            ..
+        } = watch;
+        let events = futures::stream::iter(vec![
+            Ok(watcher::Event::Init),
+            Ok(watcher::Event::InitApply(meta("a", "1"))),
+            Ok(watcher::Event::InitApply(meta("c", "1"))),
+            Ok(watcher::Event::InitDone),
+            Err(watcher::Error::NoResourceVersion),
+            Ok(watcher::Event::Apply(meta("b", "2"))),
+            Ok(watcher::Event::Delete(meta("a", "3"))),
+        ]);
+        let passing = tokio::spawn(pass_on(events, writer, subscribers));
+        let mut seen = Vec::new();
+        while let Some(event) = first.events.next().await {
+            let in_cache = |name: &str| {
+                first
+                    .store
+                    .get(&ObjectRef::new(name).within("ns"))
+                    .is_some()
+            };
+            seen.push(match event.unwrap() {
+                watcher::Event::Init => "init".to_string(),
+                watcher::Event::InitApply(s) => format!("list {}", s.name_any()),
+                watcher::Event::InitDone => format!("done, c cached: {}", in_cache("c")),
+                watcher::Event::Apply(s) => {
+                    format!("apply {}, cached: {}", s.name_any(), in_cache("b"))
+                }
+                watcher::Event::Delete(s) => {
+                    format!("delete {}, cached: {}", s.name_any(), in_cache("a"))
+                }
+            });
+        }
+        passing.await.unwrap();
+        assert_eq!(
+            seen,
+            [
+                "init",
+                "list a",
+                "list c",
+                "done, c cached: true",
+                "apply b, cached: true",
+                "delete a, cached: false"
+            ],
+            "in order, errors logged and not passed on, the cache updated first (the check \
+             reads objects that no later event changes: the watch may run ahead)"
+        );
+        let second: Vec<_> = second.collect().await;
+        assert_eq!(second.len(), 6, "every subscriber gets every event");
+    }
+
+    #[test]
+    fn the_shared_cache_keeps_owners_and_the_restart_annotations_only() {
+        let mut secret = meta("a", "1");
+        secret.metadata.labels = Some([("app".to_string(), "web".to_string())].into());
+        secret.metadata.annotations = Some(
+            [
+                crate::vocabulary::DIGEST_ANNOTATION,
+                crate::vocabulary::AUTO_RESTART_ANNOTATION,
+                crate::vocabulary::RESUME_RESTARTS_ANNOTATION,
+                "kubectl.kubernetes.io/last-applied-configuration",
+            ]
+            .map(|k| (k.to_string(), "v".to_string()))
+            .into(),
+        );
+        secret.metadata.owner_references = Some(vec![Default::default()]);
+        keep_what_is_read(&mut secret);
+        assert_eq!(secret.metadata.labels, None);
+        assert_eq!(secret.metadata.annotations.unwrap().len(), 3);
+        assert_eq!(secret.metadata.owner_references.unwrap().len(), 1);
     }
 
     #[test]

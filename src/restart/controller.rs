@@ -43,7 +43,7 @@ use kube::{
         controller::{self, Action},
         events::EventType,
         predicates,
-        reflector::{self, ObjectRef, Store, store::Writer},
+        reflector::{self, ObjectRef, Store},
         watcher,
     },
 };
@@ -56,8 +56,8 @@ use super::{
 };
 use crate::{
     controller::{
-        Context, SecretMeta, events::MAX_NOTE, log_run_error, log_watch_error, scoped_api,
-        watch_managed_secrets,
+        Context, SecretEvents, SecretFeed, SecretMeta, events::MAX_NOTE, log_run_error,
+        log_watch_error, scoped_api,
     },
     vocabulary::{
         AUTO_RESTART_ANNOTATION, DIGEST_ANNOTATION, FIELD_MANAGER, RESTARTED_FOR_ANNOTATION,
@@ -522,16 +522,18 @@ fn waiting_event(
 
 /// Runs one scope per watched namespace (or one for all) until `shutdown` resolves, then lets
 /// running reconciles finish.
-pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 'static) {
+/// Runs the restart controllers, one set per scope, each on the shared watch of the scope's
+/// managed Secrets (`secrets`, one per scope), until `shutdown`.
+pub async fn run(
+    ctx: Arc<Context>,
+    secrets: Vec<(Option<String>, SecretFeed)>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
     let shutdown: ShutdownSignal = shutdown.boxed().shared();
     let governor = Arc::new(Governor::new(ctx.config.governance));
-    futures::future::join_all(
-        ctx.config
-            .namespaces
-            .scopes()
-            .into_iter()
-            .map(|scope| run_scope(ctx.clone(), governor.clone(), scope, shutdown.clone())),
-    )
+    futures::future::join_all(secrets.into_iter().map(|(scope, feed)| {
+        run_scope(ctx.clone(), governor.clone(), scope, feed, shutdown.clone())
+    }))
     .await;
 }
 
@@ -539,9 +541,13 @@ async fn run_scope(
     shared: Arc<Context>,
     governor: Arc<Governor>,
     scope: Option<String>,
+    feed: SecretFeed,
     shutdown: ShutdownSignal,
 ) {
-    let (secrets, writer) = reflector::store();
+    let SecretFeed {
+        store: secrets,
+        events,
+    } = feed;
     let ctx = Arc::new(Scope {
         shared: shared.clone(),
         secrets,
@@ -569,20 +575,8 @@ async fn run_scope(
             notify(namespace, secret);
         }
     });
-    // Only the digest and the auto-restart setting are read from the cached Secrets.
-    let events = watch_managed_secrets(&shared.client, scope).modify(|s| {
-        s.metadata.labels = None;
-        if let Some(a) = s.metadata.annotations.as_mut() {
-            a.retain(|k, _| {
-                k == DIGEST_ANNOTATION
-                    || k == AUTO_RESTART_ANNOTATION
-                    || k == RESUME_RESTARTS_ANNOTATION
-            });
-        }
-    });
     let secrets = watch_secrets(
         events,
-        writer,
         ctx.clone(),
         vec![
             notify_deployments,
@@ -684,17 +678,16 @@ fn uses<K: Workload>(workload: &K, secret: &str) -> bool {
         .is_some_and(|t| rule::secrets_used(t, workload.annotations()).contains(secret))
 }
 
-/// Keeps the Secret store filled and wakes the workloads of a Secret whose digest changed, or
-/// that appeared or went away. The first listing wakes nobody: every workload is reconciled
+/// Wakes the workloads of a Secret whose digest changed, or that appeared or went away (the
+/// shared watch keeps the Secret store filled, before the event comes here). The first listing wakes nobody: every workload is reconciled
 /// once at start anyway. A later re-listing (after a watch gap) wakes only what differs.
 async fn watch_secrets(
-    events: impl futures::Stream<Item = Result<watcher::Event<SecretMeta>, watcher::Error>>,
-    writer: Writer<SecretMeta>,
+    events: SecretEvents,
     ctx: Arc<Scope>,
     notify: Vec<Notify>,
     shutdown: ShutdownSignal,
 ) {
-    let stream = events.reflect(writer).take_until(shutdown);
+    let stream = events.take_until(shutdown);
     let wake = |(namespace, name): (String, String)| {
         tracing::debug!(%namespace, secret = %name, "managed Secret changed");
         for n in &notify {
