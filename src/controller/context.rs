@@ -560,6 +560,8 @@ mod forget_tests {
             .find(|(k, _)| k == key)
             .expect("tracked")
             .1
+            .as_ref()
+            .clone()
     }
 
     #[tokio::test]

@@ -245,7 +245,7 @@ pub async fn run(
     let deployments = watcher(deployments, watcher::Config::default().any_semantic())
         .default_backoff()
         .modify(|d: &mut Deployment| {
-            d.managed_fields_mut().clear();
+            super::drop_managed_fields(d);
             d.status = None;
         })
         .reflect(writer);

@@ -72,10 +72,8 @@ pub async fn run(
     let items = watcher(items, watcher::Config::default())
         .default_backoff()
         .modify(|i: &mut OnePasswordItem| {
-            i.managed_fields_mut().clear();
-            for a in ANNOTATIONS_NOT_COPIED {
-                i.annotations_mut().remove(*a);
-            }
+            super::drop_managed_fields(i);
+            super::drop_annotations(i, |k| !ANNOTATIONS_NOT_COPIED.contains(&k));
         })
         .reflect(writer);
     let items = super::forget_deleted(items, ctx.clone(), TargetKind::Item, scope.clone());

@@ -28,8 +28,9 @@ pub mod write_rate;
 
 pub use context::{Context, Namespaces, Settings, lag_since, object_key, truncate};
 pub use watch::{
-    OwnWrites, SecretEvents, SecretFeed, SecretMeta, SecretWatch, forget_deleted, log_run_error,
-    log_watch_error, scoped_api, skip_own_echoes, skip_unchanged,
+    OwnWrites, SecretEvents, SecretFeed, SecretMeta, SecretWatch, drop_annotations,
+    drop_managed_fields, forget_deleted, log_run_error, log_watch_error, scoped_api,
+    skip_own_echoes, skip_unchanged,
 };
 
 /// Test support: a context on a mocked API server, and the API-server verifier.

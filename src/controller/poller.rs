@@ -130,7 +130,8 @@ impl Tracked {
 /// The objects the poller looks after; reconcilers keep it current.
 #[derive(Default)]
 pub struct Registry {
-    targets: Mutex<HashMap<TargetKey, Tracked>>,
+    /// Shared with the poll in progress: its copy of the registry costs a pointer per target.
+    targets: Mutex<HashMap<TargetKey, Arc<Tracked>>>,
 }
 
 impl Registry {
@@ -138,7 +139,7 @@ impl Registry {
         self.targets
             .lock()
             .expect("registry lock")
-            .insert(key, tracked);
+            .insert(key, Arc::new(tracked));
     }
 
     pub fn forget(&self, key: &TargetKey) {
@@ -162,7 +163,7 @@ impl Registry {
             .collect()
     }
 
-    pub(super) fn snapshot(&self) -> Vec<(TargetKey, Tracked)> {
+    pub(super) fn snapshot(&self) -> Vec<(TargetKey, Arc<Tracked>)> {
         let targets = self.targets.lock().expect("registry lock");
         let mut all: Vec<_> = targets
             .iter()

@@ -56,8 +56,8 @@ use super::{
 };
 use crate::{
     controller::{
-        Context, SecretEvents, SecretFeed, SecretMeta, events::MAX_NOTE, log_run_error,
-        log_watch_error, scoped_api,
+        Context, SecretEvents, SecretFeed, SecretMeta, drop_managed_fields, events::MAX_NOTE,
+        log_run_error, log_watch_error, scoped_api,
     },
     vocabulary::{
         AUTO_RESTART_ANNOTATION, DIGEST_ANNOTATION, FIELD_MANAGER, RESTARTED_FOR_ANNOTATION,
@@ -631,7 +631,7 @@ fn workload_controller<K: Workload>(
     // Status updates cannot change what we decide: only spec (generation) and annotations can.
     let stream = watcher(api, watcher::Config::default().any_semantic())
         .default_backoff()
-        .modify(|w: &mut K| w.managed_fields_mut().clear())
+        .modify(|w: &mut K| drop_managed_fields(w))
         .inspect_ok(move |event| {
             templates
                 .templates
