@@ -4,7 +4,8 @@
 # The image is the stripped binary (about 18 MB) on distroless/static (about 2 MB): see the
 # README's "Install" section. No shell, no package manager; CA certificates and tzdata only.
 FROM rust:1.89-alpine AS build
-RUN apk add --no-cache musl-dev
+# make: the allocator (tikv-jemallocator) builds jemalloc from its C sources.
+RUN apk add --no-cache musl-dev make
 WORKDIR /src
 # Cargo reads every workspace member's manifest (and finds its targets) to resolve the lock file,
 # so all of them are copied; only the operator binary and what it links (src/, connect/) is built:
