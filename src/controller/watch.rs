@@ -112,13 +112,18 @@ impl SecretWatch {
 
     /// Watches until `shutdown`, then ends every subscriber's stream. A failed watch is logged
     /// and retried with backoff; a subscriber that went away is dropped.
-    pub async fn run(mut self, client: Client, shutdown: impl Future<Output = ()> + Send) {
+    pub async fn run(self, client: Client, shutdown: impl Future<Output = ()> + Send) {
         use futures::StreamExt;
-        let events = watch_managed_secrets(&client, self.scope.as_deref())
+        let SecretWatch {
+            scope,
+            writer,
+            subscribers,
+            ..
+        } = self;
+        let events = watch_managed_secrets(&client, scope.as_deref())
             .modify(keep_what_is_read)
-            .boxed();
-        let subscribers = std::mem::take(&mut self.subscribers);
-        pass_on(events.take_until(shutdown), self.writer, subscribers).await;
+            .take_until(shutdown);
+        pass_on(events, writer, subscribers).await;
     }
 }
 

@@ -520,10 +520,9 @@ fn waiting_event(
     }
 }
 
-/// Runs one scope per watched namespace (or one for all) until `shutdown` resolves, then lets
-/// running reconciles finish.
-/// Runs the restart controllers, one set per scope, each on the shared watch of the scope's
-/// managed Secrets (`secrets`, one per scope), until `shutdown`.
+/// Runs one scope per watched namespace (or one for all), each on the shared watch of that
+/// scope's managed Secrets (`secrets`), until `shutdown` resolves, then lets running reconciles
+/// finish.
 pub async fn run(
     ctx: Arc<Context>,
     secrets: Vec<(Option<String>, SecretFeed)>,
@@ -549,7 +548,7 @@ async fn run_scope(
         events,
     } = feed;
     let ctx = Arc::new(Scope {
-        shared: shared.clone(),
+        shared,
         secrets,
         digests: Mutex::default(),
         templates: Mutex::default(),
@@ -679,8 +678,9 @@ fn uses<K: Workload>(workload: &K, secret: &str) -> bool {
 }
 
 /// Wakes the workloads of a Secret whose digest changed, or that appeared or went away (the
-/// shared watch keeps the Secret store filled, before the event comes here). The first listing wakes nobody: every workload is reconciled
-/// once at start anyway. A later re-listing (after a watch gap) wakes only what differs.
+/// shared watch has updated the Secret store before the event comes here). The first listing
+/// wakes nobody: every workload is reconciled once at start anyway. A later re-listing (after a
+/// watch gap) wakes only what differs.
 async fn watch_secrets(
     events: SecretEvents,
     ctx: Arc<Scope>,
