@@ -29,7 +29,7 @@ use kube::{
 use serde_json::json;
 
 use super::{
-    Context, SecretMeta,
+    CachedSecret, Context, SecretCache,
     poller::{TargetKey, TargetKind},
     scoped_api,
     sync::{self, Change, SyncError, SyncTarget},
@@ -75,8 +75,8 @@ struct Scope {
     shared: Arc<Context>,
     /// Every Deployment of the scope (to find the others that ask for the same Secret).
     deployments: Store<Deployment>,
-    /// The managed Secrets of the scope, metadata only (to release those no longer asked for).
-    secrets: Store<SecretMeta>,
+    /// The managed Secrets of the scope, their owners (to release those no longer asked for).
+    secrets: SecretCache,
 }
 
 /// What a Deployment asks for through `item-path` and `item-name`.
@@ -237,7 +237,7 @@ pub async fn run(
 ) {
     let deployments: Api<Deployment> = scoped_api(&ctx.client, scope.as_deref());
     // Owned Secrets: their owners are all that is read (the shared cache, metadata only).
-    let secret_store = secrets.store;
+    let secret_cache = secrets.cache;
     let secret_stream = super::skip_own_echoes(secrets.events, ctx.clone()).touched_objects();
     // Every Deployment of the scope is cached: keep what the reconcile reads (metadata and
     // spec), not managedFields or status.
@@ -261,7 +261,7 @@ pub async fn run(
     let dctx = Arc::new(Scope {
         shared: ctx.clone(),
         deployments: controller.store(),
-        secrets: secret_store,
+        secrets: secret_cache,
     });
     controller
         .owns_stream(secret_stream)
@@ -503,20 +503,18 @@ async fn release(
 ) -> Result<(), Error> {
     let Some(uid) = obj.uid() else { return Ok(()) };
     let api: Api<Secret> = Api::namespaced(dctx.shared.client.clone(), namespace);
-    let owned: Vec<Arc<SecretMeta>> = dctx
+    let owned: Vec<(String, Arc<CachedSecret>)> = dctx
         .secrets
-        .state()
+        .in_namespace(namespace)
         .into_iter()
-        .filter(|s| s.namespace().as_deref() == Some(namespace))
-        .filter(|s| keep.is_none_or(|name| s.name_any() != name))
-        .filter(|s| s.owner_references().iter().any(|o| o.uid == uid))
+        .filter(|(name, _)| keep.is_none_or(|keep| name != keep))
+        .filter(|(_, s)| s.owners().iter().any(|o| *o.uid == uid))
         .collect();
     // Read once, when a deletion is considered: the Deployment as it is now, not as cached.
     let mut live: Option<Option<Deployment>> = None;
-    for secret in owned {
-        let name = secret.name_any();
-        let owners = secret.owner_references();
-        if owners.iter().all(|o| o.uid == uid) {
+    for (name, secret) in owned {
+        let owners = secret.owners();
+        if owners.iter().all(|o| *o.uid == uid) {
             if obj.meta().deletion_timestamp.is_some() {
                 // Garbage collection removes it once the Deployment is gone.
                 continue;
@@ -545,8 +543,8 @@ async fn release(
             // Only the Secret as we saw it: a change since (a new owner) makes this a 409.
             let params = DeleteParams {
                 preconditions: Some(Preconditions {
-                    uid: secret.uid(),
-                    resource_version: secret.resource_version(),
+                    uid: secret.uid().map(str::to_string),
+                    resource_version: secret.resource_version().map(str::to_string),
                 }),
                 ..Default::default()
             };
@@ -557,7 +555,7 @@ async fn release(
                 Err(kube::Error::Api(e)) if e.code == 409 => return Err(Error::SecretChanged),
                 Err(e) => return Err(Error::Release(e)),
             }
-        } else if let Some(index) = owners.iter().position(|o| o.uid == uid) {
+        } else if let Some(index) = owners.iter().position(|o| *o.uid == uid) {
             let patch: json_patch::Patch = serde_json::from_value(json!([
                 {"op": "test", "path": format!("/metadata/ownerReferences/{index}/uid"), "value": uid},
                 {"op": "remove", "path": format!("/metadata/ownerReferences/{index}")},
@@ -579,6 +577,7 @@ async fn release(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controller::SecretMeta;
     use k8s_openapi::api::{apps::v1::DeploymentSpec, core::v1::PodTemplateSpec};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
@@ -825,7 +824,7 @@ mod tests {
             let scope = Arc::new(Scope {
                 shared: testing::context_on(client, &sim.url()),
                 deployments: store_of(deployments),
-                secrets: store_of(secrets),
+                secrets: SecretCache::listed(secrets),
             });
             let server = tokio::spawn(serve(handle, script));
             let result = reconcile(Arc::new(obj), scope).await;

@@ -20,6 +20,7 @@ pub mod deployment;
 pub mod events;
 pub mod item;
 pub mod poller;
+pub mod secret_cache;
 pub mod status_queue;
 pub mod sync;
 pub mod takeover;
@@ -27,6 +28,7 @@ pub mod watch;
 pub mod write_rate;
 
 pub use context::{Context, Namespaces, Settings, lag_since, object_key, truncate};
+pub use secret_cache::{CachedSecret, SecretCache};
 pub use watch::{
     OwnWrites, SecretEvents, SecretFeed, SecretMeta, SecretWatch, drop_annotations,
     drop_managed_fields, forget_deleted, log_run_error, log_watch_error, scoped_api,

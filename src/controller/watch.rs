@@ -10,16 +10,13 @@ use kube::{
     Api, Client, Resource, ResourceExt,
     api::PartialObjectMeta,
     core::NamespaceResourceScope,
-    runtime::{
-        WatchStreamExt,
-        reflector::{self, Store, store::Writer},
-        watcher,
-    },
+    runtime::{WatchStreamExt, watcher},
 };
 
 use super::{
     Context,
     poller::{TargetKey, TargetKind},
+    secret_cache::{CacheWriter, SecretCache, secret_cache},
 };
 
 /// A Secret as the watches see it: metadata only. Values are read by a GET when a reconcile
@@ -50,8 +47,8 @@ pub type SecretEvents =
 
 /// What a controller gets of the shared watch of managed Secrets ([`SecretWatch::feed`]).
 pub struct SecretFeed {
-    /// The shared cache of their metadata, updated before an event is passed on.
-    pub store: Store<SecretMeta>,
+    /// The shared cache of what is read of them, updated before an event is passed on.
+    pub cache: SecretCache,
     /// The events, in order.
     pub events: SecretEvents,
 }
@@ -61,16 +58,17 @@ const SUBSCRIBER_BUFFER: usize = 256;
 
 /// The managed Secrets of one scope, watched once for every controller that needs them (the
 /// OnePasswordItem, Deployment and restart controllers): one watch connection, one decoding of
-/// each event, and one cache of their metadata ([`SecretWatch::store`]) instead of one each.
+/// each event, and one cache ([`SecretCache`]) instead of one each.
 ///
 /// The cache keeps what its readers read and nothing more: owner references (which Deployment
 /// or item owns a Secret), and of the annotations only the data digest and the two restart
-/// settings. Labels and every other annotation are dropped. The cache is updated before a
-/// subscriber receives the event, so a controller woken by it reads the new state.
+/// settings, in a compact record. The events passed on carry the same annotations, and no
+/// labels. The cache is updated before a subscriber receives the event, so a controller woken
+/// by it reads the new state.
 pub struct SecretWatch {
     scope: Option<String>,
-    store: Store<SecretMeta>,
-    writer: Writer<SecretMeta>,
+    cache: SecretCache,
+    writer: CacheWriter,
     subscribers: Vec<futures::channel::mpsc::Sender<watcher::Event<SecretMeta>>>,
 }
 
@@ -79,23 +77,19 @@ impl SecretWatch {
     ///
     /// [run]: SecretWatch::run
     pub fn new(scope: Option<String>) -> Self {
-        let (store, writer) = reflector::store();
+        let (cache, writer) = secret_cache();
         SecretWatch {
             scope,
-            store,
+            cache,
             writer,
             subscribers: Vec::new(),
         }
     }
 
-    fn store(&self) -> Store<SecretMeta> {
-        self.store.clone()
-    }
-
     /// The shared cache and a subscription, for a controller that reads both.
     pub fn feed(&mut self) -> SecretFeed {
         SecretFeed {
-            store: self.store(),
+            cache: self.cache.clone(),
             events: self.subscribe(),
         }
     }
@@ -130,11 +124,10 @@ impl SecretWatch {
 /// Caches each event of `events` through `writer`, then hands it to every subscriber in turn.
 async fn pass_on(
     events: impl Stream<Item = Result<watcher::Event<SecretMeta>, watcher::Error>>,
-    writer: Writer<SecretMeta>,
+    mut writer: CacheWriter,
     mut subscribers: Vec<futures::channel::mpsc::Sender<watcher::Event<SecretMeta>>>,
 ) {
     use futures::{SinkExt, StreamExt};
-    let events = events.reflect(writer);
     futures::pin_mut!(events);
     while let Some(event) = events.next().await {
         let event = match event {
@@ -144,6 +137,7 @@ async fn pass_on(
                 continue;
             }
         };
+        writer.apply(&event);
         let mut gone = Vec::new();
         for (i, subscriber) in subscribers.iter_mut().enumerate() {
             if subscriber.send(event.clone()).await.is_err() {
@@ -497,7 +491,6 @@ mod watch_filter_tests {
         apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
     };
     use kube::api::PartialObjectMetaExt;
-    use kube::runtime::reflector::ObjectRef;
 
     fn cm(name: &str, generation: i64, rv: &str, label: &str) -> ConfigMap {
         ConfigMap {
@@ -593,12 +586,7 @@ mod watch_filter_tests {
         let passing = tokio::spawn(pass_on(events, writer, subscribers));
         let mut seen = Vec::new();
         while let Some(event) = first.events.next().await {
-            let in_cache = |name: &str| {
-                first
-                    .store
-                    .get(&ObjectRef::new(name).within("ns"))
-                    .is_some()
-            };
+            let in_cache = |name: &str| first.cache.get("ns", name).is_some();
             seen.push(match event.unwrap() {
                 watcher::Event::Init => "init".to_string(),
                 watcher::Event::InitApply(s) => format!("list {}", s.name_any()),
@@ -630,7 +618,7 @@ mod watch_filter_tests {
     }
 
     #[test]
-    fn the_shared_cache_keeps_owners_and_the_restart_annotations_only() {
+    fn the_events_passed_on_keep_owners_and_the_restart_annotations_only() {
         let mut secret = meta("a", "1");
         secret.metadata.labels = Some([("app".to_string(), "web".to_string())].into());
         secret.metadata.annotations = Some(

@@ -56,8 +56,8 @@ use super::{
 };
 use crate::{
     controller::{
-        Context, SecretEvents, SecretFeed, SecretMeta, drop_managed_fields, events::MAX_NOTE,
-        log_run_error, log_watch_error, scoped_api,
+        CachedSecret, Context, SecretCache, SecretEvents, SecretFeed, SecretMeta,
+        drop_managed_fields, events::MAX_NOTE, log_run_error, log_watch_error, scoped_api,
     },
     vocabulary::{
         AUTO_RESTART_ANNOTATION, DIGEST_ANNOTATION, FIELD_MANAGER, RESTARTED_FOR_ANNOTATION,
@@ -230,8 +230,9 @@ type Notify = Box<dyn Fn(&str, &str) + Send + Sync>;
 /// What the watches of one scope keep, beside the context every controller shares.
 struct Scope {
     shared: Arc<Context>,
-    /// Managed Secrets of this scope: metadata only (values are never fetched).
-    secrets: Store<SecretMeta>,
+    /// Managed Secrets of this scope: their digests, restart settings and owners (values are
+    /// never fetched).
+    secrets: SecretCache,
     /// The recent digests of each managed Secret of this scope, with their revisions.
     digests: Mutex<DigestTracker>,
     /// The revision at which each workload of this scope got its current pod template.
@@ -380,13 +381,8 @@ impl Governor {
         let resumed: Vec<Option<String>> = secrets
             .iter()
             .map(|name| {
-                let secret = ctx
-                    .secrets
-                    .get(&ObjectRef::new(name).within(&workload.namespace))?;
-                secret
-                    .annotations()
-                    .get(RESUME_RESTARTS_ANNOTATION)
-                    .cloned()
+                let secret = ctx.secrets.get(&workload.namespace, name)?;
+                secret.resume_restarts().map(str::to_string)
             })
             .collect();
         let asked: Vec<governor::Change<'_>> = secrets
@@ -544,7 +540,7 @@ async fn run_scope(
     shutdown: ShutdownSignal,
 ) {
     let SecretFeed {
-        store: secrets,
+        cache: secrets,
         events,
     } = feed;
     let ctx = Arc::new(Scope {
@@ -1076,17 +1072,16 @@ async fn tell_the_owner(
         }
         told.insert(key, now);
     }
-    let Some(stored) = ctx.secrets.get(&ObjectRef::new(secret).within(namespace)) else {
+    let Some(stored) = ctx.secrets.get(namespace, secret) else {
         return;
     };
-    let owners = stored.metadata.owner_references.iter().flatten();
-    for owner in owners.filter(|o| o.controller == Some(true)) {
+    for owner in stored.owners().iter().filter(|o| o.controller) {
         let object = k8s_openapi::api::core::v1::ObjectReference {
-            api_version: Some(owner.api_version.clone()),
-            kind: Some(owner.kind.clone()),
-            name: Some(owner.name.clone()),
+            api_version: Some(owner.api_version.to_string()),
+            kind: Some(owner.kind.to_string()),
+            name: Some(owner.name.to_string()),
             namespace: Some(namespace.to_string()),
-            uid: Some(owner.uid.clone()),
+            uid: Some(owner.uid.to_string()),
             ..Default::default()
         };
         ctx.shared
@@ -1107,22 +1102,16 @@ async fn decide<K: Workload>(
         return Ok(Plan::Nothing);
     };
     let used = rule::secrets_used(template, obj.annotations());
-    let secrets: BTreeMap<String, Arc<SecretMeta>> = used
+    let secrets: BTreeMap<String, Arc<CachedSecret>> = used
         .into_iter()
         .filter_map(|name| {
-            let secret = ctx.secrets.get(&ObjectRef::new(&name).within(namespace))?;
-            secret
-                .annotations()
-                .contains_key(DIGEST_ANNOTATION)
-                .then_some((name, secret))
+            let secret = ctx.secrets.get(namespace, &name)?;
+            secret.digest().is_some().then_some((name, secret))
         })
         .collect();
     let current: DigestMap = secrets
         .iter()
-        .map(|(name, s)| {
-            let digest = &s.annotations()[DIGEST_ANNOTATION];
-            (name.clone(), rule::fingerprint(digest))
-        })
+        .filter_map(|(name, s)| Some((name.clone(), rule::fingerprint(s.digest()?))))
         .collect();
     let recorded = obj
         .annotations()
@@ -1131,7 +1120,7 @@ async fn decide<K: Workload>(
     // An unreadable record knows nothing (the plan replaces it, without a restart).
     let known = recorded.and_then(rule::decode).unwrap_or_default();
     let started_with = started_with(obj, namespace, ctx, &known, &current);
-    let secret_setting = |name: &str| rule::setting(secrets.get(name).map(|s| s.annotations()));
+    let secret_setting = |name: &str| secrets.get(name).and_then(|s| s.auto_restart());
     let workload = workload_setting(obj);
     let changed = rule::changed_secrets(
         &rule::seen_by_pods(&known, &current, &started_with),
@@ -1519,17 +1508,11 @@ spec:
 
         fn harness_with(secrets: Vec<SecretMeta>, settings: Settings) -> Harness {
             let (client, handle) = testing::mock_client();
-            let (store, mut writer) = reflector::store();
-            writer.apply_watcher_event(&watcher::Event::Init);
-            for s in secrets {
-                writer.apply_watcher_event(&watcher::Event::InitApply(s));
-            }
-            writer.apply_watcher_event(&watcher::Event::InitDone);
             Harness {
                 ctx: Scope {
                     governor: Arc::new(Governor::new(settings.governance)),
                     shared: testing::context_with(client, settings),
-                    secrets: store,
+                    secrets: SecretCache::listed(secrets),
                     digests: Mutex::default(),
                     templates: Mutex::default(),
                     namespaces: Mutex::default(),
