@@ -33,23 +33,41 @@ pub struct Paused {
     pub rewrites: usize,
 }
 
+/// What is kept of the writes of one Secret. Most Secrets are written once per item version
+/// and never rewritten: for them, two numbers and a time.
 #[derive(Debug)]
 struct History {
-    /// The item path and version of our last write.
-    last: (String, u64),
+    /// The item path and version of our last write, hashed ([`written`]).
+    last: u64,
+    last_write: Instant,
+    /// Kept once the Secret has been rewritten.
+    fight: Option<Box<Fight>>,
+}
+
+/// The rewrites of one Secret and the pauses they caused.
+#[derive(Debug, Default)]
+struct Fight {
     /// When the same version was written again, within [`WINDOW`].
     rewrites: VecDeque<Instant>,
     last_rewrite: Option<Instant>,
     /// Pauses since the Secret was last calm.
     strikes: u32,
     paused_until: Option<(Instant, usize)>,
-    last_write: Instant,
 }
 
-/// The writes of each Secret (`namespace`, `name`), as far as a fight can be told from them.
+/// The hash of a write of version `version` of `item_path`: the same for the same pair only
+/// (a collision of two paths of one Secret is a 2^-64 chance).
+fn written(item_path: &str, version: u64) -> u64 {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let mut hasher = DefaultHasher::new();
+    (item_path, version).hash(&mut hasher);
+    hasher.finish()
+}
+
+/// The writes of each Secret (namespace, then name), as far as a fight can be told from them.
 #[derive(Default)]
 pub struct WriteRate {
-    secrets: Mutex<HashMap<(String, String), History>>,
+    secrets: Mutex<HashMap<Box<str>, HashMap<Box<str>, History>>>,
 }
 
 impl WriteRate {
@@ -64,46 +82,50 @@ impl WriteRate {
         now: Instant,
     ) -> Result<(), Paused> {
         let mut secrets = self.secrets.lock().expect("write rate lock");
-        let Some(h) = secrets.get_mut(&(namespace.to_string(), name.to_string())) else {
+        let Some(h) = secrets.get_mut(namespace).and_then(|s| s.get_mut(name)) else {
             return Ok(());
         };
-        if let Some((until, rewrites)) = h.paused_until {
+        let rewrite = h.last == written(item_path, version);
+        let Some(f) = h.fight.as_deref_mut() else {
+            return Ok(());
+        };
+        if let Some((until, rewrites)) = f.paused_until {
             if now < until {
                 return Err(Paused {
                     remaining: until - now,
                     rewrites,
                 });
             }
-            h.paused_until = None;
+            f.paused_until = None;
         }
-        if h.last_rewrite
+        if f.last_rewrite
             .is_some_and(|t| now.duration_since(t) >= CALM)
         {
-            h.strikes = 0;
+            f.strikes = 0;
         }
-        if h.last.0 != item_path || h.last.1 != version {
+        if !rewrite {
             return Ok(());
         }
-        while h
+        while f
             .rewrites
             .front()
             .is_some_and(|t| now.duration_since(*t) >= WINDOW)
         {
-            h.rewrites.pop_front();
+            f.rewrites.pop_front();
         }
         // Once a Secret has been paused, one rewrite per window is let through to see whether
         // the other writer stopped; the next one pauses it again, for twice as long.
-        let allowed = if h.strikes == 0 { REWRITES_ALLOWED } else { 1 };
-        if h.rewrites.len() < allowed {
+        let allowed = if f.strikes == 0 { REWRITES_ALLOWED } else { 1 };
+        if f.rewrites.len() < allowed {
             return Ok(());
         }
-        h.strikes += 1;
+        f.strikes += 1;
         let pause = FIRST_PAUSE
-            .saturating_mul(1 << (h.strikes - 1).min(16))
+            .saturating_mul(1 << (f.strikes - 1).min(16))
             .min(MAX_PAUSE);
-        let rewrites = h.rewrites.len() + 1;
-        h.rewrites.clear();
-        h.paused_until = Some((now + pause, rewrites));
+        let rewrites = f.rewrites.len() + 1;
+        f.rewrites.clear();
+        f.paused_until = Some((now + pause, rewrites));
         Err(Paused {
             remaining: pause,
             rewrites,
@@ -113,37 +135,42 @@ impl WriteRate {
     /// Records a write of version `version` of `item_path` to the Secret at `now`.
     pub fn record(&self, namespace: &str, name: &str, item_path: &str, version: u64, now: Instant) {
         let mut secrets = self.secrets.lock().expect("write rate lock");
-        let key = (namespace.to_string(), name.to_string());
-        match secrets.get_mut(&key) {
-            Some(h) if h.last.0 == item_path && h.last.1 == version => {
-                h.rewrites.push_back(now);
-                h.last_rewrite = Some(now);
-                h.last_write = now;
+        let last = written(item_path, version);
+        if let Some(h) = secrets.get_mut(namespace).and_then(|s| s.get_mut(name)) {
+            if h.last == last {
+                let f = h.fight.get_or_insert_default();
+                f.rewrites.push_back(now);
+                f.last_rewrite = Some(now);
+            } else {
+                h.last = last;
+                if let Some(f) = h.fight.as_deref_mut() {
+                    f.rewrites.clear();
+                }
             }
-            Some(h) => {
-                h.last = (item_path.to_string(), version);
-                h.rewrites.clear();
-                h.last_write = now;
-            }
-            None => {
-                // Memory stays bounded by the Secrets written lately.
-                secrets.retain(|_, h| {
-                    now.duration_since(h.last_write) < CALM
-                        || h.paused_until.is_some_and(|(until, _)| until > now)
-                });
-                secrets.insert(
-                    key,
-                    History {
-                        last: (item_path.to_string(), version),
-                        rewrites: VecDeque::new(),
-                        last_rewrite: None,
-                        strikes: 0,
-                        paused_until: None,
-                        last_write: now,
-                    },
-                );
-            }
+            h.last_write = now;
+            return;
         }
+        // Memory stays bounded by the Secrets written lately.
+        let remembered = |h: &History| {
+            now.duration_since(h.last_write) < CALM
+                || h.fight
+                    .as_ref()
+                    .and_then(|f| f.paused_until)
+                    .is_some_and(|(until, _)| until > now)
+        };
+        secrets.retain(|_, names| {
+            names.retain(|_, h| remembered(h));
+            !names.is_empty()
+        });
+        let history = History {
+            last,
+            last_write: now,
+            fight: None,
+        };
+        secrets
+            .entry(namespace.into())
+            .or_default()
+            .insert(name.into(), history);
     }
 }
 
