@@ -52,29 +52,42 @@ pub struct StatusQueue {
 
 #[derive(Default)]
 struct State {
-    /// The newest status of each object not written yet, and since when one has waited.
-    pending: HashMap<Key, (OnePasswordItemStatus, Instant)>,
-    /// The objects whose status may be written now, in the order they came.
-    ready: VecDeque<Key>,
-    /// The keys in `ready` (each once).
-    in_ready: HashSet<Key>,
+    /// The newest status of each object not written yet. Keys are shared with `ready` and
+    /// `later` (up to one per object at a cold start: a copy each would be a third more).
+    pending: HashMap<Arc<Key>, Pending>,
+    /// The objects whose status may be written now, in the order they came; an entry whose
+    /// status is gone or not marked ready is passed over.
+    ready: VecDeque<Arc<Key>>,
     /// The objects being written.
     writing: HashSet<Key>,
     /// Retries, each from its instant.
-    later: BinaryHeap<Reverse<(Instant, Key)>>,
+    later: BinaryHeap<Reverse<(Instant, Arc<Key>)>>,
+}
+
+/// A status waiting to be written.
+struct Pending {
+    status: OnePasswordItemStatus,
+    /// Since when one has waited.
+    since: Instant,
+    /// In `ready`: it may be written now.
+    ready: bool,
 }
 
 impl State {
     fn make_ready(&mut self, key: &Key) -> bool {
-        if self.pending.contains_key(key)
-            && !self.writing.contains(key)
-            && self.in_ready.insert(key.clone())
-        {
-            self.ready.push_back(key.clone());
-            true
-        } else {
-            false
+        if self.writing.contains(key) {
+            return false;
         }
+        let Some((key, pending)) = self.pending.get_key_value(key) else {
+            return false;
+        };
+        if pending.ready {
+            return false;
+        }
+        let key = key.clone();
+        self.pending.get_mut(&key).expect("pending").ready = true;
+        self.ready.push_back(key);
+        true
     }
 
     /// Moves the retries that are due into `ready`; returns when the next one is due.
@@ -92,22 +105,25 @@ impl State {
     /// Since when the first status that may be written now has waited.
     fn oldest(&mut self) -> Option<Instant> {
         while let Some(key) = self.ready.front() {
-            if let Some((_, since)) = self.pending.get(key) {
-                return Some(*since);
+            match self.pending.get(key.as_ref()) {
+                Some(p) if p.ready => return Some(p.since),
+                _ => {
+                    self.ready.pop_front();
+                }
             }
-            let key = self.ready.pop_front().expect("front");
-            self.in_ready.remove(&key);
         }
         None
     }
 
     fn take(&mut self) -> Option<(Key, OnePasswordItemStatus)> {
         while let Some(key) = self.ready.pop_front() {
-            self.in_ready.remove(&key);
-            if let Some((status, _)) = self.pending.remove(&key) {
-                self.writing.insert(key.clone());
-                return Some((key, status));
+            if !self.pending.get(key.as_ref()).is_some_and(|p| p.ready) {
+                continue;
             }
+            let (key, pending) = self.pending.remove_entry(key.as_ref()).expect("pending");
+            let key = Arc::unwrap_or_clone(key);
+            self.writing.insert(key.clone());
+            return Some((key, pending.status));
         }
         None
     }
@@ -143,11 +159,18 @@ impl StatusQueue {
     /// Queues `status` for the object, replacing any not yet written.
     pub fn push(&self, key: Key, status: OnePasswordItemStatus) {
         let mut state = self.state.lock().expect("status queue lock");
-        let since = state
-            .pending
-            .get(&key)
-            .map_or_else(Instant::now, |(_, since)| *since);
-        state.pending.insert(key.clone(), (status, since));
+        match state.pending.get_mut(&key) {
+            // It keeps its place and its wait.
+            Some(pending) => pending.status = status,
+            None => {
+                let pending = Pending {
+                    status,
+                    since: Instant::now(),
+                    ready: false,
+                };
+                state.pending.insert(Arc::new(key.clone()), pending);
+            }
+        }
         if state.make_ready(&key) {
             drop(state);
             self.queued.notify_one();
@@ -261,7 +284,13 @@ impl StatusQueue {
         if let Written::Retry(after) = written {
             // A newer status replaces the one that failed.
             if !state.pending.contains_key(&key) {
-                state.pending.insert(key.clone(), (status, Instant::now()));
+                let key = Arc::new(key);
+                let pending = Pending {
+                    status,
+                    since: Instant::now(),
+                    ready: false,
+                };
+                state.pending.insert(key.clone(), pending);
                 state.later.push(Reverse((Instant::now() + after, key)));
                 drop(state);
                 // A writer waiting without a deadline learns of the retry.
@@ -407,6 +436,23 @@ mod tests {
         queue.forget(&key("a"));
         assert_eq!(next_now(&queue).await, None);
         assert!(queue.state.lock().unwrap().pending.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_object_forgotten_and_queued_again_is_written_once_and_never_while_being_written() {
+        let queue = StatusQueue::default();
+        queue.push(key("a"), status("1"));
+        queue.forget(&key("a"));
+        queue.push(key("a"), status("2"));
+        queue.push(key("b"), status("1"));
+        assert_eq!(next_now(&queue).await, Some((key("a"), status("2"))));
+        // Queued while its write is on its way: it waits for the write's end.
+        queue.push(key("a"), status("3"));
+        assert_eq!(next_now(&queue).await, Some((key("b"), status("1"))));
+        assert_eq!(next_now(&queue).await, None);
+        queue.finish(key("a"), status("2"), Written::Done);
+        assert_eq!(next_now(&queue).await, Some((key("a"), status("3"))));
+        assert_eq!(next_now(&queue).await, None);
     }
 
     #[tokio::test(start_paused = true)]
