@@ -64,10 +64,13 @@ fn written(item_path: &str, version: u64) -> u64 {
     hasher.finish()
 }
 
-/// The writes of each Secret (namespace, then name), as far as a fight can be told from them.
+/// Namespace -> Secret name -> its history.
+type Histories = HashMap<Box<str>, HashMap<Box<str>, History>>;
+
+/// The writes of each Secret, as far as a fight can be told from them.
 #[derive(Default)]
 pub struct WriteRate {
-    secrets: Mutex<HashMap<Box<str>, HashMap<Box<str>, History>>>,
+    secrets: Mutex<Histories>,
 }
 
 impl WriteRate {
