@@ -152,7 +152,15 @@ pub struct Context {
     /// The objects whose Secret changed while our write was on its way: reconciled again soon.
     rechecks: Mutex<HashSet<String>>,
     /// Whether each OnePasswordItem is Ready, for the `ready_items` gauge.
-    ready: Mutex<HashMap<String, bool>>,
+    ready: Mutex<Readiness>,
+}
+
+/// Whether each OnePasswordItem is Ready, by a 64-bit hash of its key (a gauge needs no more:
+/// a collision, a 2^-64 chance, would miscount one object), and how many are.
+#[derive(Default)]
+struct Readiness {
+    by_object: HashMap<u64, bool>,
+    ready: usize,
 }
 
 impl Context {
@@ -171,7 +179,7 @@ impl Context {
             statuses: Default::default(),
             reasons: Mutex::new(HashMap::new()),
             rechecks: Mutex::new(HashSet::new()),
-            ready: Mutex::new(HashMap::new()),
+            ready: Mutex::default(),
         }
     }
 
@@ -404,13 +412,19 @@ impl Context {
     /// Records whether the OnePasswordItem `key` is Ready (`None`: it is gone) and updates the
     /// `ready_items` gauge.
     pub fn note_ready(&self, key: &str, ready: Option<bool>) {
+        use std::hash::{DefaultHasher, Hash, Hasher};
+        let mut hasher = DefaultHasher::new();
+        key.hash(&mut hasher);
+        let key = hasher.finish();
         let mut all = self.ready.lock().expect("ready lock");
-        match ready {
-            Some(r) => all.insert(key.to_string(), r),
-            None => all.remove(key),
+        let before = match ready {
+            Some(r) => all.by_object.insert(key, r),
+            None => all.by_object.remove(&key),
         };
-        let ready = all.values().filter(|r| **r).count();
-        self.metrics.set_ready_items(ready, all.len() - ready);
+        all.ready =
+            all.ready + usize::from(ready == Some(true)) - usize::from(before == Some(true));
+        let not_ready = all.by_object.len() - all.ready;
+        self.metrics.set_ready_items(all.ready, not_ready);
     }
 
     /// Remembers the last outcome reason of an object without a status of ours (a Deployment),
@@ -526,6 +540,32 @@ mod forget_tests {
             http::Response<kube::client::Body>,
         >();
         testing::context_on(Client::new(service, "default"), connect_host)
+    }
+
+    #[tokio::test]
+    async fn the_ready_gauge_counts_each_object_once_as_it_is_now() {
+        let ctx = context();
+        let gauge = |ctx: &Context| {
+            let text = ctx.metrics.encode();
+            let count = |ready: &str| {
+                let prefix = format!("onepassword_ready_items{{ready=\"{ready}\"}} ");
+                text.lines()
+                    .find_map(|l| l.strip_prefix(&prefix))
+                    .map(|n| n.parse::<u64>().unwrap())
+            };
+            (count("true"), count("false"))
+        };
+        ctx.note_ready("item/a/x", Some(true));
+        ctx.note_ready("item/a/y", Some(false));
+        ctx.note_ready("item/a/x", Some(true));
+        assert_eq!(gauge(&ctx), (Some(1), Some(1)));
+        ctx.note_ready("item/a/y", Some(true));
+        assert_eq!(gauge(&ctx), (Some(2), Some(0)));
+        ctx.note_ready("item/a/x", None);
+        ctx.note_ready("item/a/gone", None);
+        assert_eq!(gauge(&ctx), (Some(1), Some(0)));
+        ctx.note_ready("item/a/y", Some(false));
+        assert_eq!(gauge(&ctx), (Some(0), Some(1)));
     }
 
     fn unchanged(vault: &str) -> Synced {

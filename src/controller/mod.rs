@@ -29,6 +29,11 @@ pub mod write_rate;
 
 pub use context::{Context, Namespaces, Settings, lag_since, object_key, truncate};
 pub use secret_cache::{CachedSecret, SecretCache};
+
+/// Something kept per namespaced object: namespace -> name -> value. Looked up with `&str`s,
+/// and each namespace's name stored once rather than in every key.
+pub(crate) type ByNamespace<T> =
+    std::collections::HashMap<Box<str>, std::collections::HashMap<Box<str>, T>>;
 pub use watch::{
     OwnWrites, SecretEvents, SecretFeed, SecretMeta, SecretWatch, drop_annotations,
     drop_managed_fields, forget_deleted, log_run_error, log_watch_error, scoped_api,

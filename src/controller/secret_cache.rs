@@ -5,10 +5,7 @@
 //! Secret, and an annotation map (a ~540-B B-tree node) for the three annotations kept. A
 //! [`CachedSecret`] is a few hundred bytes (benches/README.md, "Memory at N=10,000").
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, RwLock},
-};
+use std::sync::{Arc, RwLock};
 
 use kube::{ResourceExt, runtime::watcher};
 use tokio::sync::watch;
@@ -93,8 +90,7 @@ impl CachedSecret {
     }
 }
 
-/// Namespace -> Secret name -> record.
-type Records = HashMap<Box<str>, HashMap<Box<str>, Arc<CachedSecret>>>;
+type Records = super::ByNamespace<Arc<CachedSecret>>;
 
 /// The managed Secrets of one scope, as last listed and watched; cheap to clone, all clones see
 /// the same cache. Filled by a [`CacheWriter`] from the watch's events.

@@ -173,13 +173,13 @@ fn keep_what_is_read(secret: &mut SecretMeta) {
 /// marked to be looked at again ([`OwnWrites::take_missed`]). Those delivered before ours
 /// changed a Secret our write then rewrote: nothing is lost by dropping them.
 #[derive(Default)]
-pub struct OwnWrites(Mutex<HashMap<(String, String), Written>>);
+pub struct OwnWrites(Mutex<super::ByNamespace<Written>>);
 
 /// What is known of our writes to one Secret.
 #[derive(Default)]
 struct Written {
     /// The resourceVersion our last write left.
-    version: Option<String>,
+    version: Option<Box<str>>,
     /// Our writes sent and not yet answered.
     on_its_way: u32,
     /// The versions of the update events held back meanwhile, in the watch's order.
@@ -191,18 +191,30 @@ struct Written {
 impl OwnWrites {
     fn with<T>(&self, namespace: &str, name: &str, f: impl FnOnce(&mut Written) -> T) -> T {
         let mut all = self.0.lock().expect("own writes lock");
-        let key = (namespace.to_string(), name.to_string());
-        let written = all.entry(key.clone()).or_default();
+        // Keys are made only for a Secret not known yet (a namespace, then a name).
+        if !all.contains_key(namespace) {
+            all.insert(namespace.into(), HashMap::new());
+        }
+        let names = all.get_mut(namespace).expect("just made");
+        if !names.contains_key(name) {
+            names.insert(name.into(), Written::default());
+        }
+        let written = names.get_mut(name).expect("just made");
         let out = f(written);
         if written.version.is_none() && written.on_its_way == 0 && !written.missed {
-            all.remove(&key);
+            names.remove(name);
+            if names.is_empty() {
+                all.remove(namespace);
+            }
         }
         out
     }
 
     /// Remembers the version a write of ours left (`None`: forget it).
     pub fn record(&self, namespace: &str, name: &str, resource_version: Option<String>) {
-        self.with(namespace, name, |w| w.version = resource_version);
+        self.with(namespace, name, |w| {
+            w.version = resource_version.map(String::into_boxed_str)
+        });
     }
 
     /// Marks a write to `name` as on its way; the returned [`Flight`] lands it with the answer
@@ -230,8 +242,8 @@ impl OwnWrites {
                 // A failed write changed nothing: whatever came meanwhile is someone else's.
                 None => w.missed |= !w.held.is_empty(),
             }
-            if resource_version.is_some() {
-                w.version = resource_version;
+            if let Some(rv) = resource_version {
+                w.version = Some(rv.into_boxed_str());
             }
             if w.on_its_way == 0 {
                 w.held.clear();
@@ -258,7 +270,11 @@ impl OwnWrites {
             return false;
         }
         let all = &mut *self.0.lock().expect("own writes lock");
-        let Some(w) = all.get_mut(&(namespace.clone(), secret.name_any())) else {
+        let name = secret.name_any();
+        let Some(w) = all
+            .get_mut(namespace.as_str())
+            .and_then(|names| names.get_mut(name.as_str()))
+        else {
             return false;
         };
         if w.on_its_way > 0 {
@@ -268,7 +284,7 @@ impl OwnWrites {
             }
             return true;
         }
-        w.version.as_ref() == Some(rv)
+        w.version.as_deref() == Some(rv.as_str())
     }
 
     /// Whether this process wrote `name` (and has not forgotten it since).
@@ -276,7 +292,8 @@ impl OwnWrites {
         self.0
             .lock()
             .expect("own writes lock")
-            .get(&(namespace.to_string(), name.to_string()))
+            .get(namespace)
+            .and_then(|names| names.get(name))
             .is_some_and(|w| w.version.is_some())
     }
 

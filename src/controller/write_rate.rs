@@ -8,7 +8,7 @@
 //! Pure bookkeeping: the caller passes the time, so the rules are unit-tested without waiting.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     sync::Mutex,
     time::{Duration, Instant},
 };
@@ -64,13 +64,10 @@ fn written(item_path: &str, version: u64) -> u64 {
     hasher.finish()
 }
 
-/// Namespace -> Secret name -> its history.
-type Histories = HashMap<Box<str>, HashMap<Box<str>, History>>;
-
 /// The writes of each Secret, as far as a fight can be told from them.
 #[derive(Default)]
 pub struct WriteRate {
-    secrets: Mutex<Histories>,
+    secrets: Mutex<super::ByNamespace<History>>,
 }
 
 impl WriteRate {
