@@ -708,7 +708,7 @@ async fn watch_secrets(
 #[derive(Default)]
 struct DigestTracker {
     /// (namespace, name) -> its last digests.
-    seen: HashMap<(String, String), History>,
+    seen: crate::controller::ByNamespace<History>,
     listed_once: bool,
     /// During a (re)listing: what was listed, and what changed (reported at its end, once the
     /// store holds the new state).
@@ -735,14 +735,16 @@ impl DigestTracker {
             }
             watcher::Event::InitDone => {
                 let listing = std::mem::take(&mut self.listing);
-                let gone: Vec<_> = self
+                let gone: Vec<(String, String)> = self
                     .seen
-                    .keys()
-                    .filter(|k| !listing.contains(*k))
-                    .cloned()
+                    .iter()
+                    .flat_map(|(ns, names)| {
+                        names.keys().map(|name| (ns.to_string(), name.to_string()))
+                    })
+                    .filter(|k| !listing.contains(k))
                     .collect();
-                for k in &gone {
-                    self.seen.remove(k);
+                for (ns, name) in &gone {
+                    self.forget(ns, name);
                 }
                 let mut woken = std::mem::take(&mut self.pending);
                 if self.listed_once {
@@ -761,7 +763,7 @@ impl DigestTracker {
             }
             watcher::Event::Delete(s) => {
                 let key = key(s);
-                let known = self.seen.remove(&key).is_some();
+                let known = self.forget(&key.0, &key.1);
                 if known && self.listed_once {
                     vec![key]
                 } else {
@@ -778,19 +780,35 @@ impl DigestTracker {
             .get(DIGEST_ANNOTATION)
             .map(String::as_str)
             .unwrap_or_default();
-        match self.seen.get_mut(&key) {
+        let (namespace, name) = key;
+        let names = self.seen.entry(namespace.into()).or_default();
+        match names.get_mut(name.as_str()) {
             Some(history) => history.observe(revision(s), digest),
             None => {
-                self.seen.insert(key, History::new(digest));
+                names.insert(name.into(), History::new(digest));
                 true
             }
         }
     }
 
+    /// Forgets a Secret; true when it was known.
+    fn forget(&mut self, namespace: &str, name: &str) -> bool {
+        let Some(names) = self.seen.get_mut(namespace) else {
+            return false;
+        };
+        let known = names.remove(name).is_some();
+        if names.is_empty() {
+            self.seen.remove(namespace);
+        }
+        known
+    }
+
     /// The digest Secret `(namespace, name)` held at `revision`: `Some(None)` when that is
     /// older than what is kept, `None` when the Secret is not known.
     fn digest_at(&self, key: &(String, String), revision: u64) -> Option<Option<&str>> {
-        self.seen.get(key).map(|history| history.at(revision))
+        let (namespace, name) = key;
+        let history = self.seen.get(namespace.as_str())?.get(name.as_str())?;
+        Some(history.at(revision))
     }
 }
 
