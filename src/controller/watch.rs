@@ -358,19 +358,31 @@ where
     S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
 {
     use futures::TryStreamExt;
-    let mut seen: HashMap<(String, String), u64> = HashMap::new();
+    let mut seen: super::ByNamespace<u64> = Default::default();
     events.try_filter(move |event| {
+        // The fingerprint `o` had before.
+        let mut note = |o: &K, print: u64| {
+            let (namespace, name) = key(o);
+            let names = seen.entry(namespace.into()).or_default();
+            names.insert(name.into(), print)
+        };
         let pass = match event {
             watcher::Event::Apply(o) => {
                 let print = fingerprint(o);
-                seen.insert(key(o), print) != Some(print)
+                note(o, print) != Some(print)
             }
             watcher::Event::InitApply(o) => {
-                seen.insert(key(o), fingerprint(o));
+                note(o, fingerprint(o));
                 true
             }
             watcher::Event::Delete(o) => {
-                seen.remove(&key(o));
+                let (namespace, name) = key(o);
+                if let Some(names) = seen.get_mut(namespace.as_str()) {
+                    names.remove(name.as_str());
+                    if names.is_empty() {
+                        seen.remove(namespace.as_str());
+                    }
+                }
                 true
             }
             watcher::Event::Init | watcher::Event::InitDone => true,
@@ -435,7 +447,8 @@ where
             for k in gone {
                 ctx.forget_object(kind, &k.namespace, &k.name);
             }
-            listed.clear();
+            // Not cleared: dropped, with the table a whole listing made.
+            listed = Default::default();
         }
         watcher::Event::Delete(o) => {
             let (namespace, name) = key(o);
