@@ -236,7 +236,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let deployments: Api<Deployment> = scoped_api(&ctx.client, scope.as_deref());
-    // Owned Secrets: their owners are all that is read (the shared cache, metadata only).
+    // Owned Secrets: their owners are all that is read (the shared cache's records).
     let secret_cache = secrets.cache;
     let secret_stream = super::skip_own_echoes(secrets.events, ctx.clone()).touched_objects();
     // Every Deployment of the scope is cached: keep what the reconcile reads (metadata and
